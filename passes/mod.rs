@@ -1,0 +1,58 @@
+//! The passes: one file each, opening with what the pass inserts, which executions it leaves
+//! unchanged and why, and what it refuses. [`REGISTRY`] drives `--passes`, `wasmfix passes`
+//! and `--help`.
+
+use crate::edit::Edits;
+use crate::facts::Facts;
+use crate::module::Module;
+use serde_json::Value;
+
+pub mod producers;
+
+/// Options that reach passes from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct PassOptions {}
+
+/// What a pass sees: the input, its facts, and the edits collected so far.
+pub struct PassCx<'c, 'm, 'a> {
+    pub module: &'m Module<'a>,
+    /// Established on first use, so passes that need no facts cost nothing.
+    pub facts: &'m std::sync::OnceLock<Facts>,
+    pub edits: &'c mut Edits<'m>,
+    pub options: &'m PassOptions,
+}
+
+impl<'m> PassCx<'_, 'm, '_> {
+    pub fn facts(&self) -> &'m Facts {
+        self.facts.get_or_init(|| Facts::new(self.module))
+    }
+}
+
+/// What a pass did, for `--report` and `-v`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PassReport {
+    pub pass: &'static str,
+    /// One line for people.
+    pub summary: String,
+    /// What the pass could not fix, printed unless `-q`.
+    pub warnings: Vec<String>,
+    /// Whatever detail the pass records, for tools.
+    pub details: Value,
+}
+
+/// A pass refuses a module by returning an error: wasmfix then writes nothing and exits 2.
+pub trait Pass: Sync {
+    fn name(&self) -> &'static str;
+    fn description(&self) -> &'static str;
+    fn run(&self, cx: &mut PassCx<'_, '_, '_>) -> anyhow::Result<PassReport>;
+}
+
+/// Every pass, in the order the pipeline runs them.
+pub static REGISTRY: &[&dyn Pass] = &[&producers::Producers];
+
+/// The passes run when `--passes` is not given.
+pub const DEFAULT_PIPELINE: &[&str] = &["producers"];
+
+pub fn find(name: &str) -> Option<&'static dyn Pass> {
+    REGISTRY.iter().copied().find(|p| p.name() == name)
+}

@@ -1,0 +1,203 @@
+//! What passes ask the emitter to change. A pass never writes bytes: it appends new items
+//! (types, functions, tables, globals, element and data segments), registers body rewriters,
+//! and replaces or drops custom sections. Appending keeps every original index valid.
+
+use crate::module::Module;
+use std::collections::BTreeMap;
+use wasm_encoder::{
+    ConstExpr, ElementSegment, Function, GlobalType, Instruction, Section, TableType, ValType,
+};
+use wasmparser::FuncType;
+
+/// A function a pass adds; it gets the index `num_funcs + position` in the output.
+pub struct NewFunction {
+    pub type_index: u32,
+    pub body: Function,
+    /// Shown in backtraces through the name section, e.g. `wasmfix:stack_overflow`.
+    pub name: String,
+}
+
+/// An active data segment a pass adds (messages for diagnostics, for example).
+pub struct NewData {
+    pub memory: u32,
+    pub offset: ConstExpr,
+    pub bytes: Vec<u8>,
+}
+
+/// Per-function state a body rewriter sees while one function is re-encoded.
+pub struct BodyCx<'m> {
+    /// Index of the function in the function index space.
+    pub func: u32,
+    pub sig: &'m FuncType,
+    /// Number of parameters plus declared locals (new locals are numbered from here).
+    next_local: u32,
+    new_locals: Vec<ValType>,
+    /// Nesting depth of the instruction being rewritten: 0 is the function body itself.
+    pub depth: u32,
+    /// Byte offset in the input of the instruction being rewritten.
+    pub offset: u64,
+}
+
+impl<'m> BodyCx<'m> {
+    pub(crate) fn new(func: u32, sig: &'m FuncType, declared_locals: u32) -> Self {
+        BodyCx {
+            func,
+            sig,
+            next_local: sig.params().len() as u32 + declared_locals,
+            new_locals: Vec::new(),
+            depth: 0,
+            offset: 0,
+        }
+    }
+
+    /// Adds a local of type `ty` after every original one and returns its index.
+    pub fn add_local(&mut self, ty: ValType) -> u32 {
+        self.new_locals.push(ty);
+        self.next_local += 1;
+        self.next_local - 1
+    }
+
+    pub(crate) fn take_new_locals(&mut self) -> Vec<ValType> {
+        std::mem::take(&mut self.new_locals)
+    }
+}
+
+/// Rewrites instructions of the functions it wants. Several rewriters may want one function:
+/// the emitter decodes it once and feeds every instruction through them in registration order,
+/// each seeing the output of the previous one.
+pub trait BodyRewriter: Send {
+    /// Whether this rewriter changes function `func` (a defined function).
+    fn wants(&self, func: u32) -> bool;
+    /// Instructions to run first, before the original body.
+    fn prologue(&mut self, _cx: &mut BodyCx<'_>, _out: &mut Vec<Instruction<'static>>) {}
+    /// Rewrites one instruction: push what replaces it onto `out` (push `ins` to keep it).
+    /// `cx.depth` is 0 for the `end` that closes the function.
+    fn instruction<'i>(
+        &mut self,
+        cx: &mut BodyCx<'_>,
+        ins: Instruction<'i>,
+        out: &mut Vec<Instruction<'i>>,
+    );
+}
+
+/// Everything the passes of one run want changed.
+#[derive(Default)]
+pub struct Edits<'m> {
+    pub(crate) new_types: Vec<FuncType>,
+    pub(crate) new_functions: Vec<NewFunction>,
+    pub(crate) new_tables: Vec<(TableType, Option<ConstExpr>)>,
+    pub(crate) new_globals: Vec<(GlobalType, ConstExpr)>,
+    pub(crate) new_elements: Vec<ElementSegment<'static>>,
+    pub(crate) new_data: Vec<NewData>,
+    pub(crate) rewriters: Vec<Box<dyn BodyRewriter + 'm>>,
+    /// Custom sections by position in `Module::sections`: the encoded replacement section,
+    /// or `None` to drop it.
+    pub(crate) custom_replaced: BTreeMap<usize, Option<Vec<u8>>>,
+    /// Encoded custom sections appended at the end of the module.
+    pub(crate) custom_appended: Vec<Vec<u8>>,
+}
+
+impl<'m> Edits<'m> {
+    /// Whether anything at all changes.
+    pub fn is_empty(&self) -> bool {
+        self.new_types.is_empty()
+            && self.new_functions.is_empty()
+            && self.new_tables.is_empty()
+            && self.new_globals.is_empty()
+            && self.new_elements.is_empty()
+            && self.new_data.is_empty()
+            && self.rewriters.is_empty()
+            && self.custom_replaced.is_empty()
+            && self.custom_appended.is_empty()
+    }
+
+    /// The index of function type `ty`: an existing one when the module has it, else a new one.
+    pub fn func_type(&mut self, module: &Module<'_>, ty: FuncType) -> u32 {
+        let existing = (0..module.types.len() as u32)
+            .find(|&i| module.func_type(i) == Some(&ty) && module.types[i as usize].is_final);
+        if let Some(i) = existing {
+            return i;
+        }
+        let base = module.types.len() as u32;
+        if let Some(i) = self.new_types.iter().position(|t| *t == ty) {
+            return base + i as u32;
+        }
+        self.new_types.push(ty);
+        base + self.new_types.len() as u32 - 1
+    }
+
+    /// Adds a function; returns its index in the output.
+    pub fn add_function(&mut self, module: &Module<'_>, f: NewFunction) -> u32 {
+        self.new_functions.push(f);
+        module.num_funcs() + self.new_functions.len() as u32 - 1
+    }
+
+    /// Replaces the body of a function added earlier (for functions that call each other).
+    pub fn set_function_body(&mut self, module: &Module<'_>, func: u32, body: Function) {
+        self.new_functions[(func - module.num_funcs()) as usize].body = body;
+    }
+
+    /// Adds a table; returns its index in the output.
+    pub fn add_table(
+        &mut self,
+        module: &Module<'_>,
+        ty: TableType,
+        init: Option<ConstExpr>,
+    ) -> u32 {
+        self.new_tables.push((ty, init));
+        (module.tables.len() + self.new_tables.len() - 1) as u32
+    }
+
+    /// Adds a global; returns its index in the output.
+    pub fn add_global(&mut self, module: &Module<'_>, ty: GlobalType, init: ConstExpr) -> u32 {
+        self.new_globals.push((ty, init));
+        (module.global_types.len() + self.new_globals.len() - 1) as u32
+    }
+
+    pub fn add_element(&mut self, segment: ElementSegment<'static>) {
+        self.new_elements.push(segment);
+    }
+
+    pub fn add_data(&mut self, data: NewData) {
+        self.new_data.push(data);
+    }
+
+    pub fn add_rewriter(&mut self, r: Box<dyn BodyRewriter + 'm>) {
+        self.rewriters.push(r);
+    }
+
+    /// Replaces the custom section at `Module::sections[index]` with `section`.
+    pub fn replace_custom(&mut self, index: usize, section: &impl Section) {
+        self.custom_replaced
+            .insert(index, Some(encode_section(section)));
+    }
+
+    /// Drops the custom section at `Module::sections[index]`.
+    pub fn drop_custom(&mut self, index: usize) {
+        self.custom_replaced.insert(index, None);
+    }
+
+    /// Appends the custom section `section` at the end of the module.
+    pub fn append_custom(&mut self, section: &impl Section) {
+        self.custom_appended.push(encode_section(section));
+    }
+
+    /// Names of the functions added so far, by output index.
+    pub fn new_function_names<'s>(
+        &'s self,
+        module: &Module<'_>,
+    ) -> impl Iterator<Item = (u32, &'s str)> + 's {
+        let base = module.num_funcs();
+        self.new_functions
+            .iter()
+            .enumerate()
+            .map(move |(i, f)| (base + i as u32, f.name.as_str()))
+    }
+}
+
+/// A section as it appears in a module: id, size, contents.
+pub fn encode_section(section: &impl Section) -> Vec<u8> {
+    let mut out = vec![section.id()];
+    section.encode(&mut out);
+    out
+}

@@ -1,0 +1,682 @@
+//! Module facts: the one place that finds the layout of a linked C/C++ module, and says how it
+//! found each fact. Passes ask here; they never re-derive the layout. When a fact cannot be
+//! established it is `None` with a reason, and passes that need it refuse.
+//!
+//! Cheap facts (from sections and names) are computed at once; facts that need a walk over
+//! every function body are computed on first use, in parallel, by [`Facts::code`].
+
+use crate::module::{Module, const_value};
+use crate::sig;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
+use wasmparser::{ElementItems, ElementKind, ExternalKind, Operator, TypeRef, ValType};
+
+/// A fact and how it was established.
+#[derive(Debug, Clone, Serialize)]
+pub struct Found<T> {
+    pub value: T,
+    pub how: String,
+}
+
+fn found<T>(value: T, how: impl Into<String>) -> Found<T> {
+    Found {
+        value,
+        how: how.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StackLayout {
+    /// The stack lies below the data (`--stack-first`): an overflow runs off address 0 and traps.
+    StackFirst,
+    /// The stack lies above the data and grows down toward it: an overflow overwrites data.
+    StackAfterData,
+}
+
+/// `[low, high)`: the stack grows down from `high` (the stack pointer's initial value).
+#[derive(Debug, Clone, Serialize)]
+pub struct StackRegion {
+    pub low: u64,
+    pub high: u64,
+    pub layout: StackLayout,
+    pub how: String,
+}
+
+/// Active data segments of memory 0 with constant offsets.
+#[derive(Debug, Clone, Serialize)]
+pub struct DataExtent {
+    pub low: u64,
+    pub high: u64,
+    pub segments: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableFacts {
+    pub index: u32,
+    pub element_type: String,
+    pub initial: u64,
+    pub maximum: Option<u64>,
+    pub imported: bool,
+    pub exported: bool,
+    /// Slots filled by active element segments with constant offsets: slot → function.
+    #[serde(skip)]
+    pub contents: BTreeMap<u64, u32>,
+    pub filled_slots: usize,
+    /// Element segments whose offset is not a constant (the contents are then not all known).
+    pub unknown_segments: usize,
+}
+
+impl TableFacts {
+    /// Whether the table's contents can change while the module runs (host or code).
+    pub fn changes_at_run_time(&self, code: &CodeFacts) -> bool {
+        self.imported || self.exported || code.table_changed_by_code(self.index)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RelocationFacts {
+    /// Names of the `linking` and `reloc.*` sections present.
+    pub sections: Vec<String>,
+    pub code_entries: usize,
+    /// `Ok` when every code relocation points at a padded immediate of the right width,
+    /// else why not (a post-link optimizer re-encoded the code).
+    pub matches_code: Result<(), String>,
+}
+
+/// Facts gathered by walking every function body once.
+#[derive(Debug, Default, Serialize)]
+pub struct CodeFacts {
+    /// `(type, table)` → number of `call_indirect`/`return_call_indirect` sites.
+    pub indirect_sites: BTreeMap<(u32, u32), usize>,
+    /// Tables written by `table.set/grow/fill/copy/init` in code.
+    pub tables_changed: Vec<u32>,
+    /// Global → functions whose first global access reads it and that also write it: the
+    /// stack-pointer prologue idiom (`global.get g; i32.const N; i32.sub; … global.set g`).
+    pub prologue_globals: BTreeMap<u32, usize>,
+}
+
+impl CodeFacts {
+    pub fn table_changed_by_code(&self, table: u32) -> bool {
+        self.tables_changed.contains(&table)
+    }
+}
+
+/// `call_indirect (type T)` sites and the table entries of other, castable types they reach.
+#[derive(Debug, Clone, Serialize)]
+pub struct IndirectCallFacts {
+    pub type_index: u32,
+    pub signature: String,
+    pub table: u32,
+    pub sites: usize,
+    /// Table entries whose function type is castable to T but not T.
+    pub castable_entries: usize,
+    /// By callee signature: (signature, entries), most first.
+    pub castable_by_signature: Vec<(String, usize)>,
+}
+
+pub struct Facts {
+    pub stack_pointer: Result<Found<u32>, String>,
+    pub stack_pointer_init: Option<u64>,
+    pub data: Option<DataExtent>,
+    pub heap_base: Option<Found<u64>>,
+    pub data_end: Option<Found<u64>>,
+    pub stack: Result<StackRegion, String>,
+    pub tables: Vec<TableFacts>,
+    pub pic_markers: Vec<String>,
+    pub relocations: Option<RelocationFacts>,
+    pub producers: Vec<(String, Vec<(String, String)>)>,
+    pub function_names: HashMap<u32, String>,
+    pub global_names: HashMap<u32, String>,
+    code: OnceLock<CodeFacts>,
+}
+
+impl Facts {
+    /// Facts that need no walk over the code; the stack pointer falls back to the code walk
+    /// only when neither names nor exports identify it.
+    pub fn new(m: &Module<'_>) -> Facts {
+        let (function_names, global_names) = names(m);
+        let mut f = Facts {
+            stack_pointer: Err(String::new()),
+            stack_pointer_init: None,
+            data: data_extent(m),
+            heap_base: None,
+            data_end: None,
+            stack: Err(String::new()),
+            tables: tables(m),
+            pic_markers: pic_markers(m),
+            relocations: relocations(m),
+            producers: producers(m),
+            function_names,
+            global_names,
+            code: OnceLock::new(),
+        };
+        f.heap_base = f.global_address(m, "__heap_base");
+        f.data_end = f.global_address(m, "__data_end");
+        f.stack_pointer = f.find_stack_pointer(m);
+        if let Ok(sp) = &f.stack_pointer {
+            f.stack_pointer_init = defined_global_value(m, sp.value);
+        }
+        f.stack = f.stack_region(m);
+        f
+    }
+
+    /// The walk over every function body, done once on first use.
+    pub fn code(&self, m: &Module<'_>) -> &CodeFacts {
+        self.code.get_or_init(|| scan_code(m))
+    }
+
+    /// A function's name for messages: its name-section name, else `function N`.
+    pub fn function_name(&self, func: u32) -> String {
+        match self.function_names.get(&func) {
+            Some(n) => n.clone(),
+            None => format!("function {func}"),
+        }
+    }
+
+    fn global_named(&self, m: &Module<'_>, name: &str) -> Option<Found<u32>> {
+        if let Some((&g, _)) = self.global_names.iter().find(|(_, n)| *n == name) {
+            return Some(found(g, format!("name section calls global {g} `{name}`")));
+        }
+        m.exports
+            .iter()
+            .find(|e| e.kind == ExternalKind::Global && e.name == name)
+            .map(|e| {
+                found(
+                    e.index,
+                    format!("global {} is exported as `{name}`", e.index),
+                )
+            })
+    }
+
+    /// The constant value of the immutable address global `name` (`__heap_base`, …).
+    fn global_address(&self, m: &Module<'_>, name: &str) -> Option<Found<u64>> {
+        let g = self.global_named(m, name)?;
+        let value = defined_global_value(m, g.value)?;
+        Some(found(value, g.how))
+    }
+
+    fn find_stack_pointer(&self, m: &Module<'_>) -> Result<Found<u32>, String> {
+        if let Some(g) = self.global_named(m, "__stack_pointer") {
+            return Ok(g);
+        }
+        for (i, imp) in m
+            .imports
+            .iter()
+            .filter(|i| matches!(i.ty, TypeRef::Global(_)))
+            .enumerate()
+        {
+            if imp.name == "__stack_pointer" {
+                return Ok(found(
+                    i as u32,
+                    format!("global {i} is imported as `{}.{}`", imp.module, imp.name),
+                ));
+            }
+        }
+        if m.bodies.is_empty() {
+            return Err("the module defines no functions".into());
+        }
+        let code = self.code(m);
+        let mut ranked: Vec<(u32, usize)> = code
+            .prologue_globals
+            .iter()
+            .map(|(&g, &n)| (g, n))
+            .collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        match ranked.as_slice() {
+            [] => Err(
+                "no global named `__stack_pointer`, none exported under that name, and no \
+                       function opens with the stack-pointer prologue (global.get g; i32.const N; \
+                       i32.sub; … global.set g)"
+                    .into(),
+            ),
+            [(g, n), rest @ ..] => {
+                let runner_up = rest.first().map_or(0, |r| r.1);
+                if runner_up == 0 || *n >= 4 * runner_up {
+                    Ok(found(
+                        *g,
+                        format!(
+                            "stack-pointer prologue idiom on global {g} in {n} functions (next: {runner_up})"
+                        ),
+                    ))
+                } else {
+                    Err(format!(
+                        "no global named `__stack_pointer`; the prologue idiom is ambiguous \
+                         (global {g} in {n} functions, another in {runner_up})"
+                    ))
+                }
+            }
+        }
+    }
+
+    fn stack_region(&self, m: &Module<'_>) -> Result<StackRegion, String> {
+        let sp = self
+            .stack_pointer
+            .as_ref()
+            .map_err(|e| format!("stack pointer unknown: {e}"))?;
+        let high = self.stack_pointer_init.ok_or_else(|| {
+            format!(
+                "the stack pointer (global {}) is imported or not initialized by a constant \
+                 (a dynamically linked or PIC module)",
+                sp.value
+            )
+        })?;
+        let named = |n| self.global_address(m, n);
+        if let (Some(low), Some(top)) = (named("__stack_low"), named("__stack_high")) {
+            let layout = match &self.data {
+                Some(d) if top.value <= d.low => StackLayout::StackFirst,
+                _ if low.value == 0 => StackLayout::StackFirst,
+                _ => StackLayout::StackAfterData,
+            };
+            return Ok(StackRegion {
+                low: low.value,
+                high: top.value,
+                layout,
+                how: format!("__stack_low/__stack_high: {}", low.how),
+            });
+        }
+        match &self.data {
+            Some(d) if high <= d.low => Ok(StackRegion {
+                low: 0,
+                high,
+                layout: StackLayout::StackFirst,
+                how: format!(
+                    "initial stack pointer {high} is at or below the lowest data address {}",
+                    d.low
+                ),
+            }),
+            Some(d) => {
+                let (low, how) = match &self.data_end {
+                    Some(e) if e.value <= high => (e.value, format!("__data_end ({})", e.how)),
+                    _ => (
+                        d.high,
+                        "end of the initialized data segments (no __data_end: zero-initialized \
+                         data may extend further)"
+                            .to_string(),
+                    ),
+                };
+                Ok(StackRegion {
+                    low,
+                    high,
+                    layout: StackLayout::StackAfterData,
+                    how: format!(
+                        "initial stack pointer {high} is above the data; low end from {how}"
+                    ),
+                })
+            }
+            None => Ok(StackRegion {
+                low: 0,
+                high,
+                layout: StackLayout::StackFirst,
+                how: "no active data segments: nothing lies below the stack".into(),
+            }),
+        }
+    }
+
+    /// Per `call_indirect` type: sites, and the table entries of castable other types.
+    pub fn indirect_calls(&self, m: &Module<'_>) -> Vec<IndirectCallFacts> {
+        let code = self.code(m);
+        let mut out = Vec::new();
+        for (&(ty, table), &sites) in &code.indirect_sites {
+            let Some(site) = m.func_type(ty) else {
+                continue;
+            };
+            let mut by_sig: BTreeMap<String, usize> = BTreeMap::new();
+            if let Some(t) = self.tables.iter().find(|t| t.index == table) {
+                for &f in t.contents.values() {
+                    if let Some(callee) = m.func_sig(f)
+                        && sig::castable(callee, site)
+                    {
+                        *by_sig.entry(sig::show(callee)).or_default() += 1;
+                    }
+                }
+            }
+            let mut by: Vec<(String, usize)> = by_sig.into_iter().collect();
+            by.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            out.push(IndirectCallFacts {
+                type_index: ty,
+                signature: sig::show(site),
+                table,
+                sites,
+                castable_entries: by.iter().map(|b| b.1).sum(),
+                castable_by_signature: by,
+            });
+        }
+        out
+    }
+}
+
+fn defined_global_value(m: &Module<'_>, g: u32) -> Option<u64> {
+    let d = m
+        .defined_globals
+        .get(g.checked_sub(m.imported_globals)? as usize)?;
+    const_value(&d.init).map(|v| v as u64)
+}
+
+fn names(m: &Module<'_>) -> (HashMap<u32, String>, HashMap<u32, String>) {
+    let (mut funcs, mut globals) = (HashMap::new(), HashMap::new());
+    let Some(s) = m.custom("name") else {
+        return (funcs, globals);
+    };
+    let reader = wasmparser::NameSectionReader::new(m.section_reader(s));
+    for sub in reader.into_iter().flatten() {
+        let (map, target) = match sub {
+            wasmparser::Name::Function(map) => (map, &mut funcs),
+            wasmparser::Name::Global(map) => (map, &mut globals),
+            _ => continue,
+        };
+        for naming in map.into_iter().flatten() {
+            target.insert(naming.index, naming.name.to_string());
+        }
+    }
+    (funcs, globals)
+}
+
+fn data_extent(m: &Module<'_>) -> Option<DataExtent> {
+    let mut extent: Option<DataExtent> = None;
+    for d in &m.data {
+        let wasmparser::DataKind::Active {
+            memory_index: 0,
+            offset_expr,
+        } = &d.kind
+        else {
+            continue;
+        };
+        let Some(start) = const_value(offset_expr) else {
+            continue;
+        };
+        let (lo, hi) = (start as u64, start as u64 + d.data.len() as u64);
+        let e = extent.get_or_insert(DataExtent {
+            low: lo,
+            high: hi,
+            segments: 0,
+        });
+        e.low = e.low.min(lo);
+        e.high = e.high.max(hi);
+        e.segments += 1;
+    }
+    extent
+}
+
+fn tables(m: &Module<'_>) -> Vec<TableFacts> {
+    let mut out: Vec<TableFacts> = m
+        .tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| TableFacts {
+            index: i as u32,
+            element_type: t.element_type.to_string(),
+            initial: t.initial,
+            maximum: t.maximum,
+            imported: (i as u32) < m.imported_tables,
+            exported: m
+                .exports
+                .iter()
+                .any(|e| e.kind == ExternalKind::Table && e.index == i as u32),
+            contents: BTreeMap::new(),
+            filled_slots: 0,
+            unknown_segments: 0,
+        })
+        .collect();
+    for e in &m.elements {
+        let ElementKind::Active {
+            table_index,
+            offset_expr,
+        } = &e.kind
+        else {
+            continue;
+        };
+        let Some(t) = out.get_mut(table_index.unwrap_or(0) as usize) else {
+            continue;
+        };
+        let Some(base) = const_value(offset_expr) else {
+            t.unknown_segments += 1;
+            continue;
+        };
+        let funcs: Vec<Option<u32>> = match &e.items {
+            ElementItems::Functions(r) => r.clone().into_iter().map(|f| f.ok()).collect(),
+            ElementItems::Expressions(_, r) => r
+                .clone()
+                .into_iter()
+                .map(|expr| {
+                    let expr = expr.ok()?;
+                    match expr.get_operators_reader().read().ok()? {
+                        Operator::RefFunc { function_index } => Some(function_index),
+                        _ => None,
+                    }
+                })
+                .collect(),
+        };
+        for (k, f) in funcs.into_iter().enumerate() {
+            let slot = base as u64 + k as u64;
+            match f {
+                Some(f) => t.contents.insert(slot, f),
+                None => t.contents.remove(&slot),
+            };
+        }
+    }
+    for t in &mut out {
+        t.filled_slots = t.contents.len();
+    }
+    out
+}
+
+fn pic_markers(m: &Module<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &m.sections {
+        if let Some(name @ ("dylink" | "dylink.0")) = s.custom_name {
+            out.push(format!("`{name}` custom section"));
+        }
+    }
+    for i in &m.imports {
+        if matches!(i.name, "__memory_base" | "__table_base") || i.module.starts_with("GOT.") {
+            out.push(format!("import `{}.{}`", i.module, i.name));
+        }
+    }
+    out
+}
+
+fn relocations(m: &Module<'_>) -> Option<RelocationFacts> {
+    let names: Vec<String> = m
+        .sections
+        .iter()
+        .filter_map(|s| s.custom_name)
+        .filter(|n| *n == "linking" || n.starts_with("reloc."))
+        .map(str::to_string)
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let code = m.sections.iter().find(|s| s.id == 10);
+    let mut entries = 0;
+    let mut matches: Result<(), String> = Ok(());
+    for s in m
+        .sections
+        .iter()
+        .filter(|s| s.custom_name == Some("reloc.CODE"))
+    {
+        let Ok(reader) = wasmparser::RelocSectionReader::new(m.section_reader(s)) else {
+            matches = Err("reloc.CODE is malformed".into());
+            break;
+        };
+        let Some(code) = code else {
+            matches = Err("reloc.CODE present but the module has no code section".into());
+            break;
+        };
+        let body = &m.bytes[code.contents.clone()];
+        for e in reader.entries() {
+            entries += 1;
+            let Ok(e) = e else {
+                matches = Err("reloc.CODE is malformed".into());
+                break;
+            };
+            if matches.is_err() {
+                continue;
+            }
+            if let Err(why) = check_padded_immediate(body, &e) {
+                matches = Err(format!(
+                    "reloc.CODE entry at code offset {:#x} ({:?}): {why}; the code was re-encoded after linking (for example by wasm-opt)",
+                    e.offset, e.ty
+                ));
+            }
+        }
+    }
+    if entries == 0 && matches.is_ok() && names.iter().any(|n| n == "linking") {
+        matches = Err("a `linking` section without code relocations".into());
+    }
+    Some(RelocationFacts {
+        sections: names,
+        code_entries: entries,
+        matches_code: matches,
+    })
+}
+
+/// A linker writes relocatable immediates padded to their full width (5 bytes for 32-bit
+/// LEBs, 10 for 64-bit); a module re-encoded after linking uses the shortest form instead.
+fn check_padded_immediate(code: &[u8], e: &wasmparser::RelocationEntry) -> Result<(), String> {
+    let range = e.relocation_range().map_err(|err| err.to_string())?;
+    let bytes = code
+        .get(range.clone())
+        .ok_or("points past the end of the code section")?;
+    let is_leb = range.len() == 5 || range.len() == 10;
+    use wasmparser::RelocationType as R;
+    let fixed_width = matches!(
+        e.ty,
+        R::TableIndexI32
+            | R::MemoryAddrI32
+            | R::MemoryAddrI64
+            | R::TableIndexI64
+            | R::FunctionOffsetI32
+            | R::SectionOffsetI32
+            | R::GlobalIndexI32
+            | R::FunctionOffsetI64
+            | R::MemoryAddrLocrelI32
+            | R::FunctionIndexI32
+    );
+    if is_leb && !fixed_width {
+        let (last, init) = bytes.split_last().expect("non-empty");
+        if !init.iter().all(|b| b & 0x80 != 0) || last & 0x80 != 0 {
+            return Err(format!("not a {}-byte padded immediate", range.len()));
+        }
+    }
+    Ok(())
+}
+
+fn producers(m: &Module<'_>) -> Vec<(String, Vec<(String, String)>)> {
+    let Some(s) = m.custom("producers") else {
+        return Vec::new();
+    };
+    let Ok(reader) = wasmparser::ProducersSectionReader::new(m.section_reader(s)) else {
+        return Vec::new();
+    };
+    reader
+        .into_iter()
+        .flatten()
+        .map(|field| {
+            let values = field
+                .values
+                .into_iter()
+                .flatten()
+                .map(|v| (v.name.to_string(), v.version.to_string()))
+                .collect();
+            (field.name.to_string(), values)
+        })
+        .collect()
+}
+
+fn scan_code(m: &Module<'_>) -> CodeFacts {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let chunk = m.bodies.len().div_ceil(threads).max(1);
+    let parts: Vec<CodeFacts> = std::thread::scope(|s| {
+        let handles: Vec<_> = m
+            .bodies
+            .chunks(chunk)
+            .map(|bodies| s.spawn(move || scan_bodies(m, bodies)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("code scan panicked"))
+            .collect()
+    });
+    let mut all = CodeFacts::default();
+    for p in parts {
+        for (k, v) in p.indirect_sites {
+            *all.indirect_sites.entry(k).or_default() += v;
+        }
+        for t in p.tables_changed {
+            if !all.tables_changed.contains(&t) {
+                all.tables_changed.push(t);
+            }
+        }
+        for (k, v) in p.prologue_globals {
+            *all.prologue_globals.entry(k).or_default() += v;
+        }
+    }
+    all.tables_changed.sort();
+    all
+}
+
+fn scan_bodies(m: &Module<'_>, bodies: &[wasmparser::FunctionBody<'_>]) -> CodeFacts {
+    let mut facts = CodeFacts::default();
+    let address_global = |g: u32| {
+        matches!(m.global_types.get(g as usize), Some(t) if t.mutable
+            && matches!(t.content_type, ValType::I32 | ValType::I64))
+    };
+    for body in bodies {
+        let Ok(mut ops) = body.get_operators_reader() else {
+            continue;
+        };
+        let mut first_read: Option<u32> = None;
+        let mut saw_access = false;
+        let mut writes_first = false;
+        let mut subtracts = false;
+        while !ops.eof() {
+            let Ok(op) = ops.read() else { break };
+            match op {
+                Operator::CallIndirect {
+                    type_index,
+                    table_index,
+                }
+                | Operator::ReturnCallIndirect {
+                    type_index,
+                    table_index,
+                } => {
+                    *facts
+                        .indirect_sites
+                        .entry((type_index, table_index))
+                        .or_default() += 1;
+                }
+                Operator::TableSet { table }
+                | Operator::TableGrow { table }
+                | Operator::TableFill { table }
+                | Operator::TableInit { table, .. }
+                | Operator::TableCopy {
+                    dst_table: table, ..
+                } if !facts.tables_changed.contains(&table) => {
+                    facts.tables_changed.push(table);
+                }
+                Operator::GlobalGet { global_index } if !saw_access => {
+                    saw_access = true;
+                    if address_global(global_index) {
+                        first_read = Some(global_index);
+                    }
+                }
+                Operator::GlobalSet { global_index } => {
+                    saw_access = true;
+                    if first_read == Some(global_index) && subtracts {
+                        writes_first = true;
+                    }
+                }
+                Operator::I32Sub | Operator::I64Sub if first_read.is_some() => subtracts = true,
+                _ => {}
+            }
+        }
+        if let (Some(g), true) = (first_read, writes_first) {
+            *facts.prologue_globals.entry(g).or_default() += 1;
+        }
+    }
+    facts
+}

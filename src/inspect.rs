@@ -1,0 +1,258 @@
+//! `wasmfix inspect`: the module facts and the hazards they imply, in plain words or JSON.
+
+use crate::facts::{Facts, StackLayout};
+use crate::module::Module;
+use serde_json::{Value, json};
+use std::fmt::Write;
+
+/// A production failure the module is exposed to, in words a user searches for.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Hazard {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// Thousands separators: 2569 → "2,569".
+pub fn count(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn hazards(m: &Module<'_>, facts: &Facts) -> Vec<Hazard> {
+    let mut out = Vec::new();
+    if let Ok(s) = &facts.stack
+        && s.layout == StackLayout::StackAfterData
+    {
+        out.push(Hazard {
+                kind: "stack-after-data",
+                message: format!(
+                    "stack is placed after data: a stack overflow overwrites data (stack [{}, {}) grows down toward the data below {})",
+                    s.low, s.high, s.low
+                ),
+            });
+    }
+    for call in facts.indirect_calls(m) {
+        if call.castable_entries == 0 {
+            continue;
+        }
+        let kinds: Vec<String> = call
+            .castable_by_signature
+            .iter()
+            .take(3)
+            .map(|(sig, n)| format!("{} of type {sig}", count(*n)))
+            .collect();
+        let more = call.castable_by_signature.len().saturating_sub(3);
+        let more = if more > 0 {
+            format!(" and {more} more types")
+        } else {
+            String::new()
+        };
+        out.push(Hazard {
+            kind: "fpcast",
+            message: format!(
+                "call_indirect of type {} at {} sites can reach {} table entries of other castable types ({}{more}): such calls trap with `indirect call type mismatch`",
+                call.signature,
+                count(call.sites),
+                count(call.castable_entries),
+                kinds.join(", ")
+            ),
+        });
+    }
+    out
+}
+
+pub fn json(m: &Module<'_>, facts: &Facts) -> Value {
+    let code = facts.code(m);
+    let tables: Vec<Value> = facts
+        .tables
+        .iter()
+        .map(|t| {
+            let mut v = serde_json::to_value(t).expect("serializable");
+            v["changed_by_code"] = json!(code.table_changed_by_code(t.index));
+            v
+        })
+        .collect();
+    json!({
+        "size": m.bytes.len(),
+        "functions": m.num_funcs(),
+        "imported_functions": m.imported_funcs,
+        "memories": m.memories.len(),
+        "stack_pointer": result(&facts.stack_pointer),
+        "stack_pointer_init": facts.stack_pointer_init,
+        "stack": result(&facts.stack),
+        "data": facts.data,
+        "heap_base": facts.heap_base,
+        "data_end": facts.data_end,
+        "tables": tables,
+        "indirect_calls": facts.indirect_calls(m),
+        "pic_markers": facts.pic_markers,
+        "relocations": facts.relocations.as_ref().map(|r| json!({
+            "sections": r.sections,
+            "code_entries": r.code_entries,
+            "matches_code": r.matches_code.is_ok(),
+            "why_not": r.matches_code.as_ref().err(),
+        })),
+        "producers": facts.producers,
+        "hazards": hazards(m, facts),
+    })
+}
+
+fn result<T: serde::Serialize>(r: &Result<T, String>) -> Value {
+    match r {
+        Ok(v) => serde_json::to_value(v).expect("serializable"),
+        Err(why) => json!({ "unknown": why }),
+    }
+}
+
+pub fn text(name: &str, m: &Module<'_>, facts: &Facts) -> String {
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(
+        w,
+        "{name}: core module, {} bytes, {} functions ({} imported), {} memories, {} tables",
+        count(m.bytes.len()),
+        count(m.num_funcs() as usize),
+        count(m.imported_funcs as usize),
+        m.memories.len(),
+        m.tables.len()
+    );
+    if !facts.producers.is_empty() {
+        let fields: Vec<String> = facts
+            .producers
+            .iter()
+            .map(|(f, vs)| {
+                let vs: Vec<String> = vs
+                    .iter()
+                    .map(|(n, v)| format!("{n} {v}").trim().to_string())
+                    .collect();
+                format!("{f}: {}", vs.join(", "))
+            })
+            .collect();
+        let _ = writeln!(w, "producers: {}", fields.join("; "));
+    }
+    match &facts.stack_pointer {
+        Ok(sp) => {
+            let init = facts
+                .stack_pointer_init
+                .map_or("not a constant".to_string(), |v| v.to_string());
+            let _ = writeln!(
+                w,
+                "stack pointer: global {} ({}), initial value {init}",
+                sp.value, sp.how
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(w, "stack pointer: unknown: {why}");
+        }
+    }
+    match &facts.data {
+        Some(d) => {
+            let _ = writeln!(
+                w,
+                "data: [{}, {}) in {} active segments",
+                d.low, d.high, d.segments
+            );
+        }
+        None => {
+            let _ = writeln!(w, "data: no active data segments with constant offsets");
+        }
+    }
+    for (label, v) in [
+        ("__data_end", &facts.data_end),
+        ("__heap_base", &facts.heap_base),
+    ] {
+        if let Some(v) = v {
+            let _ = writeln!(w, "{label}: {} ({})", v.value, v.how);
+        }
+    }
+    match &facts.stack {
+        Ok(st) => {
+            let layout = match st.layout {
+                StackLayout::StackFirst => {
+                    "stack first: an overflow runs below address 0 and traps"
+                }
+                StackLayout::StackAfterData => "stack after data: an overflow runs into the data",
+            };
+            let _ = writeln!(w, "stack: [{}, {}), {layout} ({})", st.low, st.high, st.how);
+        }
+        Err(why) => {
+            let _ = writeln!(w, "stack: unknown: {why}");
+        }
+    }
+    let code = facts.code(m);
+    for t in &facts.tables {
+        let max = t.maximum.map_or("none".to_string(), |v| v.to_string());
+        let mut notes = Vec::new();
+        if t.imported {
+            notes.push("imported");
+        }
+        if t.exported {
+            notes.push("exported");
+        }
+        if code.table_changed_by_code(t.index) {
+            notes.push("changed by code");
+        }
+        if notes.is_empty() {
+            notes.push("static");
+        }
+        let _ = writeln!(
+            w,
+            "table {}: {}, {} slots filled by element segments, size {} (max {max}), {}",
+            t.index,
+            t.element_type,
+            count(t.filled_slots),
+            t.initial,
+            notes.join(", ")
+        );
+    }
+    let calls = facts.indirect_calls(m);
+    if !calls.is_empty() {
+        let sites: usize = calls.iter().map(|c| c.sites).sum();
+        let _ = writeln!(
+            w,
+            "indirect calls: {} sites of {} signatures",
+            count(sites),
+            calls.len()
+        );
+    }
+    match &facts.relocations {
+        None => {
+            let _ = writeln!(
+                w,
+                "relocations: none (relink with -Wl,--emit-relocs to allow exact relocation)"
+            );
+        }
+        Some(r) => {
+            let state = match &r.matches_code {
+                Ok(()) => "they match the code".to_string(),
+                Err(why) => format!("stale: {why}"),
+            };
+            let _ = writeln!(
+                w,
+                "relocations: {} ({} code entries), {state}",
+                r.sections.join(", "),
+                count(r.code_entries)
+            );
+        }
+    }
+    if !facts.pic_markers.is_empty() {
+        let _ = writeln!(w, "dynamic linking / PIC: {}", facts.pic_markers.join(", "));
+    }
+    let hazards = hazards(m, facts);
+    if hazards.is_empty() {
+        let _ = writeln!(w, "hazards: none found");
+    } else {
+        let _ = writeln!(w, "hazards:");
+        for h in &hazards {
+            let _ = writeln!(w, "  - {}", h.message);
+        }
+    }
+    s
+}

@@ -1,0 +1,276 @@
+//! The `wasmfix` command line. Exit status: 0 done, 1 `--check` found hazards, 2 bad input,
+//! a refusing pass or a usage error (nothing written), 3 internal error (nothing written).
+
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use wasmfix::passes::{self, DEFAULT_PIPELINE, Pass, PassOptions};
+use wasmfix::pipeline::{self, Failure};
+
+const AFTER_HELP: &str = "\
+Examples:
+  wasmfix app.wasm -o app.wasm          rewrite in place with the default pipeline
+  wasmfix app.wasm -o fixed.wasm -v     say what each pass did
+  wasmfix --check app.wasm              exit 1 if the module has hazards (for a Makefile gate)
+  wasmfix inspect app.wasm              stack layout, tables, indirect calls, hazards
+  wasmfix passes                        list the passes
+
+Exit status: 0 done; 1 --check found hazards; 2 bad input, a pass refused the module, or a
+usage error (no output is written and the input is never modified); 3 internal error.";
+
+#[derive(Parser)]
+#[command(
+    name = "wasmfix",
+    version,
+    about = "Fix linked WebAssembly modules built from C/C++: function-pointer cast traps, stack overflows into data",
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    rewrite: Rewrite,
+}
+
+#[derive(clap::Args)]
+struct Rewrite {
+    /// Input module (`-` reads standard input).
+    input: Option<PathBuf>,
+    /// Output module (`-` writes standard output; may equal the input).
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+    /// Comma-separated passes to run instead of the default pipeline; `none` runs none.
+    #[arg(long, value_name = "LIST")]
+    passes: Option<String>,
+    /// Write a JSON report of what each pass did to FILE (`-`: standard output).
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Analyze only: print hazards and exit 1 if any remain, 0 if none.
+    #[arg(long)]
+    check: bool,
+    /// Print nothing but errors.
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Say what each pass did.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the module's facts (stack layout, tables, indirect calls) and its hazards.
+    Inspect {
+        /// Input module.
+        input: PathBuf,
+        /// Print JSON for tools instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the passes and the default pipeline.
+    Passes,
+}
+
+/// A failure as the CLI reports it: one line on stderr and an exit status.
+struct Exit {
+    status: u8,
+    message: String,
+}
+
+fn fail(status: u8, message: impl Into<String>) -> Exit {
+    Exit {
+        status,
+        message: message.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Passes) => {
+            list_passes();
+            Ok(0)
+        }
+        Some(Command::Inspect { input, json }) => inspect(&input, json),
+        None => rewrite(cli.rewrite),
+    };
+    match result {
+        Ok(status) => ExitCode::from(status),
+        Err(e) => {
+            eprintln!("wasmfix: {}", e.message);
+            ExitCode::from(e.status)
+        }
+    }
+}
+
+fn list_passes() {
+    println!("passes (in pipeline order; * = default):");
+    for p in passes::REGISTRY {
+        let mark = if DEFAULT_PIPELINE.contains(&p.name()) {
+            "*"
+        } else {
+            " "
+        };
+        println!("  {mark} {:<14} {}", p.name(), p.description());
+    }
+}
+
+fn read_input(path: &Path) -> Result<Vec<u8>, Exit> {
+    let bytes = if path == Path::new("-") {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut v).map(|_| v)
+    } else {
+        std::fs::read(path)
+    };
+    bytes.map_err(|e| fail(2, format!("{}: cannot read: {e}", path.display())))
+}
+
+fn inspect(input: &Path, json: bool) -> Result<u8, Exit> {
+    let bytes = read_input(input)?;
+    let (module, facts) =
+        pipeline::load(&bytes).map_err(|f| fail(2, format!("{}: {f}", input.display())))?;
+    if json {
+        let v = wasmfix::inspect::json(&module, &facts);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("serializable")
+        );
+    } else {
+        print!(
+            "{}",
+            wasmfix::inspect::text(&input.display().to_string(), &module, &facts)
+        );
+    }
+    Ok(0)
+}
+
+fn select_passes(list: Option<&str>) -> Result<Vec<&'static dyn Pass>, Exit> {
+    let names: Vec<&str> = match list {
+        None => DEFAULT_PIPELINE.to_vec(),
+        Some("none") | Some("") => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect(),
+    };
+    names
+        .into_iter()
+        .map(|n| {
+            passes::find(n).ok_or_else(|| {
+                let known: Vec<&str> = passes::REGISTRY.iter().map(|p| p.name()).collect();
+                fail(
+                    2,
+                    format!("unknown pass `{n}` (known: {}, or none)", known.join(", ")),
+                )
+            })
+        })
+        .collect()
+}
+
+fn rewrite(args: Rewrite) -> Result<u8, Exit> {
+    let Some(input) = args.input else {
+        return Err(fail(2, "no input module given (try `wasmfix --help`)"));
+    };
+    let name = input.display().to_string();
+    if args.check {
+        let bytes = read_input(&input)?;
+        let (module, facts) =
+            pipeline::load(&bytes).map_err(|f| fail(2, format!("{name}: {f}")))?;
+        let hazards = wasmfix::inspect::hazards(&module, &facts);
+        if !args.quiet {
+            for h in &hazards {
+                eprintln!("wasmfix: {name}: hazard: {}", h.message);
+            }
+        }
+        return Ok(if hazards.is_empty() { 0 } else { 1 });
+    }
+    let Some(output) = args.output else {
+        return Err(fail(
+            2,
+            format!("{name}: no output given: add -o OUT (-o {name} rewrites in place)"),
+        ));
+    };
+    let passes = select_passes(args.passes.as_deref())?;
+    let to_stdout = output == Path::new("-");
+    if to_stdout && args.report.as_deref() == Some(Path::new("-")) {
+        return Err(fail(2, "--report - and -o - both write standard output"));
+    }
+    let bytes = read_input(&input)?;
+    let outcome = pipeline::run(&bytes, &passes, &PassOptions::default()).map_err(|f| {
+        let status = if matches!(f, Failure::Internal(_)) {
+            3
+        } else {
+            2
+        };
+        fail(status, format!("{name}: {f}"))
+    })?;
+    for r in &outcome.reports {
+        if args.verbose {
+            eprintln!("wasmfix: {}: {}", r.pass, r.summary);
+        }
+        if !args.quiet {
+            for w in &r.warnings {
+                eprintln!("wasmfix: {name}: {}: warning: {w}", r.pass);
+            }
+        }
+    }
+    if to_stdout {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&outcome.bytes)
+            .and_then(|_| out.flush())
+            .map_err(|e| fail(2, format!("cannot write standard output: {e}")))?;
+    } else {
+        write_atomically(&output, &outcome.bytes)
+            .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?;
+    }
+    if let Some(report) = &args.report {
+        let json = serde_json::json!({
+            "input": name,
+            "output": output.display().to_string(),
+            "input_bytes": bytes.len(),
+            "output_bytes": outcome.bytes.len(),
+            "rewritten_functions": outcome.rewritten_functions,
+            "passes": outcome.reports,
+        });
+        let text = serde_json::to_string_pretty(&json).expect("serializable") + "\n";
+        let written = if report == Path::new("-") {
+            std::io::stdout().write_all(text.as_bytes())
+        } else {
+            std::fs::write(report, text)
+        };
+        written.map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
+    }
+    Ok(0)
+}
+
+/// Writes `bytes` to a temporary file beside `target` and renames it over `target`, so an
+/// interrupted run never leaves a half-written module and `-o` may name the input.
+fn write_atomically(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let file = target
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.wasmfix-{}.tmp",
+        file.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        if let Ok(meta) = std::fs::metadata(target) {
+            f.set_permissions(meta.permissions())?;
+        }
+        drop(f);
+        std::fs::rename(&tmp, target)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

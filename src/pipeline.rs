@@ -1,0 +1,101 @@
+//! One run: read, validate, establish facts, run the passes, emit, validate the result.
+
+use crate::edit::Edits;
+use crate::facts::Facts;
+use crate::module::Module;
+use crate::passes::{Pass, PassCx, PassOptions, PassReport};
+use crate::{emit, validate};
+
+/// Why a run produced nothing. Each maps to an exit status in the CLI.
+#[derive(Debug)]
+pub enum Failure {
+    /// Not a module wasmfix can read: empty, truncated, not wasm, invalid, a component.
+    BadInput(anyhow::Error),
+    /// A pass cannot establish a fact it needs, or the module uses what it cannot rewrite.
+    Refused {
+        pass: &'static str,
+        error: anyhow::Error,
+    },
+    /// wasmfix produced an invalid module or failed to encode one: a bug.
+    Internal(anyhow::Error),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::BadInput(e) => write!(f, "{}", one_line(e)),
+            Failure::Refused { pass, error } => write!(f, "{pass}: {}", one_line(error)),
+            Failure::Internal(e) => {
+                write!(
+                    f,
+                    "internal error (a wasmfix bug, please report it): {}",
+                    one_line(e)
+                )
+            }
+        }
+    }
+}
+
+/// An error chain as one line: `outer: inner: root`.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    parts.join(": ").replace('\n', " ")
+}
+
+pub struct Outcome {
+    pub bytes: Vec<u8>,
+    pub reports: Vec<PassReport>,
+    /// Function bodies that were re-encoded.
+    pub rewritten_functions: usize,
+}
+
+/// Reads and validates `input`, or says why it is bad input.
+pub fn read(input: &[u8]) -> Result<Module<'_>, Failure> {
+    let module = Module::parse(input).map_err(Failure::BadInput)?;
+    validate::validate(input, None).map_err(|e| Failure::BadInput(e.context("invalid module")))?;
+    Ok(module)
+}
+
+/// Reads and validates `input` and establishes its facts.
+pub fn load(input: &[u8]) -> Result<(Module<'_>, Facts), Failure> {
+    let module = read(input)?;
+    let facts = Facts::new(&module);
+    Ok((module, facts))
+}
+
+/// Runs `passes` over `input` and returns the validated output.
+pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<Outcome, Failure> {
+    let module = read(input)?;
+    let facts = std::sync::OnceLock::new();
+    let mut edits = Edits::default();
+    let mut reports = Vec::new();
+    for pass in passes {
+        let mut cx = PassCx {
+            module: &module,
+            facts: &facts,
+            edits: &mut edits,
+            options,
+        };
+        let report = pass.run(&mut cx).map_err(|error| Failure::Refused {
+            pass: pass.name(),
+            error,
+        })?;
+        reports.push(report);
+    }
+    let mut bytes = Vec::new();
+    let emitted = emit::emit(&module, &mut edits, &mut bytes).map_err(Failure::Internal)?;
+
+    let defined = module.bodies.len() as u32;
+    let mut check = vec![false; defined as usize];
+    for &f in &emitted.rewritten_functions {
+        check[(f - module.imported_funcs) as usize] = true;
+    }
+    let must_check = |i: u32| i >= defined || check[i as usize];
+    validate::validate(&bytes, Some(&must_check))
+        .map_err(|e| Failure::Internal(e.context("the rewritten module does not validate")))?;
+    Ok(Outcome {
+        bytes,
+        reports,
+        rewritten_functions: emitted.rewritten_functions.len(),
+    })
+}
