@@ -7,6 +7,7 @@ use crate::facts::Facts;
 use crate::module::Module;
 use serde_json::Value;
 
+pub mod fpcast;
 pub mod producers;
 
 /// Options that reach passes from the command line.
@@ -48,10 +49,10 @@ pub trait Pass: Sync {
 }
 
 /// Every pass, in the order the pipeline runs them.
-pub static REGISTRY: &[&dyn Pass] = &[&producers::Producers];
+pub static REGISTRY: &[&dyn Pass] = &[&fpcast::Fpcast, &producers::Producers];
 
 /// The passes run when `--passes` is not given.
-pub const DEFAULT_PIPELINE: &[&str] = &["producers"];
+pub const DEFAULT_PIPELINE: &[&str] = &["fpcast", "producers"];
 
 pub fn find(name: &str) -> Option<&'static dyn Pass> {
     REGISTRY.iter().copied().find(|p| p.name() == name)

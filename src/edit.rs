@@ -5,7 +5,7 @@
 use crate::module::Module;
 use std::collections::BTreeMap;
 use wasm_encoder::{
-    ConstExpr, ElementSegment, Function, GlobalType, Instruction, Section, TableType, ValType,
+    ConstExpr, Function, GlobalType, Instruction, RefType, Section, TableType, ValType,
 };
 use wasmparser::FuncType;
 
@@ -15,6 +15,15 @@ pub struct NewFunction {
     pub body: Function,
     /// Shown in backtraces through the name section, e.g. `wasmfix:stack_overflow`.
     pub name: String,
+}
+
+/// An active element segment a pass adds: `items` (constant expressions of type `ty`) are
+/// written to `table` from `offset` at instantiation.
+pub struct NewElement {
+    pub table: u32,
+    pub offset: ConstExpr,
+    pub ty: RefType,
+    pub items: Vec<ConstExpr>,
 }
 
 /// An active data segment a pass adds (messages for diagnostics, for example).
@@ -87,9 +96,11 @@ pub struct Edits<'m> {
     pub(crate) new_functions: Vec<NewFunction>,
     pub(crate) new_tables: Vec<(TableType, Option<ConstExpr>)>,
     pub(crate) new_globals: Vec<(GlobalType, ConstExpr)>,
-    pub(crate) new_elements: Vec<ElementSegment<'static>>,
+    pub(crate) new_elements: Vec<NewElement>,
     pub(crate) new_data: Vec<NewData>,
     pub(crate) rewriters: Vec<Box<dyn BodyRewriter + 'm>>,
+    /// A new start function (which must call the original one, if any).
+    pub(crate) new_start: Option<u32>,
     /// Custom sections by position in `Module::sections`: the encoded replacement section,
     /// or `None` to drop it.
     pub(crate) custom_replaced: BTreeMap<usize, Option<Vec<u8>>>,
@@ -107,6 +118,7 @@ impl<'m> Edits<'m> {
             && self.new_elements.is_empty()
             && self.new_data.is_empty()
             && self.rewriters.is_empty()
+            && self.new_start.is_none()
             && self.custom_replaced.is_empty()
             && self.custom_appended.is_empty()
     }
@@ -154,12 +166,22 @@ impl<'m> Edits<'m> {
         (module.global_types.len() + self.new_globals.len() - 1) as u32
     }
 
-    pub fn add_element(&mut self, segment: ElementSegment<'static>) {
+    pub fn add_element(&mut self, segment: NewElement) {
         self.new_elements.push(segment);
     }
 
     pub fn add_data(&mut self, data: NewData) {
         self.new_data.push(data);
+    }
+
+    /// Makes `func` the start function. It must call the module's original start function
+    /// (`Module::start`) itself; only one pass may set it.
+    pub fn set_start(&mut self, func: u32) {
+        assert!(
+            self.new_start.is_none(),
+            "two passes set the start function"
+        );
+        self.new_start = Some(func);
     }
 
     pub fn add_rewriter(&mut self, r: Box<dyn BodyRewriter + 'm>) {

@@ -58,6 +58,7 @@ pub fn emit(module: &Module<'_>, edits: &mut Edits<'_>, out: &mut Vec<u8>) -> Re
     mark(6, !edits.new_globals.is_empty());
     mark(9, !edits.new_elements.is_empty());
     mark(11, !edits.new_data.is_empty());
+    mark(8, edits.new_start.is_some());
     mark(
         12,
         !edits.new_data.is_empty() && module.data_count.is_some(),
@@ -218,9 +219,21 @@ fn build_section(
                 elements.raw(&module.bytes[e.range.start as usize..e.range.end as usize]);
             }
             for e in &edits.new_elements {
-                elements.segment(e.clone());
+                elements.segment(wasm_encoder::ElementSegment {
+                    mode: wasm_encoder::ElementMode::Active {
+                        table: Some(e.table),
+                        offset: &e.offset,
+                    },
+                    elements: wasm_encoder::Elements::Expressions(e.ty, (&e.items[..]).into()),
+                });
             }
             push_section(out, &elements);
+        }
+        8 => {
+            let function_index = edits
+                .new_start
+                .expect("start section is rebuilt only when set");
+            push_section(out, &wasm_encoder::StartSection { function_index });
         }
         12 => {
             let count = module.data.len() + edits.new_data.len();

@@ -95,6 +95,8 @@ pub struct CodeFacts {
     /// Global → functions whose first global access reads it and that also write it: the
     /// stack-pointer prologue idiom (`global.get g; i32.const N; i32.sub; … global.set g`).
     pub prologue_globals: BTreeMap<u32, usize>,
+    /// Functions containing at least one `call_indirect`/`return_call_indirect`, ascending.
+    pub functions_with_indirect_calls: Vec<u32>,
 }
 
 impl CodeFacts {
@@ -276,7 +278,36 @@ impl Facts {
                 how: format!("__stack_low/__stack_high: {}", low.how),
             });
         }
+        // Data on both sides of the initial stack pointer happens in snapshots (Wizer records
+        // memory as data segments). A few bytes below and the bulk above is a stack-first
+        // module whose stack contents were recorded; the other way round is a stack above the
+        // data whose heap was recorded.
+        let (mut below, mut above) = (0u64, 0u64);
+        for d in &m.data {
+            if let wasmparser::DataKind::Active {
+                memory_index: 0,
+                offset_expr,
+            } = &d.kind
+                && let Some(start) = const_value(offset_expr)
+            {
+                let (start, end) = (start as u64, start as u64 + d.data.len() as u64);
+                below += end.min(high).saturating_sub(start);
+                above += end.saturating_sub(start.max(high));
+            }
+        }
+        let stack_snapshot = below > 0 && below <= 64 * 1024 && above > below;
         match &self.data {
+            Some(d) if d.low < high && stack_snapshot => Ok(StackRegion {
+                low: 0,
+                high,
+                layout: StackLayout::StackFirst,
+                how: format!(
+                    "{above} bytes of data lie above the initial stack pointer {high} and {below} \
+                     below it, from {}: a stack-first module whose stack contents were recorded \
+                     by a memory snapshot",
+                    d.low
+                ),
+            }),
             Some(d) if high <= d.low => Ok(StackRegion {
                 low: 0,
                 high,
@@ -594,7 +625,11 @@ fn scan_code(m: &Module<'_>) -> CodeFacts {
         let handles: Vec<_> = m
             .bodies
             .chunks(chunk)
-            .map(|bodies| s.spawn(move || scan_bodies(m, bodies)))
+            .enumerate()
+            .map(|(k, bodies)| {
+                let first = m.imported_funcs + (k * chunk) as u32;
+                s.spawn(move || scan_bodies(m, first, bodies))
+            })
             .collect();
         handles
             .into_iter()
@@ -614,18 +649,21 @@ fn scan_code(m: &Module<'_>) -> CodeFacts {
         for (k, v) in p.prologue_globals {
             *all.prologue_globals.entry(k).or_default() += v;
         }
+        all.functions_with_indirect_calls
+            .extend(p.functions_with_indirect_calls);
     }
     all.tables_changed.sort();
     all
 }
 
-fn scan_bodies(m: &Module<'_>, bodies: &[wasmparser::FunctionBody<'_>]) -> CodeFacts {
+fn scan_bodies(m: &Module<'_>, first: u32, bodies: &[wasmparser::FunctionBody<'_>]) -> CodeFacts {
     let mut facts = CodeFacts::default();
     let address_global = |g: u32| {
         matches!(m.global_types.get(g as usize), Some(t) if t.mutable
             && matches!(t.content_type, ValType::I32 | ValType::I64))
     };
-    for body in bodies {
+    for (func, body) in (first..).zip(bodies) {
+        let mut calls_indirect = false;
         let Ok(mut ops) = body.get_operators_reader() else {
             continue;
         };
@@ -648,6 +686,7 @@ fn scan_bodies(m: &Module<'_>, bodies: &[wasmparser::FunctionBody<'_>]) -> CodeF
                         .indirect_sites
                         .entry((type_index, table_index))
                         .or_default() += 1;
+                    calls_indirect = true;
                 }
                 Operator::TableSet { table }
                 | Operator::TableGrow { table }
@@ -673,6 +712,9 @@ fn scan_bodies(m: &Module<'_>, bodies: &[wasmparser::FunctionBody<'_>]) -> CodeF
                 Operator::I32Sub | Operator::I64Sub if first_read.is_some() => subtracts = true,
                 _ => {}
             }
+        }
+        if calls_indirect {
+            facts.functions_with_indirect_calls.push(func);
         }
         if let (Some(g), true) = (first_read, writes_first) {
             *facts.prologue_globals.entry(g).or_default() += 1;

@@ -1,0 +1,654 @@
+//! fpcast — function-pointer casts call with C semantics instead of trapping.
+//!
+//! C code calls functions through pointers of another type (a 1-argument getter stored in a
+//! 2-argument slot, `(GFunc)free`, `METH_NOARGS`). Native ABIs tolerate it; wasm traps with
+//! `indirect call type mismatch`. This pass makes such calls behave as C expects: extra
+//! arguments are dropped, missing ones read as zero, a missing result reads as zero, an
+//! unwanted result is dropped, and i32/i64 arguments are wrapped or zero-extended
+//! ([`crate::sig::castable`]).
+//!
+//! What it inserts. For each funcref table and each signature `T` used by a `call_indirect`
+//! on it that can reach a table entry of another castable signature `U`:
+//! - one adapter function per `(U, T)` pair actually present, typed `T`: it passes its
+//!   arguments on as `U` wants them, calls slot `index` of the original table through
+//!   `call_indirect (type U)`, and adapts the result. `index` comes from one global,
+//!   `wasmfix:fpcast_index`, written by the call site just before the call.
+//! - a shadow table `s_T` the size of the original table. When the original table cannot change
+//!   at run time (not imported, not exported, no `table.set/grow/fill/copy/init` in code),
+//!   slot *i* of `s_T` holds the original entry when its type is `T` or not castable to `T`,
+//!   and the `(U, T)` adapter when it is castable; the call site becomes
+//!   `global.set index; global.get index; call_indirect (type T) s_T`.
+//!   When the table can change, `s_T` holds only the adapters (null elsewhere) and the site
+//!   calls a dispatch function that uses the adapter when `s_T` has one for the slot and
+//!   otherwise makes the original call on the original table, so entries added later behave
+//!   exactly as before.
+//! - the shadow tables are filled at instantiation by a start function (which then calls the
+//!   original start function) from two compact sources: a `br_table` function mapping each
+//!   slot to the class of its signature, and an "adapters" table indexed by (target, class),
+//!   filled by one element segment. Encoding each shadow table as element segments instead
+//!   would cost a function index per slot per target: ~5% of ruby.wasm (33 targets x 8,775
+//!   slots); this costs under 1%.
+//!
+//! Why every execution that worked is unchanged: a call that did not trap called an entry
+//! whose type is `T`; `s_T` holds that same entry (static mode) or nothing (dynamic mode,
+//! original call), so the same function runs with the same arguments. Calls that trapped
+//! because the entry was null, out of range, or of a non-castable type reach the same entry
+//! (or the original table) through `call_indirect (type T)` and trap the same way. Only calls
+//! that trapped on a castable mismatch now run, through an adapter. The index global is
+//! written immediately before the call and read first thing by the adapter, so nested calls
+//! cannot disturb it.
+//!
+//! Design choice (DESIGN.md lists three). Shadow tables + index global cost a matching call
+//! one `global.set` and one `global.get`. A type-of dispatch (a `br_table` lookup per call)
+//! costs a call and a jump-table branch on every indirect call, and `ref.test` needs the GC
+//! proposal, which Node 20's V8 does not enable. Tables that change at run time use the
+//! dispatch function because a shadow copy would miss later entries.
+//!
+//! Limits: a replaced (not appended) entry of a table that changes at run time keeps the
+//! adapter of its original signature. Tables whose element segments have non-constant offsets
+//! (position-independent code) and 64-bit tables are left alone, with a warning.
+
+use super::{Pass, PassCx, PassReport};
+use crate::edit::{BodyCx, BodyRewriter, NewElement, NewFunction};
+use crate::facts::TableFacts;
+use crate::module::Module;
+use crate::sig::{self, castable};
+use anyhow::Result;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
+use wasm_encoder::{
+    BlockType, ConstExpr, Function, GlobalType, HeapType, Instruction, RefType, TableType, ValType,
+};
+use wasmparser::FuncType;
+
+pub struct Fpcast;
+
+/// How the call sites of one `(table, T)` pair are rewritten.
+#[derive(Clone, Copy)]
+enum Site {
+    /// `global.set index; global.get index; call_indirect (type T) shadow`.
+    Shadow { table: u32 },
+    /// `call dispatch` (the table may change at run time).
+    Dispatch { func: u32 },
+}
+
+/// The adapted signatures of one table.
+struct TablePlan<'f> {
+    table: &'f TableFacts,
+    dynamic: bool,
+    /// Class 0 is "no known function"; class c ≥ 1 is `classes[c - 1]`: a signature present
+    /// in the table, with one of the type indices that spell it.
+    classes: Vec<(FuncType, u32)>,
+    /// Class of every slot up to the last filled one.
+    slot_class: Vec<u32>,
+    /// The call-site signatures to adapt, with a type index that spells each.
+    targets: Vec<(FuncType, u32)>,
+    sites: Vec<usize>,
+}
+
+impl Pass for Fpcast {
+    fn name(&self) -> &'static str {
+        "fpcast"
+    }
+
+    fn description(&self) -> &'static str {
+        "function-pointer casts call with C semantics instead of trapping"
+    }
+
+    fn run(&self, cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
+        let m = cx.module;
+        let facts = cx.facts();
+        let code = facts.code(m);
+        let mut warnings = Vec::new();
+        let mut plans = Vec::new();
+        for t in &facts.tables {
+            let site_types: Vec<(u32, usize)> = code
+                .indirect_sites
+                .iter()
+                .filter(|((_, table), _)| *table == t.index)
+                .map(|(&(ty, _), &n)| (ty, n))
+                .collect();
+            if site_types.is_empty() {
+                continue;
+            }
+            if m.tables[t.index as usize].table64 {
+                warnings.push(format!(
+                    "table {} is a 64-bit table: casts through it are not adapted",
+                    t.index
+                ));
+                continue;
+            }
+            if m.tables[t.index as usize].element_type != wasmparser::RefType::FUNCREF {
+                warnings.push(format!(
+                    "table {} holds {} rather than funcref: casts through it are not adapted",
+                    t.index, t.element_type
+                ));
+                continue;
+            }
+            if t.unknown_segments > 0 {
+                warnings.push(format!(
+                    "table {} is filled by element segments at non-constant offsets (position-independent code): casts through it are not adapted",
+                    t.index
+                ));
+                continue;
+            }
+            if let Some(plan) = plan_table(m, t, &site_types, t.changes_at_run_time(code)) {
+                plans.push(plan);
+            }
+        }
+        if let Some(w) = erased_cast_targets(m, facts, &plans) {
+            warnings.push(w);
+        }
+        if plans.is_empty() {
+            return Ok(PassReport {
+                pass: self.name(),
+                summary: "no call_indirect can reach a castable entry of another type".into(),
+                warnings,
+                details: serde_json::json!({ "signatures": [] }),
+            });
+        }
+
+        let index_global = cx.edits.add_global(
+            m,
+            GlobalType {
+                val_type: ValType::I32,
+                mutable: true,
+                shared: false,
+            },
+            ConstExpr::i32_const(0),
+        );
+        let mut sites: HashMap<(u32, u32), Site> = HashMap::new();
+        let mut report = Vec::new();
+        let mut adapters_total = 0;
+        let mut init = Function::new([(2, ValType::I32), (1, ValType::FUNCREF)]);
+        for plan in &plans {
+            let built = build_table(cx, plan, index_global, &mut init);
+            adapters_total += built.adapters.len();
+            for (k, (sig_t, _)) in plan.targets.iter().enumerate() {
+                let site = built.sites[k];
+                for ty in 0..m.types.len() as u32 {
+                    if m.func_type(ty) == Some(sig_t) {
+                        sites.insert((ty, plan.table.index), site);
+                    }
+                }
+                let adapters: Vec<String> = built
+                    .adapters
+                    .iter()
+                    .filter(|(tk, _)| *tk == k)
+                    .map(|(_, u)| format!("{u} -> {}", sig::show(sig_t)))
+                    .collect();
+                report.push(serde_json::json!({
+                    "table": plan.table.index,
+                    "signature": sig::show(sig_t),
+                    "sites": plan.sites[k],
+                    "mode": if plan.dynamic { "dispatch" } else { "shadow-table" },
+                    "adapters": adapters,
+                }));
+            }
+        }
+        if let Some(start) = m.start {
+            init.instruction(&Instruction::Call(start));
+        }
+        init.instruction(&Instruction::End);
+        let init_type = cx.edits.func_type(m, FuncType::new([], []));
+        let init_func = cx.edits.add_function(
+            m,
+            NewFunction {
+                type_index: init_type,
+                body: init,
+                name: "wasmfix:fpcast_init".into(),
+            },
+        );
+        cx.edits.set_start(init_func);
+        let adapted_sites: usize = plans.iter().flat_map(|p| &p.sites).sum();
+        cx.edits.add_rewriter(Box::new(SiteRewriter {
+            sites,
+            index_global,
+            functions: &code.functions_with_indirect_calls,
+        }));
+        Ok(PassReport {
+            pass: self.name(),
+            summary: format!(
+                "{} call_indirect sites of {} signatures now call castable entries through {} adapters",
+                adapted_sites,
+                report.len(),
+                adapters_total
+            ),
+            warnings,
+            details: serde_json::json!({ "signatures": report }),
+        })
+    }
+}
+
+/// Table entries whose whole body is `unreachable`: what wasm-opt leaves of a function it
+/// proved callable only through a mismatched `call_indirect`. A cast to it cannot be repaired.
+fn erased_cast_targets(
+    m: &Module<'_>,
+    facts: &crate::facts::Facts,
+    plans: &[TablePlan<'_>],
+) -> Option<String> {
+    const UNREACHABLE_BODY: [u8; 3] = [0x00, 0x00, 0x0b];
+    let mut erased: Vec<u32> = plans
+        .iter()
+        .flat_map(|p| p.table.contents.values().copied())
+        .filter(|&f| m.body(f).is_some_and(|b| b.as_bytes() == UNREACHABLE_BODY))
+        .collect();
+    erased.sort_unstable();
+    erased.dedup();
+    if erased.is_empty() {
+        return None;
+    }
+    let names: Vec<String> = erased
+        .iter()
+        .take(4)
+        .map(|&f| facts.function_name(f))
+        .collect();
+    let more = if erased.len() > 4 {
+        format!(" and {} more", erased.len() - 4)
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "{} table entries ({}{more}) have a body that is only `unreachable`: a post-link \
+         optimizer (wasm-opt) removed them because they are reached only through function-pointer \
+         casts, so those casts still trap; run wasmfix before wasm-opt (clang runs wasm-opt after \
+         linking whenever it is on PATH)",
+        erased.len(),
+        names.join(", ")
+    ))
+}
+
+fn plan_table<'f>(
+    m: &Module<'_>,
+    t: &'f TableFacts,
+    site_types: &[(u32, usize)],
+    dynamic: bool,
+) -> Option<TablePlan<'f>> {
+    let mut classes: Vec<(FuncType, u32)> = Vec::new();
+    let len = t.contents.keys().next_back().map_or(0, |&s| s as usize + 1);
+    let mut slot_class = vec![0u32; len];
+    for (&slot, &f) in &t.contents {
+        let ty = m.func_types[f as usize];
+        let Some(sig) = m.func_type(ty) else { continue };
+        let class = match classes.iter().position(|(s, _)| s == sig) {
+            Some(c) => c,
+            None => {
+                classes.push((sig.clone(), ty));
+                classes.len() - 1
+            }
+        };
+        slot_class[slot as usize] = class as u32 + 1;
+    }
+    let mut targets: Vec<(FuncType, u32)> = Vec::new();
+    let mut sites: Vec<usize> = Vec::new();
+    for &(ty, n) in site_types {
+        let Some(sig_t) = m.func_type(ty) else {
+            continue;
+        };
+        if !classes.iter().any(|(u, _)| castable(u, sig_t)) {
+            continue;
+        }
+        match targets.iter().position(|(s, _)| s == sig_t) {
+            Some(k) => sites[k] += n,
+            None => {
+                targets.push((sig_t.clone(), ty));
+                sites.push(n);
+            }
+        }
+    }
+    (!targets.is_empty()).then_some(TablePlan {
+        table: t,
+        dynamic,
+        classes,
+        slot_class,
+        targets,
+        sites,
+    })
+}
+
+struct BuiltTable {
+    /// Per target k: how its sites are rewritten.
+    sites: Vec<Site>,
+    /// (target k, callee signature) of every adapter made.
+    adapters: Vec<(usize, String)>,
+}
+
+/// Adds the adapters, the adapters table, the class map, the shadow tables (and dispatch
+/// functions) of one table, and appends the loop that fills the shadow tables to `init`.
+fn build_table(
+    cx: &mut PassCx<'_, '_, '_>,
+    plan: &TablePlan<'_>,
+    index_global: u32,
+    init: &mut Function,
+) -> BuiltTable {
+    let m = cx.module;
+    let table = plan.table.index;
+    let n_classes = plan.classes.len() + 1;
+    let mut adapter_items: Vec<ConstExpr> = Vec::new();
+    let mut adapters = Vec::new();
+    for (k, (sig_t, ty_t)) in plan.targets.iter().enumerate() {
+        adapter_items.push(ConstExpr::ref_null(HeapType::FUNC));
+        for (sig_u, ty_u) in &plan.classes {
+            if !castable(sig_u, sig_t) {
+                adapter_items.push(ConstExpr::ref_null(HeapType::FUNC));
+                continue;
+            }
+            let body = adapter_body(sig_u, *ty_u, sig_t, table, index_global);
+            let name = format!("wasmfix:adapt {} as {}", sig::show(sig_u), sig::show(sig_t));
+            let f = cx.edits.add_function(
+                m,
+                NewFunction {
+                    type_index: *ty_t,
+                    body,
+                    name,
+                },
+            );
+            adapter_items.push(ConstExpr::ref_func(f));
+            adapters.push((k, sig::show(sig_u)));
+        }
+    }
+    let funcref_table = |size: u64| TableType {
+        element_type: RefType::FUNCREF,
+        table64: false,
+        minimum: size,
+        maximum: Some(size),
+        shared: false,
+    };
+    let adapters_table = cx
+        .edits
+        .add_table(m, funcref_table(adapter_items.len() as u64), None);
+    cx.edits.add_element(NewElement {
+        table: adapters_table,
+        offset: ConstExpr::i32_const(0),
+        ty: RefType::FUNCREF,
+        items: adapter_items,
+    });
+    let class_of = class_of_function(cx, plan);
+
+    let size = plan.table.initial;
+    let mut sites = Vec::new();
+    let mut shadows = Vec::new();
+    for (sig_t, ty_t) in &plan.targets {
+        let shadow = cx.edits.add_table(m, funcref_table(size), None);
+        shadows.push(shadow);
+        sites.push(if plan.dynamic {
+            let func = dispatch_function(cx, sig_t, *ty_t, table, shadow, index_global);
+            Site::Dispatch { func }
+        } else {
+            Site::Shadow { table: shadow }
+        });
+    }
+
+    // for i in 0..size: c = class_of(i); for each target k: s_k[i] = adapters[k*C + c] or,
+    // in static mode when that is null, the original entry.
+    let (i, c, a) = (0, 1, 2);
+    let ins = |f: &mut Function, list: &[Instruction]| {
+        for x in list {
+            f.instruction(x);
+        }
+    };
+    ins(
+        init,
+        &[
+            Instruction::I32Const(0),
+            Instruction::LocalSet(i),
+            Instruction::Block(BlockType::Empty),
+            Instruction::Loop(BlockType::Empty),
+            Instruction::LocalGet(i),
+            Instruction::I32Const(size as i32),
+            Instruction::I32GeU,
+            Instruction::BrIf(1),
+            Instruction::LocalGet(i),
+            Instruction::Call(class_of),
+            Instruction::LocalSet(c),
+        ],
+    );
+    for (k, &shadow) in shadows.iter().enumerate() {
+        ins(
+            init,
+            &[
+                Instruction::LocalGet(i),
+                Instruction::LocalGet(c),
+                Instruction::I32Const((k * n_classes) as i32),
+                Instruction::I32Add,
+                Instruction::TableGet(adapters_table),
+            ],
+        );
+        if !plan.dynamic {
+            ins(
+                init,
+                &[
+                    Instruction::LocalTee(a),
+                    Instruction::RefIsNull,
+                    Instruction::If(BlockType::Result(ValType::FUNCREF)),
+                    Instruction::LocalGet(i),
+                    Instruction::TableGet(table),
+                    Instruction::Else,
+                    Instruction::LocalGet(a),
+                    Instruction::End,
+                ],
+            );
+        }
+        init.instruction(&Instruction::TableSet(shadow));
+    }
+    ins(
+        init,
+        &[
+            Instruction::LocalGet(i),
+            Instruction::I32Const(1),
+            Instruction::I32Add,
+            Instruction::LocalSet(i),
+            Instruction::Br(0),
+            Instruction::End,
+            Instruction::End,
+        ],
+    );
+    BuiltTable { sites, adapters }
+}
+
+fn zero(ty: wasmparser::ValType) -> Instruction<'static> {
+    use wasmparser::ValType as V;
+    match ty {
+        V::I32 => Instruction::I32Const(0),
+        V::I64 => Instruction::I64Const(0),
+        V::F32 => Instruction::F32Const(0.0.into()),
+        V::F64 => Instruction::F64Const(0.0.into()),
+        V::V128 => Instruction::V128Const(0),
+        V::Ref(r) => Instruction::RefNull(
+            RoundtripReencoder
+                .heap_type(r.heap_type())
+                .expect("castable types have encodable heap types"),
+        ),
+    }
+}
+
+/// An adapter typed `t` that calls the entry at `index` of `table`, typed `u`.
+fn adapter_body(u: &FuncType, ty_u: u32, t: &FuncType, table: u32, index_global: u32) -> Function {
+    use wasmparser::ValType as V;
+    let mut f = Function::new([]);
+    for (i, &want) in u.params().iter().enumerate() {
+        match t.params().get(i) {
+            Some(&have) => {
+                f.instruction(&Instruction::LocalGet(i as u32));
+                match (have, want) {
+                    (V::I32, V::I64) => f.instruction(&Instruction::I64ExtendI32U),
+                    (V::I64, V::I32) => f.instruction(&Instruction::I32WrapI64),
+                    _ => &mut f,
+                };
+            }
+            None => {
+                f.instruction(&zero(want));
+            }
+        }
+    }
+    f.instruction(&Instruction::GlobalGet(index_global));
+    f.instruction(&Instruction::CallIndirect {
+        type_index: ty_u,
+        table_index: table,
+    });
+    if u.results() != t.results() {
+        if t.results().is_empty() {
+            for _ in u.results() {
+                f.instruction(&Instruction::Drop);
+            }
+        } else {
+            for &r in t.results() {
+                f.instruction(&zero(r));
+            }
+        }
+    }
+    f.instruction(&Instruction::End);
+    f
+}
+
+/// `class_of(slot) -> class` as one `br_table` over the table's filled slots.
+fn class_of_function(cx: &mut PassCx<'_, '_, '_>, plan: &TablePlan<'_>) -> u32 {
+    let m = cx.module;
+    let n_classes = plan.classes.len() as u32 + 1;
+    let mut f = Function::new([]);
+    // Block c (counted from the innermost) is left by `br c`; after its `end` comes
+    // `return c`. The innermost block holds the br_table.
+    for _ in 0..n_classes {
+        f.instruction(&Instruction::Block(BlockType::Empty));
+    }
+    f.instruction(&Instruction::LocalGet(0));
+    f.instruction(&Instruction::BrTable(Cow::Borrowed(&plan.slot_class), 0));
+    for c in 0..n_classes {
+        f.instruction(&Instruction::End);
+        f.instruction(&Instruction::I32Const(c as i32));
+        f.instruction(&Instruction::Return);
+    }
+    f.instruction(&Instruction::Unreachable);
+    f.instruction(&Instruction::End);
+    let ty = cx.edits.func_type(
+        m,
+        FuncType::new([wasmparser::ValType::I32], [wasmparser::ValType::I32]),
+    );
+    let name = format!("wasmfix:fpcast_class_of table {}", plan.table.index);
+    cx.edits.add_function(
+        m,
+        NewFunction {
+            type_index: ty,
+            body: f,
+            name,
+        },
+    )
+}
+
+/// `dispatch(args…, index)`: the adapter in `shadow` for the slot if there is one, else the
+/// original call.
+fn dispatch_function(
+    cx: &mut PassCx<'_, '_, '_>,
+    t: &FuncType,
+    ty_t: u32,
+    table: u32,
+    shadow: u32,
+    index_global: u32,
+) -> u32 {
+    let m = cx.module;
+    let n = t.params().len() as u32;
+    let params = t.params().iter().copied().chain([wasmparser::ValType::I32]);
+    let ty = cx
+        .edits
+        .func_type(m, FuncType::new(params, t.results().iter().copied()));
+    let mut f = Function::new([]);
+    let args = |f: &mut Function| {
+        for i in 0..=n {
+            f.instruction(&Instruction::LocalGet(i));
+        }
+    };
+    for x in [
+        Instruction::LocalGet(n),
+        Instruction::TableSize(shadow),
+        Instruction::I32LtU,
+        Instruction::If(BlockType::Empty),
+        Instruction::LocalGet(n),
+        Instruction::TableGet(shadow),
+        Instruction::RefIsNull,
+        Instruction::I32Eqz,
+        Instruction::If(BlockType::Empty),
+        Instruction::LocalGet(n),
+        Instruction::GlobalSet(index_global),
+    ] {
+        f.instruction(&x);
+    }
+    args(&mut f);
+    f.instruction(&Instruction::ReturnCallIndirect {
+        type_index: ty_t,
+        table_index: shadow,
+    });
+    f.instruction(&Instruction::End);
+    f.instruction(&Instruction::End);
+    args(&mut f);
+    f.instruction(&Instruction::ReturnCallIndirect {
+        type_index: ty_t,
+        table_index: table,
+    });
+    f.instruction(&Instruction::End);
+    let name = format!("wasmfix:fpcast_dispatch {} table {table}", sig::show(t));
+    cx.edits.add_function(
+        m,
+        NewFunction {
+            type_index: ty,
+            body: f,
+            name,
+        },
+    )
+}
+
+/// Rewrites the adapted `call_indirect` and `return_call_indirect` sites.
+struct SiteRewriter<'f> {
+    sites: HashMap<(u32, u32), Site>,
+    index_global: u32,
+    /// Functions with indirect calls, ascending.
+    functions: &'f [u32],
+}
+
+impl BodyRewriter for SiteRewriter<'_> {
+    fn wants(&self, func: u32) -> bool {
+        self.functions.binary_search(&func).is_ok()
+    }
+
+    fn instruction<'i>(
+        &mut self,
+        _cx: &mut BodyCx<'_>,
+        ins: Instruction<'i>,
+        out: &mut Vec<Instruction<'i>>,
+    ) {
+        let (type_index, table_index, tail) = match ins {
+            Instruction::CallIndirect {
+                type_index,
+                table_index,
+            } => (type_index, table_index, false),
+            Instruction::ReturnCallIndirect {
+                type_index,
+                table_index,
+            } => (type_index, table_index, true),
+            other => return out.push(other),
+        };
+        match self.sites.get(&(type_index, table_index)) {
+            None => out.push(ins),
+            Some(&Site::Shadow { table }) => {
+                out.push(Instruction::GlobalSet(self.index_global));
+                out.push(Instruction::GlobalGet(self.index_global));
+                out.push(if tail {
+                    Instruction::ReturnCallIndirect {
+                        type_index,
+                        table_index: table,
+                    }
+                } else {
+                    Instruction::CallIndirect {
+                        type_index,
+                        table_index: table,
+                    }
+                });
+            }
+            Some(&Site::Dispatch { func }) => out.push(if tail {
+                Instruction::ReturnCall(func)
+            } else {
+                Instruction::Call(func)
+            }),
+        }
+    }
+}
