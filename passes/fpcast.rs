@@ -250,10 +250,10 @@ fn erased_cast_targets(
         String::new()
     };
     Some(format!(
-        "{} table entries ({}{more}) have a body that is only `unreachable`: a post-link \
-         optimizer (wasm-opt) removed them because they are reached only through function-pointer \
-         casts, so those casts still trap; run wasmfix before wasm-opt (clang runs wasm-opt after \
-         linking whenever it is on PATH)",
+        "{} table entries ({}{more}) have a body that is only `unreachable`. If a post-link \
+         optimizer (wasm-opt) emptied them because they are reached only through \
+         function-pointer casts, those casts still trap: run wasmfix before wasm-opt (clang runs \
+         wasm-opt after linking whenever it is on PATH)",
         erased.len(),
         names.join(", ")
     ))

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 pub mod fpcast;
 pub mod producers;
+pub mod stack_guard;
 
 /// Options that reach passes from the command line.
 #[derive(Debug, Clone, Default)]
@@ -49,10 +50,15 @@ pub trait Pass: Sync {
 }
 
 /// Every pass, in the order the pipeline runs them.
-pub static REGISTRY: &[&dyn Pass] = &[&fpcast::Fpcast, &producers::Producers];
+pub static REGISTRY: &[&dyn Pass] = &[
+    &fpcast::Fpcast,
+    &stack_guard::Stack,
+    &stack_guard::StackGuard,
+    &producers::Producers,
+];
 
 /// The passes run when `--passes` is not given.
-pub const DEFAULT_PIPELINE: &[&str] = &["fpcast", "producers"];
+pub const DEFAULT_PIPELINE: &[&str] = &["fpcast", "stack", "producers"];
 
 pub fn find(name: &str) -> Option<&'static dyn Pass> {
     REGISTRY.iter().copied().find(|p| p.name() == name)

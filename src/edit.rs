@@ -26,10 +26,10 @@ pub struct NewElement {
     pub items: Vec<ConstExpr>,
 }
 
-/// An active data segment a pass adds (messages for diagnostics, for example).
+/// A data segment a pass adds: active at `(memory, offset)`, or passive when `active` is
+/// `None` (read with `memory.init`, as the diagnostics' message text is).
 pub struct NewData {
-    pub memory: u32,
-    pub offset: ConstExpr,
+    pub active: Option<(u32, ConstExpr)>,
     pub bytes: Vec<u8>,
 }
 
@@ -98,6 +98,8 @@ pub struct Edits<'m> {
     pub(crate) new_globals: Vec<(GlobalType, ConstExpr)>,
     pub(crate) new_elements: Vec<NewElement>,
     pub(crate) new_data: Vec<NewData>,
+    /// The shared message writer, once a pass asked for it (see [`crate::diag`]).
+    pub(crate) diagnostics: Option<crate::diag::Diagnostics>,
     pub(crate) rewriters: Vec<Box<dyn BodyRewriter + 'm>>,
     /// A new start function (which must call the original one, if any).
     pub(crate) new_start: Option<u32>,
@@ -170,8 +172,17 @@ impl<'m> Edits<'m> {
         self.new_elements.push(segment);
     }
 
-    pub fn add_data(&mut self, data: NewData) {
+    /// Adds a data segment; returns its index in the output.
+    pub fn add_data(&mut self, module: &Module<'_>, data: NewData) -> u32 {
         self.new_data.push(data);
+        (module.data.len() + self.new_data.len() - 1) as u32
+    }
+
+    /// Appends bytes to a data segment added earlier; returns their offset in it.
+    pub fn extend_data(&mut self, module: &Module<'_>, index: u32, bytes: &[u8]) -> u32 {
+        let seg = &mut self.new_data[index as usize - module.data.len()].bytes;
+        seg.extend_from_slice(bytes);
+        (seg.len() - bytes.len()) as u32
     }
 
     /// Makes `func` the start function. It must call the module's original start function

@@ -61,7 +61,8 @@ pub fn emit(module: &Module<'_>, edits: &mut Edits<'_>, out: &mut Vec<u8>) -> Re
     mark(8, edits.new_start.is_some());
     mark(
         12,
-        !edits.new_data.is_empty() && module.data_count.is_some(),
+        !edits.new_data.is_empty()
+            && (module.data_count.is_some() || edits.new_data.iter().any(|d| d.active.is_none())),
     );
     emitted.code_or_structure_changed = !changed.is_empty();
 
@@ -250,7 +251,10 @@ fn build_section(
                 data.raw(&module.bytes[d.range.start as usize..d.range.end as usize]);
             }
             for d in &edits.new_data {
-                data.active(d.memory, &d.offset, d.bytes.iter().copied());
+                match &d.active {
+                    Some((memory, offset)) => data.active(*memory, offset, d.bytes.iter().copied()),
+                    None => data.passive(d.bytes.iter().copied()),
+                };
             }
             push_section(out, &data);
         }

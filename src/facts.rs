@@ -97,6 +97,8 @@ pub struct CodeFacts {
     pub prologue_globals: BTreeMap<u32, usize>,
     /// Functions containing at least one `call_indirect`/`return_call_indirect`, ascending.
     pub functions_with_indirect_calls: Vec<u32>,
+    /// Mutable i32/i64 global → functions that write it with `global.set`, ascending.
+    pub global_writers: BTreeMap<u32, Vec<u32>>,
 }
 
 impl CodeFacts {
@@ -320,12 +322,27 @@ impl Facts {
             Some(d) => {
                 let (low, how) = match &self.data_end {
                     Some(e) if e.value <= high => (e.value, format!("__data_end ({})", e.how)),
-                    _ => (
-                        d.high,
-                        "end of the initialized data segments (no __data_end: zero-initialized \
-                         data may extend further)"
-                            .to_string(),
-                    ),
+                    _ => {
+                        // wasm-ld puts a stack of exactly `-z stack-size` bytes right after
+                        // __data_end; zero-initialized data (.bss) lies between the last data
+                        // segment and the stack. Stack sizes are powers of two in practice
+                        // (64 KiB by default, 8 MiB for CPython).
+                        let gap = high - d.high;
+                        let size = if gap == 0 {
+                            0
+                        } else {
+                            1u64 << (63 - gap.leading_zeros())
+                        };
+                        (
+                            high - size,
+                            format!(
+                                "no __data_end: a {size}-byte stack (the largest power of two \
+                                 between the initialized data ending at {} and the stack \
+                                 pointer; .bss fills the rest)",
+                                d.high
+                            ),
+                        )
+                    }
                 };
                 Ok(StackRegion {
                     low,
@@ -651,6 +668,9 @@ fn scan_code(m: &Module<'_>) -> CodeFacts {
         }
         all.functions_with_indirect_calls
             .extend(p.functions_with_indirect_calls);
+        for (g, funcs) in p.global_writers {
+            all.global_writers.entry(g).or_default().extend(funcs);
+        }
     }
     all.tables_changed.sort();
     all
@@ -705,6 +725,12 @@ fn scan_bodies(m: &Module<'_>, first: u32, bodies: &[wasmparser::FunctionBody<'_
                 }
                 Operator::GlobalSet { global_index } => {
                     saw_access = true;
+                    if address_global(global_index) {
+                        let writers = facts.global_writers.entry(global_index).or_default();
+                        if writers.last() != Some(&func) {
+                            writers.push(func);
+                        }
+                    }
                     if first_read == Some(global_index) && subtracts {
                         writes_first = true;
                     }
