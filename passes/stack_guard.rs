@@ -16,9 +16,10 @@
 //! encodes shorter than the constant).
 //! Executions that never move the stack pointer outside its region run the same instructions
 //! as before plus a comparison that is false, so their results are unchanged. A write that
-//! leaves the region is exactly the overflow (or corruption) this pass exists to stop. No check
-//! is skipped: every write is checked, prologue or not (a red-zone argument for small leaf
-//! frames would save little, since leaf functions without frames never write the pointer).
+//! leaves the region is exactly the overflow (or corruption) this pass exists to stop. The
+//! only writes left unchecked are epilogues that provably write back the stack pointer the
+//! function was entered with (see `entry_restores` for the argument). Leaf functions without
+//! a frame never write the pointer, so a red zone would save nothing more.
 //!
 //! Refuses: a module whose stack pointer or stack region cannot be established (no name, no
 //! export and no prologue idiom, or an imported pointer: dynamic linking), a 64-bit stack
@@ -32,6 +33,7 @@ use super::{Pass, PassCx, PassReport};
 use crate::diag::{Message, store_text};
 use crate::edit::{BodyCx, BodyRewriter, NewFunction};
 use crate::facts::StackLayout;
+use crate::module::Module;
 use anyhow::{Result, bail};
 use std::collections::HashMap;
 use wasm_encoder::{BlockType, Instruction, ValType};
@@ -226,6 +228,7 @@ fn guard(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassReport> 
         }
     }
     edits.add_rewriter(Box::new(Guard {
+        module: m,
         sp: sp.value,
         low: low as u32,
         size_global,
@@ -234,6 +237,7 @@ fn guard(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassReport> 
         names,
         writers: writers.clone(),
         tmp: None,
+        restores: Vec::new(),
     }));
     Ok(PassReport {
         pass,
@@ -252,7 +256,8 @@ fn guard(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassReport> 
     })
 }
 
-struct Guard {
+struct Guard<'m, 'a> {
+    module: &'m Module<'a>,
     sp: u32,
     low: u32,
     /// An immutable global holding `high - low` (2 bytes per use instead of up to 5).
@@ -264,15 +269,111 @@ struct Guard {
     writers: Vec<u32>,
     /// The scratch local of the function being rewritten.
     tmp: Option<u32>,
+    /// Input offsets of the writes that provably restore the entry stack pointer.
+    restores: Vec<u64>,
 }
 
-impl BodyRewriter for Guard {
+/// Input offsets of the `global.set sp` that write back the stack pointer the function was
+/// entered with, either as `local.get y` where `y` was set from `global.get sp`, or as
+/// `local.get x; i32.const n; i32.add` where `x` was set from `global.get sp; i32.const n;
+/// i32.sub` (the usual prologue and epilogue).
+///
+/// Why that is sound: `x` (or `y`) is written exactly once in the function, and that write
+/// dominates the restore. In structured control flow a write dominates a later instruction
+/// when the write's chain of enclosing constructs is a prefix of the later one's (an `else` or
+/// `catch` starts a new construct): control cannot enter the later position's constructs
+/// without passing the write, because branches only leave constructs or restart loops. So the
+/// value written back is the entry stack pointer, which the caller wrote through a checked
+/// write or a restore like this one: by induction over the writes it lies in the region.
+/// Rewriters never write original locals (they add their own), so the input body is the truth.
+fn entry_restores(body: &wasmparser::FunctionBody<'_>, sp: u32) -> Vec<u64> {
+    use wasmparser::Operator as O;
+    let mut writes: HashMap<u32, u32> = HashMap::new();
+    // local → (frame size or None for the entry pointer itself, path, order of the write)
+    let mut defs: HashMap<u32, (Option<i32>, Vec<u32>)> = HashMap::new();
+    let mut uses: Vec<(u64, u32, Option<i32>, Vec<u32>)> = Vec::new();
+    let Ok(mut ops) = body.get_operators_reader() else {
+        return Vec::new();
+    };
+    let mut path: Vec<u32> = Vec::new();
+    let mut next_id = 0u32;
+    let mut window: [Option<O<'_>>; 3] = [None, None, None];
+    while !ops.eof() {
+        let Ok((op, offset)) = ops.read_with_offset() else {
+            return Vec::new();
+        };
+        match &op {
+            O::LocalSet { local_index } | O::LocalTee { local_index } => {
+                *writes.entry(*local_index).or_default() += 1;
+                match (&window[0], &window[1], &window[2]) {
+                    (_, _, Some(O::GlobalGet { global_index })) if *global_index == sp => {
+                        defs.insert(*local_index, (None, path.clone()));
+                    }
+                    (
+                        Some(O::GlobalGet { global_index }),
+                        Some(O::I32Const { value }),
+                        Some(O::I32Sub),
+                    ) if *global_index == sp => {
+                        defs.insert(*local_index, (Some(*value), path.clone()));
+                    }
+                    _ => {}
+                }
+            }
+            O::GlobalSet { global_index } if *global_index == sp => {
+                match (&window[0], &window[1], &window[2]) {
+                    (
+                        Some(O::LocalGet { local_index }),
+                        Some(O::I32Const { value }),
+                        Some(O::I32Add),
+                    ) => uses.push((offset, *local_index, Some(*value), path.clone())),
+                    (_, _, Some(O::LocalGet { local_index })) => {
+                        uses.push((offset, *local_index, None, path.clone()))
+                    }
+                    _ => {}
+                }
+            }
+            O::Block { .. }
+            | O::Loop { .. }
+            | O::If { .. }
+            | O::Try { .. }
+            | O::TryTable { .. } => {
+                path.push(next_id);
+                next_id += 1;
+            }
+            O::Else | O::Catch { .. } | O::CatchAll => {
+                path.pop();
+                path.push(next_id);
+                next_id += 1;
+            }
+            O::End | O::Delegate { .. } => {
+                path.pop();
+            }
+            _ => {}
+        }
+        window = [window[1].take(), window[2].take(), Some(op)];
+    }
+    uses.into_iter()
+        .filter(|(_, local, frame, use_path)| {
+            writes.get(local) == Some(&1)
+                && defs.get(local).is_some_and(|(def_frame, def_path)| {
+                    def_frame == frame && use_path.starts_with(def_path)
+                })
+        })
+        .map(|(offset, ..)| offset)
+        .collect()
+}
+
+impl BodyRewriter for Guard<'_, '_> {
     fn wants(&self, func: u32) -> bool {
         self.writers.binary_search(&func).is_ok()
     }
 
-    fn prologue(&mut self, _cx: &mut BodyCx<'_>, _out: &mut Vec<Instruction<'static>>) {
+    fn prologue(&mut self, cx: &mut BodyCx<'_>, _out: &mut Vec<Instruction<'static>>) {
         self.tmp = None;
+        self.restores = match self.module.body(cx.func) {
+            Some(body) => entry_restores(body, self.sp),
+            None => Vec::new(),
+        };
     }
 
     fn instruction<'i>(
@@ -282,6 +383,11 @@ impl BodyRewriter for Guard {
         out: &mut Vec<Instruction<'i>>,
     ) {
         if !matches!(ins, Instruction::GlobalSet(g) if g == self.sp) {
+            return out.push(ins);
+        }
+        // Restoring the entry stack pointer (see `entry_restores`): in the region already.
+        if let Some(k) = self.restores.iter().position(|&o| o == cx.offset) {
+            self.restores.swap_remove(k);
             return out.push(ins);
         }
         let t = *self.tmp.get_or_insert_with(|| cx.add_local(ValType::I32));
