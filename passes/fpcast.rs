@@ -44,11 +44,18 @@
 //! proposal, which Node 20's V8 does not enable. Tables that change at run time use the
 //! dispatch function because a shadow copy would miss later entries.
 //!
+//! `--fpcast-diagnose`: mismatched entries no cast can fix get, in the shadow table, a reporter
+//! typed `T` instead of the original entry; sites also record their function in a global. The
+//! reporter prints `wasmfix: indirect call type mismatch in <caller>: expected <T>,
+//! table[<i>] = <entry> has <U>` (when the module imports WASI `fd_write`) and traps on
+//! `unreachable` rather than on the engine's type check: the call still never runs.
+//!
 //! Limits: a replaced (not appended) entry of a table that changes at run time keeps the
 //! adapter of its original signature. Tables whose element segments have non-constant offsets
 //! (position-independent code) and 64-bit tables are left alone, with a warning.
 
 use super::{Pass, PassCx, PassReport};
+use crate::diag::{Message, RECORD_SCRATCH, store_bytes, store_text};
 use crate::edit::{BodyCx, BodyRewriter, NewElement, NewFunction};
 use crate::facts::TableFacts;
 use crate::module::Module;
@@ -133,7 +140,9 @@ impl Pass for Fpcast {
                 ));
                 continue;
             }
-            if let Some(plan) = plan_table(m, t, &site_types, t.changes_at_run_time(code)) {
+            let diagnose = cx.options.fpcast_diagnose;
+            if let Some(plan) = plan_table(m, t, &site_types, t.changes_at_run_time(code), diagnose)
+            {
                 plans.push(plan);
             }
         }
@@ -158,12 +167,25 @@ impl Pass for Fpcast {
             },
             ConstExpr::i32_const(0),
         );
+        let diagnose = if cx.options.fpcast_diagnose {
+            let d = Diagnose::new(cx, &plans);
+            if d.is_none() {
+                warnings.push(
+                    "--fpcast-diagnose: the module does not import WASI fd_write (or has no \
+                     32-bit memory), so mismatches trap without a message"
+                        .into(),
+                );
+            }
+            d
+        } else {
+            None
+        };
         let mut sites: HashMap<(u32, u32), Site> = HashMap::new();
         let mut report = Vec::new();
         let mut adapters_total = 0;
         let mut init = Function::new([(2, ValType::I32), (1, ValType::FUNCREF)]);
         for plan in &plans {
-            let built = build_table(cx, plan, index_global, &mut init);
+            let built = build_table(cx, plan, index_global, diagnose.as_ref(), &mut init);
             adapters_total += built.adapters.len();
             for (k, (sig_t, _)) in plan.targets.iter().enumerate() {
                 let site = built.sites[k];
@@ -205,6 +227,7 @@ impl Pass for Fpcast {
         cx.edits.add_rewriter(Box::new(SiteRewriter {
             sites,
             index_global,
+            caller_global: diagnose.as_ref().map(|d| d.caller_global),
             functions: &code.functions_with_indirect_calls,
         }));
         Ok(PassReport {
@@ -264,6 +287,7 @@ fn plan_table<'f>(
     t: &'f TableFacts,
     site_types: &[(u32, usize)],
     dynamic: bool,
+    diagnose: bool,
 ) -> Option<TablePlan<'f>> {
     let mut classes: Vec<(FuncType, u32)> = Vec::new();
     let len = t.contents.keys().next_back().map_or(0, |&s| s as usize + 1);
@@ -286,7 +310,10 @@ fn plan_table<'f>(
         let Some(sig_t) = m.func_type(ty) else {
             continue;
         };
-        if !classes.iter().any(|(u, _)| castable(u, sig_t)) {
+        // With --fpcast-diagnose every site that can reach another signature is rewritten,
+        // so that a mismatch no cast fixes can be reported.
+        let adapt = |u: &FuncType| castable(u, sig_t) || diagnose && u != sig_t;
+        if !classes.iter().any(|(u, _)| adapt(u)) {
             continue;
         }
         match targets.iter().position(|(s, _)| s == sig_t) {
@@ -320,6 +347,7 @@ fn build_table(
     cx: &mut PassCx<'_, '_, '_>,
     plan: &TablePlan<'_>,
     index_global: u32,
+    diagnose: Option<&Diagnose>,
     init: &mut Function,
 ) -> BuiltTable {
     let m = cx.module;
@@ -331,7 +359,13 @@ fn build_table(
         adapter_items.push(ConstExpr::ref_null(HeapType::FUNC));
         for (sig_u, ty_u) in &plan.classes {
             if !castable(sig_u, sig_t) {
-                adapter_items.push(ConstExpr::ref_null(HeapType::FUNC));
+                let item = match diagnose {
+                    Some(d) if sig_u != sig_t => {
+                        ConstExpr::ref_func(d.reporter(cx, sig_u, sig_t, *ty_t, plan, index_global))
+                    }
+                    _ => ConstExpr::ref_null(HeapType::FUNC),
+                };
+                adapter_items.push(item);
                 continue;
             }
             let body = adapter_body(sig_u, *ty_u, sig_t, table, index_global);
@@ -601,6 +635,8 @@ fn dispatch_function(
 struct SiteRewriter<'f> {
     sites: HashMap<(u32, u32), Site>,
     index_global: u32,
+    /// With --fpcast-diagnose: where each site records its function for the report.
+    caller_global: Option<u32>,
     /// Functions with indirect calls, ascending.
     functions: &'f [u32],
 }
@@ -627,6 +663,15 @@ impl BodyRewriter for SiteRewriter<'_> {
             } => (type_index, table_index, true),
             other => return out.push(other),
         };
+        if let (Some(g), Some(_)) = (
+            self.caller_global,
+            self.sites.get(&(type_index, table_index)),
+        ) {
+            out.extend([
+                Instruction::I32Const(_cx.func as i32),
+                Instruction::GlobalSet(g),
+            ]);
+        }
         match self.sites.get(&(type_index, table_index)) {
             None => out.push(ins),
             Some(&Site::Shadow { table }) => {
@@ -650,5 +695,194 @@ impl BodyRewriter for SiteRewriter<'_> {
                 Instruction::Call(func)
             }),
         }
+    }
+}
+
+/// `--fpcast-diagnose`: reporters for mismatches no cast can fix. Names of every function and
+/// each table's slot → function map live in the diagnostics text segment.
+struct Diagnose {
+    caller_global: u32,
+    /// `name_of(function)`: appends a function's name (or `function N`) to the message.
+    name_of: u32,
+    data: u32,
+    /// Per table index: offset of its slot → function map (u32 little-endian per slot).
+    slot_maps: HashMap<u32, u32>,
+}
+
+impl Diagnose {
+    fn new(cx: &mut PassCx<'_, '_, '_>, plans: &[TablePlan<'_>]) -> Option<Diagnose> {
+        let m = cx.module;
+        let facts = cx.facts();
+        let mut records = Vec::with_capacity(m.num_funcs() as usize * 8);
+        for f in 0..m.num_funcs() {
+            let (offset, len) = match facts.function_names.get(&f) {
+                Some(name) => store_text(m, cx.edits, name)?,
+                None => (0, 0),
+            };
+            records.extend(offset.to_le_bytes());
+            records.extend(len.to_le_bytes());
+        }
+        let (data, records_at) = store_bytes(m, cx.edits, &records)?;
+        let mut slot_maps = HashMap::new();
+        for plan in plans {
+            let bytes: Vec<u8> = (0..plan.slot_class.len() as u64)
+                .flat_map(|slot| {
+                    plan.table
+                        .contents
+                        .get(&slot)
+                        .copied()
+                        .unwrap_or(u32::MAX)
+                        .to_le_bytes()
+                })
+                .collect();
+            slot_maps.insert(plan.table.index, store_bytes(m, cx.edits, &bytes)?.1);
+        }
+        let caller_global = cx.edits.add_global(
+            m,
+            GlobalType {
+                val_type: ValType::I32,
+                mutable: true,
+                shared: false,
+            },
+            ConstExpr::i32_const(0),
+        );
+        // name_of(f): read record f into scratch; print the name, or `function f`.
+        let tmp = RECORD_SCRATCH;
+        let load = |offset| {
+            Instruction::I32Load(wasm_encoder::MemArg {
+                offset,
+                align: 2,
+                target: wasm_encoder::MemArgTarget::Memory(0),
+                ordering: None,
+            })
+        };
+        let mut body = vec![
+            Instruction::I32Const(tmp),
+            Instruction::LocalGet(0),
+            Instruction::I32Const(8),
+            Instruction::I32Mul,
+            Instruction::I32Const(records_at as i32),
+            Instruction::I32Add,
+            Instruction::I32Const(8),
+            Instruction::MemoryInit {
+                mem: 0,
+                data_index: data,
+            },
+            Instruction::I32Const(tmp),
+            load(4),
+            Instruction::If(BlockType::Empty),
+        ];
+        body.extend(
+            Message::new()
+                .stored_text(
+                    m,
+                    cx.edits,
+                    vec![Instruction::I32Const(tmp), load(0)],
+                    vec![Instruction::I32Const(tmp), load(4)],
+                )
+                .instructions,
+        );
+        body.push(Instruction::Else);
+        body.extend(
+            Message::new()
+                .text(m, cx.edits, "function ")
+                .number(m, cx.edits, vec![Instruction::LocalGet(0)])
+                .instructions,
+        );
+        body.extend([Instruction::End, Instruction::End]);
+        let mut f = Function::new([]);
+        for ins in &body {
+            f.instruction(ins);
+        }
+        let ty = cx
+            .edits
+            .func_type(m, FuncType::new([wasmparser::ValType::I32], []));
+        let name_of = cx.edits.add_function(
+            m,
+            NewFunction {
+                type_index: ty,
+                body: f,
+                name: "wasmfix:msg_function_name".into(),
+            },
+        );
+        Some(Diagnose {
+            caller_global,
+            name_of,
+            data,
+            slot_maps,
+        })
+    }
+
+    /// A function typed `t` that reports calling a `u` entry through a `t` site, then traps.
+    fn reporter(
+        &self,
+        cx: &mut PassCx<'_, '_, '_>,
+        u: &FuncType,
+        t: &FuncType,
+        ty_t: u32,
+        plan: &TablePlan<'_>,
+        index_global: u32,
+    ) -> u32 {
+        let m = cx.module;
+        let slots = self.slot_maps[&plan.table.index];
+        let load = Instruction::I32Load(wasm_encoder::MemArg {
+            offset: 0,
+            align: 2,
+            target: wasm_encoder::MemArgTarget::Memory(0),
+            ordering: None,
+        });
+        let mut body = Message::new()
+            .text(m, cx.edits, "wasmfix: indirect call type mismatch in ")
+            .instructions;
+        body.extend([
+            Instruction::GlobalGet(self.caller_global),
+            Instruction::Call(self.name_of),
+        ]);
+        body.extend(
+            Message::new()
+                .text(m, cx.edits, &format!(": expected {}, table[", sig::show(t)))
+                .number(m, cx.edits, vec![Instruction::GlobalGet(index_global)])
+                .text(m, cx.edits, "] = ")
+                .instructions,
+        );
+        body.extend([
+            Instruction::I32Const(RECORD_SCRATCH),
+            Instruction::GlobalGet(index_global),
+            Instruction::I32Const(4),
+            Instruction::I32Mul,
+            Instruction::I32Const(slots as i32),
+            Instruction::I32Add,
+            Instruction::I32Const(4),
+            Instruction::MemoryInit {
+                mem: 0,
+                data_index: self.data,
+            },
+            Instruction::I32Const(RECORD_SCRATCH),
+            load,
+            Instruction::Call(self.name_of),
+        ]);
+        body.extend(
+            Message::new()
+                .text(m, cx.edits, &format!(" has {}\n", sig::show(u)))
+                .trap(m, cx.edits),
+        );
+        body.push(Instruction::End);
+        let mut f = Function::new([]);
+        for ins in &body {
+            f.instruction(ins);
+        }
+        let name = format!(
+            "wasmfix:report_mismatch {} as {}",
+            sig::show(u),
+            sig::show(t)
+        );
+        cx.edits.add_function(
+            m,
+            NewFunction {
+                type_index: ty_t,
+                body: f,
+                name,
+            },
+        )
     }
 }

@@ -13,7 +13,10 @@ pub mod stack_guard;
 
 /// Options that reach passes from the command line.
 #[derive(Debug, Clone, Default)]
-pub struct PassOptions {}
+pub struct PassOptions {
+    /// fpcast: calls that still trap on a non-castable mismatch first print what was called.
+    pub fpcast_diagnose: bool,
+}
 
 /// What a pass sees: the input, its facts, and the edits collected so far.
 pub struct PassCx<'c, 'm, 'a> {

@@ -21,6 +21,8 @@ use wasmparser::{FuncType, TypeRef};
 const SCRATCH: i32 = 16;
 /// Messages are cut at this length so the scratch area stays inside the first page.
 const MAX_MESSAGE: i32 = 4096;
+/// Eight bytes after the message area, for records read from the text segment.
+pub const RECORD_SCRATCH: i32 = SCRATCH + MAX_MESSAGE;
 
 pub struct Diagnostics {
     data: u32,
@@ -53,7 +55,7 @@ impl Diagnostics {
             return None;
         }
         let memory = m.memories.first()?;
-        if memory.memory64 {
+        if memory.memory64 || memory.initial == 0 {
             return None;
         }
         let data = edits.add_data(
@@ -307,6 +309,13 @@ pub fn store_text(m: &Module<'_>, edits: &mut Edits<'_>, text: &str) -> Option<(
         edits.extend_data(m, data, text.as_bytes()),
         text.len() as u32,
     ))
+}
+
+/// Appends raw bytes (tables that messages read at run time) to the text segment; returns
+/// the segment's index and the bytes' offset in it.
+pub fn store_bytes(m: &Module<'_>, edits: &mut Edits<'_>, bytes: &[u8]) -> Option<(u32, u32)> {
+    let data = Diagnostics::get(m, edits)?.data;
+    Some((data, edits.extend_data(m, data, bytes)))
 }
 
 /// Whether `m` imports WASI `fd_write`, so that messages reach stderr.

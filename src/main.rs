@@ -47,6 +47,10 @@ struct Rewrite {
     /// Write a JSON report of what each pass did to FILE (`-`: standard output).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// fpcast: before a call traps on a mismatch no cast can fix, print the caller, the
+    /// expected signature and the table entry's name and signature to stderr.
+    #[arg(long)]
+    fpcast_diagnose: bool,
     /// Analyze only: print hazards and exit 1 if any remain, 0 if none.
     #[arg(long)]
     check: bool,
@@ -198,7 +202,10 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
         return Err(fail(2, "--report - and -o - both write standard output"));
     }
     let bytes = read_input(&input)?;
-    let outcome = pipeline::run(&bytes, &passes, &PassOptions::default()).map_err(|f| {
+    let options = PassOptions {
+        fpcast_diagnose: args.fpcast_diagnose,
+    };
+    let outcome = pipeline::run(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {
             3
         } else {

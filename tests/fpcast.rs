@@ -204,3 +204,48 @@ fn fixed_modules_run_under_node() {
         }
     }
 }
+
+/// `--fpcast-diagnose`: a mismatch no cast fixes prints what was called before it traps;
+/// everything else behaves as without the option.
+#[test]
+fn diagnose_names_the_caller_and_the_entry() {
+    for (variant, caller, callee) in [
+        ("O0", "case_f64", "hfun"),
+        ("O2.stripped", "function ", "function "),
+    ] {
+        let original = fixture(&format!("fpcast.{variant}.wasm"));
+        let options = wasmfix::passes::PassOptions {
+            fpcast_diagnose: true,
+        };
+        let fixed = wasmfix::pipeline::run(&original, &common::passes("fpcast"), &options)
+            .unwrap()
+            .bytes;
+        let run = run_wasi(&fixed, &["f64"]);
+        assert!(
+            matches!(run.outcome, Outcome::Trap(_)),
+            "{variant}: {run:?}"
+        );
+        let want = format!("wasmfix: indirect call type mismatch in {caller}");
+        assert!(run.stderr.starts_with(&want), "{variant}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("expected (i32)->(i32), table[6] = {callee}"))
+                && run.stderr.ends_with("has (f64)->(f64)\n"),
+            "{variant}: {}",
+            run.stderr
+        );
+        let typed = typed_for(variant);
+        for case in ["getter", "missing", "mixed"] {
+            assert_eq!(
+                run_wasi(&fixed, &[case]).stdout,
+                run_wasi(&typed, &[case]).stdout,
+                "{variant} {case}"
+            );
+        }
+        assert!(
+            run_wasi(&fixed, &["null"])
+                .outcome
+                .is_trap("uninitialized element")
+        );
+    }
+}

@@ -214,12 +214,15 @@ fn call(engine: &Engine, wasm: &[u8], export: &str, args: &[Val], results: usize
     }
 }
 
-fn check(case: &Case) -> Result<(), TestCaseError> {
+fn check(case: &Case, diagnose: bool) -> Result<(), TestCaseError> {
     let wasm = wat::parse_str(module_wat(case)).expect("generated WAT parses");
+    let options = wasmfix::passes::PassOptions {
+        fpcast_diagnose: diagnose,
+    };
     let fixed = match wasmfix::pipeline::run(
         &wasm,
         &[wasmfix::passes::find("fpcast").unwrap()],
-        &Default::default(),
+        &options,
     ) {
         Ok(o) => o.bytes,
         Err(f) => return Err(TestCaseError::fail(format!("fpcast failed: {f}"))),
@@ -300,6 +303,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
     fn castable_calls_follow_c_semantics_and_others_are_unchanged(case in case_strategy()) {
-        check(&case)?;
+        check(&case, false)?;
+    }
+
+    #[test]
+    fn with_diagnose_non_castable_calls_still_trap(case in case_strategy()) {
+        check(&case, true)?;
     }
 }
