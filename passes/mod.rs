@@ -9,6 +9,7 @@ use serde_json::Value;
 
 pub mod fpcast;
 pub mod producers;
+pub mod stack_first;
 pub mod stack_guard;
 
 /// Options that reach passes from the command line.
@@ -16,6 +17,8 @@ pub mod stack_guard;
 pub struct PassOptions {
     /// fpcast: calls that still trap on a non-castable mismatch first print what was called.
     pub fpcast_diagnose: bool,
+    /// stack-first: the size of the relocated stack (default: the module's own stack size).
+    pub stack_size: Option<u64>,
 }
 
 /// What a pass sees: the input, its facts, and the edits collected so far.
@@ -56,6 +59,7 @@ pub trait Pass: Sync {
 pub static REGISTRY: &[&dyn Pass] = &[
     &fpcast::Fpcast,
     &stack_guard::Stack,
+    &stack_first::StackFirst,
     &stack_guard::StackGuard,
     &producers::Producers,
 ];

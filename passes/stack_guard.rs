@@ -25,9 +25,10 @@
 //! export and no prologue idiom, or an imported pointer: dynamic linking), a 64-bit stack
 //! pointer, and shared memory (threads keep their stacks in the heap, outside the region).
 //!
-//! The `stack` pass is what the default pipeline runs: it guards when the stack lies above the
-//! data and does nothing when the module is already stack-first (the stack then sits below
-//! address zero's side of the data and an overflow traps on its own).
+//! The `stack` pass is what the default pipeline runs: when the stack lies above the data it
+//! moves the stack below the data if the module kept trustworthy relocations (`stack-first`),
+//! and guards it otherwise; a module already stack-first is left alone (an overflow then runs
+//! below address 0 and traps on its own).
 
 use super::{Pass, PassCx, PassReport};
 use crate::diag::{Message, store_text};
@@ -90,7 +91,14 @@ impl Pass for Stack {
                     region.low, region.high
                 )))
             }
-            _ => guard(cx, "stack"),
+            _ => match super::stack_first::cannot_relocate(cx) {
+                None => super::stack_first::relocate(cx, "stack"),
+                Some(why) => {
+                    let mut report = guard(cx, "stack")?;
+                    report.summary = format!("{} (not relocated: {why})", report.summary);
+                    Ok(report)
+                }
+            },
         }
     }
 }

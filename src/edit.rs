@@ -108,6 +108,15 @@ pub struct Edits<'m> {
     pub(crate) custom_replaced: BTreeMap<usize, Option<Vec<u8>>>,
     /// Encoded custom sections appended at the end of the module.
     pub(crate) custom_appended: Vec<Vec<u8>>,
+    /// Same-length byte replacements at input offsets (relocated immediates), applied before
+    /// anything is copied or decoded, so every offset in the module model stays valid.
+    pub(crate) patches: Vec<(usize, Vec<u8>)>,
+    /// New initializers for defined globals, by global index.
+    pub(crate) global_inits: BTreeMap<u32, ConstExpr>,
+    /// New offsets for active data segments, by segment index.
+    pub(crate) data_offsets: BTreeMap<u32, ConstExpr>,
+    /// New limits for memories, by memory index.
+    pub(crate) memory_types: BTreeMap<u32, wasm_encoder::MemoryType>,
 }
 
 impl<'m> Edits<'m> {
@@ -121,6 +130,10 @@ impl<'m> Edits<'m> {
             && self.new_data.is_empty()
             && self.rewriters.is_empty()
             && self.new_start.is_none()
+            && self.patches.is_empty()
+            && self.global_inits.is_empty()
+            && self.data_offsets.is_empty()
+            && self.memory_types.is_empty()
             && self.custom_replaced.is_empty()
             && self.custom_appended.is_empty()
     }
@@ -203,6 +216,26 @@ impl<'m> Edits<'m> {
     pub fn replace_custom(&mut self, index: usize, section: &impl Section) {
         self.custom_replaced
             .insert(index, Some(encode_section(section)));
+    }
+
+    /// Replaces `bytes.len()` bytes at input offset `at` (a relocated immediate).
+    pub fn patch(&mut self, at: usize, bytes: Vec<u8>) {
+        self.patches.push((at, bytes));
+    }
+
+    /// Gives defined global `global` a new initializer.
+    pub fn set_global_init(&mut self, global: u32, init: ConstExpr) {
+        self.global_inits.insert(global, init);
+    }
+
+    /// Moves active data segment `segment` to `offset`.
+    pub fn set_data_offset(&mut self, segment: u32, offset: ConstExpr) {
+        self.data_offsets.insert(segment, offset);
+    }
+
+    /// Gives memory `memory` new limits.
+    pub fn set_memory_type(&mut self, memory: u32, ty: wasm_encoder::MemoryType) {
+        self.memory_types.insert(memory, ty);
     }
 
     /// Drops the custom section at `Module::sections[index]`.

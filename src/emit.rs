@@ -59,6 +59,9 @@ pub fn emit(module: &Module<'_>, edits: &mut Edits<'_>, out: &mut Vec<u8>) -> Re
     mark(9, !edits.new_elements.is_empty());
     mark(11, !edits.new_data.is_empty());
     mark(8, edits.new_start.is_some());
+    mark(5, !edits.memory_types.is_empty());
+    mark(6, !edits.global_inits.is_empty());
+    mark(11, !edits.data_offsets.is_empty());
     mark(
         12,
         !edits.new_data.is_empty()
@@ -206,8 +209,17 @@ fn build_section(
         }
         6 => {
             let mut globals = GlobalSection::new();
-            for g in &module.defined_globals {
-                globals.raw(&module.bytes[g.bytes.clone()]);
+            for (i, g) in module.defined_globals.iter().enumerate() {
+                let index = module.imported_globals + i as u32;
+                match edits.global_inits.get(&index) {
+                    Some(init) => {
+                        let ty = RoundtripReencoder
+                            .global_type(g.ty)
+                            .map_err(encoding_error)?;
+                        globals.global(ty, init)
+                    }
+                    None => globals.raw(&module.bytes[g.bytes.clone()]),
+                };
             }
             for (ty, init) in &edits.new_globals {
                 globals.global(*ty, init);
@@ -230,6 +242,20 @@ fn build_section(
             }
             push_section(out, &elements);
         }
+        5 => {
+            let mut memories = wasm_encoder::MemorySection::new();
+            let imported = module.imported_memories as usize;
+            for (i, mem) in module.memories.iter().enumerate().skip(imported) {
+                let ty = match edits.memory_types.get(&(i as u32)) {
+                    Some(ty) => *ty,
+                    None => RoundtripReencoder
+                        .memory_type(*mem)
+                        .map_err(encoding_error)?,
+                };
+                memories.memory(ty);
+            }
+            push_section(out, &memories);
+        }
         8 => {
             let function_index = edits
                 .new_start
@@ -247,8 +273,13 @@ fn build_section(
         }
         11 => {
             let mut data = DataSection::new();
-            for d in &module.data {
-                data.raw(&module.bytes[d.range.start as usize..d.range.end as usize]);
+            for (i, d) in module.data.iter().enumerate() {
+                match (edits.data_offsets.get(&(i as u32)), &d.kind) {
+                    (Some(offset), wasmparser::DataKind::Active { memory_index, .. }) => {
+                        data.active(*memory_index, offset, d.data.iter().copied())
+                    }
+                    _ => data.raw(&module.bytes[d.range.start as usize..d.range.end as usize]),
+                };
             }
             for d in &edits.new_data {
                 match &d.active {

@@ -51,6 +51,9 @@ struct Rewrite {
     /// expected signature and the table entry's name and signature to stderr.
     #[arg(long)]
     fpcast_diagnose: bool,
+    /// stack-first: size in bytes of the relocated stack (default: the module's own).
+    #[arg(long, value_name = "BYTES")]
+    stack_size: Option<u64>,
     /// Analyze only: print hazards and exit 1 if any remain, 0 if none.
     #[arg(long)]
     check: bool,
@@ -204,6 +207,7 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
     let bytes = read_input(&input)?;
     let options = PassOptions {
         fpcast_diagnose: args.fpcast_diagnose,
+        stack_size: args.stack_size,
     };
     let outcome = pipeline::run(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {

@@ -82,13 +82,39 @@ pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<
         })?;
         reports.push(report);
     }
+    // Same-length patches (relocated immediates) go into a copy of the input; every offset in
+    // the module model stays valid, so the copy is read as the same module.
+    let patched: Vec<u8>;
+    let patched_module;
+    let source = if edits.patches.is_empty() {
+        &module
+    } else {
+        let mut copy = input.to_vec();
+        for (at, bytes) in &edits.patches {
+            copy[*at..*at + bytes.len()].copy_from_slice(bytes);
+        }
+        patched = copy;
+        patched_module = Module::parse(&patched).map_err(Failure::Internal)?;
+        &patched_module
+    };
     let mut bytes = Vec::new();
-    let emitted = emit::emit(&module, &mut edits, &mut bytes).map_err(Failure::Internal)?;
+    let emitted = emit::emit(source, &mut edits, &mut bytes).map_err(Failure::Internal)?;
 
     let defined = module.bodies.len() as u32;
     let mut check = vec![false; defined as usize];
     for &f in &emitted.rewritten_functions {
         check[(f - module.imported_funcs) as usize] = true;
+    }
+    // Patched bodies are not the validated input's bytes any more: check them too.
+    for (at, _) in &edits.patches {
+        let body = module
+            .bodies
+            .partition_point(|b| (b.range().end as usize) <= *at);
+        if let Some(b) = module.bodies.get(body)
+            && Module::body_range(b).contains(at)
+        {
+            check[body] = true;
+        }
     }
     let must_check = |i: u32| i >= defined || check[i as usize];
     validate::validate(&bytes, Some(&must_check))

@@ -216,6 +216,7 @@ fn diagnose_names_the_caller_and_the_entry() {
         let original = fixture(&format!("fpcast.{variant}.wasm"));
         let options = wasmfix::passes::PassOptions {
             fpcast_diagnose: true,
+            ..Default::default()
         };
         let fixed = wasmfix::pipeline::run(&original, &common::passes("fpcast"), &options)
             .unwrap()

@@ -218,6 +218,7 @@ fn check(case: &Case, diagnose: bool) -> Result<(), TestCaseError> {
     let wasm = wat::parse_str(module_wat(case)).expect("generated WAT parses");
     let options = wasmfix::passes::PassOptions {
         fpcast_diagnose: diagnose,
+        ..Default::default()
     };
     let fixed = match wasmfix::pipeline::run(
         &wasm,

@@ -109,3 +109,109 @@ fn stack_first_modules_are_left_alone_by_default() {
         out.reports[0].summary
     );
 }
+
+/// Relocation: fixtures linked by clang-19/lld-19 with `-Wl,--emit-relocs` come out stack-first,
+/// behave identically at safe depths and trap where the original corrupted its data.
+#[test]
+fn modules_with_relocations_are_moved_stack_first() {
+    for variant in ["O0.relocs", "O2.relocs"] {
+        let original = fixture(&format!("stack.{variant}.wasm"));
+        let out = wasmfix::pipeline::run(&original, &common::passes("stack"), &Default::default())
+            .unwrap();
+        assert!(
+            out.reports[0]
+                .summary
+                .starts_with("moved the stack to [0, 65536)"),
+            "{}",
+            out.reports[0].summary
+        );
+        let (module, facts) = wasmfix::pipeline::load(&out.bytes).unwrap();
+        let region = facts.stack.as_ref().unwrap();
+        assert_eq!(
+            region.layout,
+            wasmfix::facts::StackLayout::StackFirst,
+            "{variant}: {}",
+            region.how
+        );
+        assert!(module.custom("linking").is_none() && module.custom("reloc.CODE").is_none());
+        let inspect = wasmfix::inspect::text("x.wasm", &module, &facts);
+        assert!(inspect.contains("stack first"), "{inspect}");
+        for args in [
+            &["recurse", "5"][..],
+            &["vla", "1000"],
+            &["legal", "3000"],
+            &["calls", "1000"],
+        ] {
+            assert_eq!(
+                run_wasi(&original, args),
+                run_wasi(&out.bytes, args),
+                "{variant} {args:?}"
+            );
+        }
+        for args in [&["recurse", "18"][..], &["vla", "70000"]] {
+            let before = run_wasi(&original, args);
+            assert!(
+                !before.stdout.contains(TABLE),
+                "the original corrupts its data: {}",
+                before.stdout
+            );
+            let after = run_wasi(&out.bytes, args);
+            assert!(
+                matches!(after.outcome, Outcome::Trap(_)) && after.stdout.is_empty(),
+                "{variant} {args:?}: {after:?}"
+            );
+        }
+    }
+}
+
+/// The same fixture after wasm-opt has stale relocations: `stack-first` refuses with the
+/// reason, and the default pipeline guards instead.
+#[test]
+fn stale_relocations_are_refused_and_guarded_by_default() {
+    let path = common::repo().join("tests/fixtures/wasm/stack.O2.relocs.wasmopt.wasm");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.wasm");
+    let refused = common::wasmfix()
+        .arg(&path)
+        .args(["--passes", "stack-first", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("relocations do not match the code") && stderr.contains("before wasm-opt"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+
+    let original = fixture("stack.O2.relocs.wasmopt.wasm");
+    let fixed =
+        wasmfix::pipeline::run(&original, &common::passes("stack"), &Default::default()).unwrap();
+    assert!(
+        fixed.reports[0]
+            .summary
+            .contains("checks every stack-pointer write"),
+        "{}",
+        fixed.reports[0].summary
+    );
+    let after = run_wasi(&fixed.bytes, &["recurse", "18"]);
+    assert!(
+        after.stderr.starts_with("wasmfix: stack overflow in "),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn modules_without_relocations_are_refused_by_stack_first() {
+    let original = fixture("stack.O2.wasm");
+    let err = wasmfix::pipeline::run(
+        &original,
+        &common::passes("stack-first"),
+        &Default::default(),
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("-Wl,--emit-relocs"), "{err}");
+}
