@@ -106,6 +106,14 @@ impl Pass for Fpcast {
     fn run(&self, cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
         let m = cx.module;
         let facts = cx.facts();
+        if facts.applied.contains_key("fpcast") {
+            return Ok(PassReport {
+                pass: self.name(),
+                summary: "already applied by an earlier wasmfix run".into(),
+                warnings: Vec::new(),
+                details: serde_json::json!({ "signatures": [] }),
+            });
+        }
         let code = facts.code(m);
         let mut warnings = Vec::new();
         let mut plans = Vec::new();
@@ -224,6 +232,10 @@ impl Pass for Fpcast {
         );
         cx.edits.set_start(init_func);
         let adapted_sites: usize = plans.iter().flat_map(|p| &p.sites).sum();
+        cx.edits.record_applied(
+            "fpcast",
+            serde_json::json!({ "sites": adapted_sites, "adapters": adapters_total }),
+        );
         cx.edits.add_rewriter(Box::new(SiteRewriter {
             sites,
             index_global,

@@ -223,6 +223,8 @@ pub fn relocate(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassR
             page_size_log2: memory.page_size_log2,
         },
     );
+    cx.edits
+        .record_applied("stack", serde_json::json!({ "relocated": [0, size] }));
     for (index, s) in m.sections.iter().enumerate() {
         if s.custom_name
             .is_some_and(|n| n == "linking" || n.starts_with("reloc."))

@@ -80,6 +80,11 @@ impl Pass for Stack {
         if cx.module.memories.is_empty() {
             return Ok(nothing("no memory: no stack to guard".into()));
         }
+        if let Some(done) = facts.applied.get("stack") {
+            return Ok(nothing(format!(
+                "already applied by an earlier wasmfix run ({done})"
+            )));
+        }
         match (&facts.stack_pointer, &facts.stack) {
             (Err(_), _) if !facts.code(cx.module).prologue_globals.is_empty() => guard(cx, "stack"),
             (Err(why), _) => Ok(nothing(format!(
@@ -235,6 +240,7 @@ fn guard(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassReport> 
             names.insert(f, stored);
         }
     }
+    edits.record_applied("stack", serde_json::json!({ "guarded": [low, high] }));
     edits.add_rewriter(Box::new(Guard {
         module: m,
         sp: sp.value,

@@ -115,6 +115,8 @@ pub struct Edits<'m> {
     pub(crate) global_inits: BTreeMap<u32, ConstExpr>,
     /// New offsets for active data segments, by segment index.
     pub(crate) data_offsets: BTreeMap<u32, ConstExpr>,
+    /// What each pass applied, recorded in the `wasmfix` custom section (see `record_applied`).
+    pub(crate) applied: serde_json::Map<String, serde_json::Value>,
     /// New limits for memories, by memory index.
     pub(crate) memory_types: BTreeMap<u32, wasm_encoder::MemoryType>,
 }
@@ -236,6 +238,12 @@ impl<'m> Edits<'m> {
     /// Gives memory `memory` new limits.
     pub fn set_memory_type(&mut self, memory: u32, ty: wasm_encoder::MemoryType) {
         self.memory_types.insert(memory, ty);
+    }
+
+    /// Records in the output's `wasmfix` custom section that `what` was applied, so a later
+    /// run (or `inspect`) knows the module is fixed and does not apply it twice.
+    pub fn record_applied(&mut self, what: &str, detail: serde_json::Value) {
+        self.applied.insert(what.to_string(), detail);
     }
 
     /// Drops the custom section at `Module::sections[index]`.

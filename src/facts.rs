@@ -132,6 +132,8 @@ pub struct Facts {
     pub relocations: Option<RelocationFacts>,
     pub producers: Vec<(String, Vec<(String, String)>)>,
     pub function_names: HashMap<u32, String>,
+    /// What an earlier wasmfix run applied (its `wasmfix` custom section), by pass.
+    pub applied: serde_json::Map<String, serde_json::Value>,
     pub global_names: HashMap<u32, String>,
     code: OnceLock<CodeFacts>,
 }
@@ -154,6 +156,7 @@ impl Facts {
             producers: producers(m),
             function_names,
             global_names,
+            applied: applied(m),
             code: OnceLock::new(),
         };
         f.heap_base = f.global_address(m, "__heap_base");
@@ -394,6 +397,16 @@ impl Facts {
         out
     }
 }
+
+/// The `wasmfix` custom section an earlier run wrote: `{"fpcast": …, "stack": …}`.
+pub fn applied(m: &Module<'_>) -> serde_json::Map<String, serde_json::Value> {
+    m.custom(APPLIED_SECTION)
+        .and_then(|s| serde_json::from_slice(m.contents(s)).ok())
+        .unwrap_or_default()
+}
+
+/// Name of the custom section that records what wasmfix applied.
+pub const APPLIED_SECTION: &str = "wasmfix";
 
 fn defined_global_value(m: &Module<'_>, g: u32) -> Option<u64> {
     let d = m

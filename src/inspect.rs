@@ -29,6 +29,7 @@ pub fn hazards(m: &Module<'_>, facts: &Facts) -> Vec<Hazard> {
     let mut out = Vec::new();
     if let Ok(s) = &facts.stack
         && s.layout == StackLayout::StackAfterData
+        && !facts.applied.contains_key("stack")
     {
         out.push(Hazard {
                 kind: "stack-after-data",
@@ -38,8 +39,11 @@ pub fn hazards(m: &Module<'_>, facts: &Facts) -> Vec<Hazard> {
                 ),
             });
     }
+    // After fpcast, every castable site goes through adapters (whose own call_indirect reach
+    // the original table by design).
+    let adapted = facts.applied.contains_key("fpcast");
     for call in facts.indirect_calls(m) {
-        if call.castable_entries == 0 {
+        if call.castable_entries == 0 || adapted {
             continue;
         }
         let kinds: Vec<String> = call
@@ -100,6 +104,7 @@ pub fn json(m: &Module<'_>, facts: &Facts) -> Value {
             "why_not": r.matches_code.as_ref().err(),
         })),
         "producers": facts.producers,
+        "applied_by_wasmfix": facts.applied,
         "hazards": hazards(m, facts),
     })
 }
@@ -244,6 +249,9 @@ pub fn text(name: &str, m: &Module<'_>, facts: &Facts) -> String {
     }
     if !facts.pic_markers.is_empty() {
         let _ = writeln!(w, "dynamic linking / PIC: {}", facts.pic_markers.join(", "));
+    }
+    for (what, detail) in &facts.applied {
+        let _ = writeln!(w, "fixed by wasmfix: {what} {detail}");
     }
     let hazards = hazards(m, facts);
     if hazards.is_empty() {

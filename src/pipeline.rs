@@ -82,6 +82,23 @@ pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<
         })?;
         reports.push(report);
     }
+    if !edits.applied.is_empty() {
+        let mut applied = crate::facts::applied(&module);
+        applied.extend(std::mem::take(&mut edits.applied));
+        let contents = serde_json::to_vec(&applied).expect("serializable");
+        let section = wasm_encoder::CustomSection {
+            name: crate::facts::APPLIED_SECTION.into(),
+            data: contents.into(),
+        };
+        match module
+            .sections
+            .iter()
+            .position(|s| s.custom_name == Some(crate::facts::APPLIED_SECTION))
+        {
+            Some(i) => edits.replace_custom(i, &section),
+            None => edits.append_custom(&section),
+        }
+    }
     // Same-length patches (relocated immediates) go into a copy of the input; every offset in
     // the module model stays valid, so the copy is read as the same module.
     let patched: Vec<u8>;
