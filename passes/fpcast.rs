@@ -529,6 +529,15 @@ fn adapter_body(u: &FuncType, ty_u: u32, t: &FuncType, table: u32, index_global:
         }
     }
     f.instruction(&Instruction::GlobalGet(index_global));
+    if u.results() == t.results() {
+        // Nothing to adapt on the way back: a tail call saves the adapter's frame.
+        f.instruction(&Instruction::ReturnCallIndirect {
+            type_index: ty_u,
+            table_index: table,
+        });
+        f.instruction(&Instruction::End);
+        return f;
+    }
     f.instruction(&Instruction::CallIndirect {
         type_index: ty_u,
         table_index: table,
