@@ -227,15 +227,16 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
             }
         }
     }
-    if to_stdout {
-        let mut out = std::io::stdout().lock();
-        out.write_all(&outcome.bytes)
-            .and_then(|_| out.flush())
-            .map_err(|e| fail(2, format!("cannot write standard output: {e}")))?;
+    // The module is staged in a temporary file first and renamed into place only after the
+    // report is written, so a failing report leaves the output (and the input) untouched.
+    let staged = if to_stdout {
+        None
     } else {
-        write_atomically(&output, &outcome.bytes)
-            .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?;
-    }
+        Some(
+            Staged::write(&output, &outcome.bytes)
+                .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
+        )
+    };
     if let Some(report) = &args.report {
         let json = serde_json::json!({
             "input": name,
@@ -253,35 +254,67 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
         };
         written.map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
     }
+    match staged {
+        Some(staged) => staged
+            .commit()
+            .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&outcome.bytes)
+                .and_then(|_| out.flush())
+                .map_err(|e| fail(2, format!("cannot write standard output: {e}")))?;
+        }
+    }
     Ok(0)
 }
 
-/// Writes `bytes` to a temporary file beside `target` and renames it over `target`, so an
-/// interrupted run never leaves a half-written module and `-o` may name the input.
-fn write_atomically(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let file = target
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.wasmfix-{}.tmp",
-        file.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+/// A module written to a temporary file beside its target, renamed over the target by
+/// [`Staged::commit`] and removed if dropped uncommitted: an interrupted or failed run never
+/// leaves a half-written module, and `-o` may name the input.
+struct Staged {
+    tmp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    fn write(target: &Path, bytes: &[u8]) -> std::io::Result<Staged> {
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let file = target.file_name().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")
+        })?;
+        let tmp = dir.join(format!(
+            ".{}.wasmfix-{}.tmp",
+            file.to_string_lossy(),
+            std::process::id()
+        ));
+        let staged = Staged {
+            tmp,
+            target: target.to_path_buf(),
+            committed: false,
+        };
+        let mut f = std::fs::File::create(&staged.tmp)?;
         f.write_all(bytes)?;
         if let Ok(meta) = std::fs::metadata(target) {
             f.set_permissions(meta.permissions())?;
         }
-        drop(f);
-        std::fs::rename(&tmp, target)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        Ok(staged)
     }
-    result
+
+    fn commit(mut self) -> std::io::Result<()> {
+        std::fs::rename(&self.tmp, &self.target)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }

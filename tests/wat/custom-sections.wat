@@ -1,0 +1,25 @@
+;; passes: producers
+;; Unknown custom sections between known sections, a name section, no producers section:
+;; every custom section must stay in place byte for byte, and producers is appended at the end.
+(module $custom_sections
+  (@custom "first-custom" (before first) "before the type section")
+  (type $binop (func (param i32 i32) (result i32)))
+  (@custom "after-type" (after type) "\00\01\02\ff")
+  (import "env" "log" (func $log (param i32)))
+  (@custom "after-import" (after import) "")
+  (func $add (type $binop) (local.get 0) (local.get 1) (i32.add))
+  (func $sub (type $binop) (local.get 0) (local.get 1) (i32.sub))
+  (func $apply (export "apply") (param $f i32) (param $a i32) (param $b i32) (result i32)
+    (local $r i32)
+    (local.set $r (call_indirect (type $binop) (local.get $a) (local.get $b) (local.get $f)))
+    (call $log (local.get $r))
+    (local.get $r))
+  (table $fns 2 2 funcref)
+  (elem (i32.const 0) func $add $sub)
+  (memory $mem 1)
+  (@custom "after-memory" (after memory) "mem")
+  (global $counter (mut i32) (i32.const 0))
+  (@custom "before-code" (before code) "code follows")
+  (data (i32.const 16) "hello")
+  (@custom "after-data" (after data) "the very end, after data")
+)
