@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """wasmfix benchmark: the figures the issues ask for, next to binaryen's wasm-opt, same inputs, same run.
 
-    python3 bench/bench.py [--sections core,ruby-sanity] [--modules ruby,yosys] [--repeat 3]
+    python3 bench/bench.py [--sections core,fpcast,ruby-sanity] [--modules ruby,yosys] [--repeat 3]
                            [--corpus DIR] [--no-build] [--json FILE] [--strict] [--keep DIR]
+                           [--ruby-n 3] [--ruby-rounds 5] [--fpcast-n N] [--fpcast-runs 7] [--max-load-wait 120]
 
 Tools
   wasmfix    $WASMFIX, else target/release/wasmfix, built first with `cargo build --release`
@@ -14,13 +15,28 @@ Tools
   corpus     `../shared/corpus/fetch.sh CACHE` (CACHE: --corpus, default ../corpus-cache) prints
              `name<TAB>path<TAB>bytes` per module; --modules picks some of them (default: all).
 
-Sections (--sections, comma-separated, default core; --list shows them)
+Sections (--sections, comma-separated, default core,fpcast; --list shows them)
   core         round trip per module, median of --repeat runs each, runs interleaved:
                  wasmfix IN -o OUT --passes none       (OUT must be byte-identical to IN)
                  wasmfix IN -o OUT --passes producers
                  wasm-opt IN -o OUT --all-features     (read + write; --detect-features if that fails)
                wall seconds, peak RSS (MB = 10^6 bytes), peak / input size, and wasm-opt time / wasmfix
                time; then the acceptance thresholds of THRESHOLDS below with PASS/FAIL.
+  fpcast       issue 4, wasmfix --passes fpcast next to wasm-opt --fpcast-emu, in one run:
+               ruby.wasm  rewrite time (median of --repeat), size growth vs the original, and the
+                          run_ruby.py workload (original first, interleaved, --ruby-rounds rounds,
+                          default 5, of --ruby-n instances): eval-time ratio to the original and
+                          "output identical". wasm-opt gets --detect-features; when --fpcast-emu fails
+                          (binaryen needs max-func-params tuned on Ruby) the error line is recorded and
+                          --pass-arg=max-func-params@N is tried for N in FPCAST_EMU_PARAMS until one works.
+               mixed      tests/fixtures/wasm/fpcast.O2.wasm (`prog mixed-match N` / `prog mixed-mismatch
+                          N`) under the python `wasmtime` package, in this process: every module compiled
+                          once, a fresh instance per run, only the `_start` call timed; --fpcast-runs
+                          interleaved rounds, medians. N: --fpcast-n, else calibrated so the original's
+                          mixed-match takes ~0.4 s. Also checks that the original mixed-mismatch traps, and
+                          that the fixed module prints what fpcast-typed.O2.wasm prints.
+               Before each timing-sensitive part it prints the load average; above 1.5 it waits (up to
+               --max-load-wait s) for it to drop, or for the run queue to stay empty for 15 s.
   ruby-sanity  run_ruby.py on the original ruby.wasm only; prints its JSON (proves the run helper).
 
 Measuring: every command runs under a small launcher process that forks it, waits with os.wait4 and
@@ -74,6 +90,23 @@ THRESHOLDS = [
     ("*", "producers", "speedup", ">=", 20.0),
     ("*", "none", "identical", "==", True),
 ]
+
+# fpcast (issue 4): (what, op, limit). Ratios are medians of interleaved runs.
+FPCAST_THRESHOLDS = {
+    "ruby_eval_ratio": ("<=", 1.02),        # wasmfix ruby workload eval time / original (binaryen: 1.13x)
+    "ruby_size_growth_pct": ("<=", 2.0),    # wasmfix output size vs original, %
+    "ruby_rewrite_s": ("<=", 0.5),          # wasmfix --passes fpcast wall seconds on ruby.wasm
+    "ruby_output_identical": ("==", True),  # workload output and rb_state equal the original's
+    "mixed_match_ratio": ("<=", 1.02),      # fixed mixed-match / original mixed-match
+    "mixed_mismatch_ratio": ("<=", 1.5),    # fixed mixed-mismatch / fixed mixed-match
+    "mixed_orig_mismatch_traps": ("==", True),
+    "mixed_match_output": ("==", True),     # fixed mixed-match stdout == original's
+    "mixed_mismatch_output": ("==", True),  # fixed mixed-mismatch stdout == fpcast-typed.O2.wasm's
+}
+# max-func-params values tried, in order, when wasm-opt --fpcast-emu fails (its default is 16).
+FPCAST_EMU_PARAMS = (16, 20, 32)
+FPCAST_FIXTURES = os.path.join(REPO, "tests", "fixtures", "wasm")
+LOAD_LIMIT = 1.5
 
 # Forks argv[2:], waits for it with wait4 and writes "status wall_s maxrss_kib utime_s stime_s" to
 # argv[1]. Kept tiny: its own RSS is the floor of every peak measured through it (see docstring).
@@ -434,7 +467,7 @@ def run_ruby_variants(ctx, variants, n=None, rounds=None):
     ratio (eval_s / baseline eval_s), pair_ratios (per round, against the baseline of the same round),
     and output_ok (same output and rb_state as the baseline)."""
     n = n or ctx.args.ruby_n
-    rounds = rounds or ctx.args.ruby_rounds
+    rounds = rounds or ctx.args.ruby_rounds or 3
     script = os.path.join(ctx.shared, "corpus", "run_ruby.py")
     env = dict(os.environ, RUBY_RUN_CACHE=os.path.join(ctx.cache, "cwasm"))
     res = {label: {"file": path, "runs": []} for label, path in variants}
@@ -493,12 +526,368 @@ def section_ruby_sanity(ctx):
     return result
 
 
+def procs_running():
+    """Runnable tasks right now (/proc/stat procs_running), this process included; None if unknown."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("procs_running"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def wait_for_quiet(ctx, what):
+    """Print the load average before a timing-sensitive part; above LOAD_LIMIT, wait (up to
+    --max-load-wait s) until it drops, or until the run queue has held nothing but us for 15 s
+    (the 1-minute average lags a finished build by a minute or two). Returns what it saw."""
+    t0 = time.monotonic()
+    load = os.getloadavg()
+    quiet_samples = 0
+    if load[0] > LOAD_LIMIT and ctx.args.max_load_wait > 0:
+        log("load %.2f > %.1f before %s: waiting up to %ds" % (load[0], LOAD_LIMIT, what, ctx.args.max_load_wait))
+    while load[0] > LOAD_LIMIT and time.monotonic() - t0 < ctx.args.max_load_wait:
+        time.sleep(5)
+        load = os.getloadavg()
+        running = procs_running()
+        quiet_samples = quiet_samples + 1 if running is not None and running <= 1 else 0
+        if quiet_samples >= 3:
+            break
+    waited = time.monotonic() - t0
+    note = ""
+    if load[0] > LOAD_LIMIT:
+        note = " (run queue empty for 15 s)" if quiet_samples >= 3 else " (STILL ABOVE %.1f: figures may be noisy)" % LOAD_LIMIT
+    print("load before %s: %.2f %.2f %.2f, waited %.0f s%s" % (what, load[0], load[1], load[2], waited, note), flush=True)
+    return {"before": what, "loadavg": [round(x, 2) for x in load], "waited_s": round(waited, 1),
+            "quiet": load[0] <= LOAD_LIMIT or quiet_samples >= 3}
+
+
+def last_error_line(text):
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):  # binaryen: "Fatal: ...", wasmtime: "wasm trap: ..."
+        if ln.startswith("Fatal") or "trap" in ln or "rror" in ln:
+            return ln
+    return lines[-1] if lines else ""
+
+
+def fpcast_check(ctx, rows, key, what, value, shown):
+    op, limit = FPCAST_THRESHOLDS[key]
+    ok = ctx.check("fpcast", what, value, op, limit)
+    lim = ("yes" if limit else "no") if isinstance(limit, bool) else "%g" % limit
+    rows.append([what, "-" if value is None else shown(value), op + " " + lim,
+                 {True: "PASS", False: "FAIL", None: "FAIL (no figure)"}[ok]])
+    return ok
+
+
+def fpcast_build_wasm_opt(ctx, src, out, log_name):
+    """First working wasm-opt --fpcast-emu build of src: plain, then max-func-params@N.
+    Returns (Measure or None, flags or None, attempts: [{flags, ok, error}])."""
+    wasm_opt = ctx.wasm_opt()
+    attempts, need = [], None
+    for n in (None,) + FPCAST_EMU_PARAMS:
+        flags = ["--fpcast-emu"] + ([] if n is None else ["--pass-arg=max-func-params@%d" % n]) + ["--detect-features"]
+        if n is not None and need is not None and n < need:
+            attempts.append({"flags": flags, "ok": None, "error": "skipped: wasm-opt said it needs at least %d" % need})
+            continue
+        log("fpcast: %s: wasm-opt %s" % (log_name, " ".join(flags)))
+        m = ctx.measure([wasm_opt, src, "-o", out] + flags)
+        if m.ok:
+            attempts.append({"flags": flags, "ok": True, "error": None})
+            return m, flags, attempts
+        err = last_error_line(m.err)
+        attempts.append({"flags": flags, "ok": False, "error": err, "time_s": m.time_s})
+        log("fpcast: %s: wasm-opt %s failed: %s" % (log_name, " ".join(flags), err))
+        words = err.split()
+        if "least" in words and words.index("least") + 1 < len(words) and words[words.index("least") + 1].isdigit():
+            need = max(need or 0, int(words[words.index("least") + 1]))
+    return None, None, attempts
+
+
+def fpcast_ruby(ctx, checks):
+    """ruby.wasm: rewrite time, size growth, workload eval-time ratio, output identical."""
+    wasmfix = ctx.wasmfix()
+    ruby = ctx.module("ruby")
+    src, size = ruby["path"], ruby["bytes"]
+    repeat = ctx.args.repeat
+    warm(src)
+    out_wf, out_wo = ctx.out_path("ruby.fpcast-wasmfix.wasm"), ctx.out_path("ruby.fpcast-wasm-opt.wasm")
+    out_rt = ctx.out_path("ruby.wasm-opt-roundtrip.wasm")
+    loads = []
+
+    # wasm-opt first: its tuning attempts are long (binaryen.js under node) and load the machine;
+    # the wasmfix timings come after, once the load has settled.
+    wo, wo_flags, attempts = fpcast_build_wasm_opt(ctx, src, out_wo, "ruby")
+    for r in range(1, repeat if wo else 0):
+        log("fpcast: ruby wasm-opt run %d/%d" % (r + 1, repeat))
+        ctx.measure(wo.cmd, wo)
+    rt = ctx.measure([ctx.wasm_opt(), src, "-o", out_rt, "--detect-features"])  # size reference only
+    rt_bytes = os.path.getsize(out_rt) if rt.ok else None
+
+    loads.append(wait_for_quiet(ctx, "ruby rewrite timing"))
+    wf = Measure([wasmfix, src, "-o", out_wf, "--passes", "fpcast"])
+    for r in range(repeat):
+        log("fpcast: ruby wasmfix run %d/%d" % (r + 1, repeat))
+        ctx.measure(wf.cmd, wf)
+    if not wf.ok:
+        raise ToolError("wasmfix --passes fpcast failed on ruby.wasm (exit %s): %s" % (wf.rcs, wf.err[-600:]))
+    wf.out_bytes = os.path.getsize(out_wf)
+    if wo:
+        wo.out_bytes = os.path.getsize(out_wo)
+
+    variants = [("ruby-orig", src), ("fpcast-wasmfix", out_wf)] + ([("fpcast-wasm-opt", out_wo)] if wo else [])
+    loads.append(wait_for_quiet(ctx, "ruby workload"))
+    work = run_ruby_variants(ctx, variants, rounds=ctx.args.ruby_rounds or 5)
+    print_ruby_variants("fpcast: ruby.wasm workload", work)
+
+    def growth(m):
+        return None if not m or m.out_bytes is None else round(100.0 * (m.out_bytes - size) / size, 3)
+
+    vres = work["variants"]
+    orig = vres["ruby-orig"]
+    # Noise diagnostic (the checks use medians): fastest instance / original's fastest. Interference from
+    # other processes only adds time, so on a loaded machine the minima are the steadier figure.
+    for v in vres.values():
+        v["eval_s_min"] = min(x for run in v["runs"] for x in run["eval_s_all"])
+        v["min_ratio"] = round(v["eval_s_min"] / orig["eval_s_min"], 4)
+    fig = {"input": src, "input_bytes": size, "loads": loads, "workload": work,
+           "wasmfix": dict(wf.to_json(size), size_growth_pct=growth(wf), eval_ratio=vres["fpcast-wasmfix"]["ratio"],
+                           init_ratio=round(vres["fpcast-wasmfix"]["init_s"] / orig["init_s"], 4),
+                           eval_min_ratio=vres["fpcast-wasmfix"]["min_ratio"], output_ok=vres["fpcast-wasmfix"]["output_ok"]),
+           "wasm_opt": {"flags": wo_flags, "attempts": attempts,
+                        "roundtrip_bytes": rt_bytes,
+                        "roundtrip_growth_pct": None if rt_bytes is None else round(100.0 * (rt_bytes - size) / size, 3)}}
+    if wo:
+        fig["wasm_opt"].update(wo.to_json(size), size_growth_pct=growth(wo), eval_ratio=vres["fpcast-wasm-opt"]["ratio"],
+                               init_ratio=round(vres["fpcast-wasm-opt"]["init_s"] / orig["init_s"], 4),
+                               eval_min_ratio=vres["fpcast-wasm-opt"]["min_ratio"], output_ok=vres["fpcast-wasm-opt"]["output_ok"])
+
+    print("\n== fpcast: ruby.wasm %.1f MB, side by side (rewrite = median of %d runs; ratios = median eval or init "
+          "/ original's) ==" % (size / MB, repeat))
+    rows = []
+    for label, m, f in (("wasmfix --passes fpcast", wf, fig["wasmfix"]),
+                        ("wasm-opt " + " ".join(wo_flags or ["--fpcast-emu"]), wo, fig["wasm_opt"])):
+        if not m:
+            rows.append([label, "FAILED", "-", "-", "-", "-", "-", "-", "-"])
+            continue
+        rows.append([label, fmt(m.time_s, ".3f"), " ".join("%.3f" % t for t in m.times), fmt(m.peak_mb, ".0f"),
+                     "%+.2f%%" % f["size_growth_pct"], fmt(f["eval_ratio"], ".3f"), fmt(f["eval_min_ratio"], ".3f"),
+                     fmt(f["init_ratio"], ".3f"), "yes" if f["output_ok"] else "NO"])
+    print(table(["variant", "rewrite s", "runs s", "peak MB", "size", "eval ratio", "min/min", "init ratio",
+                 "output identical"], rows))
+    print("wasm-opt --fpcast-emu attempts (binaryen.js under node; the first that works is used):")
+    for a in attempts:
+        print("  %-62s %s" % (" ".join(a["flags"]), "ok" if a["ok"] else a["error"]))
+    if rt_bytes is not None:
+        print("wasm-opt --detect-features round trip alone (no pass): %+.2f%% size" % fig["wasm_opt"]["roundtrip_growth_pct"])
+
+    fpcast_check(ctx, checks, "ruby_eval_ratio", "ruby wasmfix eval time / original", fig["wasmfix"]["eval_ratio"],
+                 lambda v: "%.3fx" % v)
+    fpcast_check(ctx, checks, "ruby_size_growth_pct", "ruby wasmfix size growth %", fig["wasmfix"]["size_growth_pct"],
+                 lambda v: "%+.2f%%" % v)
+    fpcast_check(ctx, checks, "ruby_rewrite_s", "ruby wasmfix rewrite s", wf.time_s, lambda v: "%.3f s" % v)
+    fpcast_check(ctx, checks, "ruby_output_identical", "ruby wasmfix workload output identical",
+                 fig["wasmfix"]["output_ok"], lambda v: "yes" if v else "NO")
+    return fig
+
+
+def fpcast_mixed(ctx, checks):
+    """tests/fixtures/wasm/fpcast.O2.wasm mixed-match / mixed-mismatch loops under python wasmtime."""
+    try:
+        import wasmtime
+        from importlib.metadata import version as pkg_version
+        wt_version = pkg_version("wasmtime")
+    except ImportError as e:
+        raise ToolError("the fpcast section needs the python wasmtime package (pip install wasmtime): %s" % e)
+
+    orig_path = os.path.join(FPCAST_FIXTURES, "fpcast.O2.wasm")
+    typed_path = os.path.join(FPCAST_FIXTURES, "fpcast-typed.O2.wasm")
+    for p in (orig_path, typed_path):
+        if not os.path.exists(p):
+            raise ToolError("fixture missing: %s" % p)
+    fixed_path = ctx.out_path("fpcast.O2.fixed.wasm")
+    wo_path = ctx.out_path("fpcast.O2.fpcast-emu.wasm")
+    wf = ctx.measure([ctx.wasmfix(), orig_path, "-o", fixed_path, "--passes", "fpcast"])
+    if not wf.ok:
+        raise ToolError("wasmfix --passes fpcast failed on %s: %s" % (orig_path, wf.err[-600:]))
+    wo, wo_flags, wo_attempts = fpcast_build_wasm_opt(ctx, orig_path, wo_path, "fpcast.O2")
+
+    engine = wasmtime.Engine(wasmtime.Config())
+    paths = {"orig": orig_path, "fixed": fixed_path, "typed": typed_path}
+    if wo:
+        paths["wasm-opt"] = wo_path
+    t0 = time.perf_counter()
+    mods = {k: wasmtime.Module.from_file(engine, p) for k, p in paths.items()}
+    log("fpcast: compiled %d fixture modules in %.2f s (wasmtime %s)" % (len(mods), time.perf_counter() - t0, wt_version))
+    outf = ctx.out_path("fpcast-mixed.stdout")
+
+    def run(key, case, n):
+        """Fresh instance of mods[key]; times only the _start call. Returns (s, stdout, outcome)."""
+        store = wasmtime.Store(engine)
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = ["prog", case, str(n)]
+        wasi.stdout_file = outf
+        wasi.inherit_stderr()
+        store.set_wasi(wasi)
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        start = linker.instantiate(store, mods[key]).exports(store)["_start"]
+        outcome = "ok"
+        t = time.perf_counter()
+        try:
+            start(store)
+        except wasmtime.ExitTrap as e:
+            outcome = "ok" if e.code == 0 else "exit %d" % e.code
+        except wasmtime.Trap as e:
+            outcome = "trap: " + last_error_line(str(e))
+        except wasmtime.WasmtimeError as e:
+            outcome = "error: " + last_error_line(str(e))
+        t = time.perf_counter() - t
+        with open(outf) as f:
+            return t, f.read().strip(), outcome
+
+    # N: the original's mixed-match loop at ~0.4 s (2 significant digits), unless --fpcast-n.
+    n = ctx.args.fpcast_n
+    calib = None
+    if not n:
+        n0 = 5_000_000
+        run("orig", "mixed-match", n0)  # warm-up
+        t = min(run("orig", "mixed-match", n0)[0] for _ in range(2))
+        raw = n0 * 0.4 / max(t, 1e-6)
+        digits = 10 ** max(0, len(str(int(raw))) - 2)
+        n = int(min(max(round(raw / digits) * digits, 1_000_000), 2_000_000_000))
+        calib = {"n0": n0, "t0_s": round(t, 4), "n": n}
+        log("fpcast: calibrated N=%d (%d iterations took %.3f s)" % (n, n0, t))
+
+    # Correctness runs (untimed): the original traps on mismatch, outputs agree.
+    single = {}
+    for key, case in (("orig", "mixed-match"), ("orig", "mixed-mismatch"), ("typed", "mixed-match"),
+                      ("typed", "mixed-mismatch"), ("fixed", "mixed-match"), ("fixed", "mixed-mismatch")) + \
+            ((("wasm-opt", "mixed-match"), ("wasm-opt", "mixed-mismatch")) if wo else ()):
+        t, out, outcome = run(key, case, n)
+        single[(key, case)] = {"stdout": out, "outcome": outcome}
+    orig_trap = single[("orig", "mixed-mismatch")]["outcome"]
+    orig_traps = orig_trap.startswith("trap:") and "indirect call type mismatch" in orig_trap
+
+    def same(a, b):
+        return single[a]["outcome"] == "ok" and single[a] == single[b]
+
+    match_out_ok = same(("fixed", "mixed-match"), ("orig", "mixed-match"))
+    mismatch_out_ok = same(("fixed", "mixed-mismatch"), ("typed", "mixed-mismatch"))
+
+    # Timed runs, interleaved; a fresh instance per run.
+    order = [("orig", "mixed-match"), ("fixed", "mixed-match"), ("fixed", "mixed-mismatch")]
+    if wo:
+        order += [("wasm-opt", "mixed-match"), ("wasm-opt", "mixed-mismatch")]
+    order += [("typed", "mixed-match"), ("typed", "mixed-mismatch")]
+    load = wait_for_quiet(ctx, "mixed loop timing")
+    times = {k: [] for k in order}
+    bad = []
+    for r in range(ctx.args.fpcast_runs):
+        log("fpcast: mixed loop round %d/%d (N=%d)" % (r + 1, ctx.args.fpcast_runs, n))
+        for k in order:
+            t, out, outcome = run(k[0], k[1], n)
+            if outcome != "ok" or out != single[k]["stdout"]:
+                bad.append("%s %s round %d: %s %r" % (k[0], k[1], r + 1, outcome, out))
+            times[k].append(round(t, 5))
+    if bad:
+        raise ToolError("fpcast mixed loop: a timed run did not repeat its output: " + "; ".join(bad[:3]))
+    med = {k: median(v) for k, v in times.items()}
+    fastest = {k: min(v) for k, v in times.items()}
+
+    def ratio(a, b, d=med):
+        return round(d[a] / d[b], 4) if d.get(a) and d.get(b) else None
+
+    def pair_ratios(a, b):
+        return [round(x / y, 3) for x, y in zip(times[a], times[b])]
+
+    OM, FM, FX = ("orig", "mixed-match"), ("fixed", "mixed-match"), ("fixed", "mixed-mismatch")
+    WM, WX = ("wasm-opt", "mixed-match"), ("wasm-opt", "mixed-mismatch")
+    TM, TX = ("typed", "mixed-match"), ("typed", "mixed-mismatch")
+    pairs = [("fixed_match/orig_match", FM, OM), ("fixed_mismatch/fixed_match", FX, FM),
+             ("fixed_mismatch/orig_match", FX, OM), ("typed_mismatch/typed_match", TX, TM),
+             ("fixed_mismatch/typed_mismatch", FX, TX)]
+    if wo:
+        pairs += [("wasm-opt_match/orig_match", WM, OM), ("wasm-opt_mismatch/wasm-opt_match", WX, WM),
+                  ("wasm-opt_mismatch/orig_match", WX, OM)]
+    # name: (median / median, per-round ratios, min / min). Checks use the medians; min / min is the
+    # steadier figure when other processes interfere (they only ever add time).
+    ratios = {name: (ratio(a, b), pair_ratios(a, b), ratio(a, b, fastest)) for name, a, b in pairs}
+
+    print("\n== fpcast: mixed fixture %s, N=%d (python wasmtime %s; only _start timed; median of %d interleaved "
+          "runs, fresh instance each) ==" % (os.path.relpath(orig_path, REPO), n, wt_version, ctx.args.fpcast_runs))
+    rows = []
+    labels = {"orig": "original", "fixed": "wasmfix --passes fpcast",
+              "wasm-opt": "wasm-opt " + " ".join(wo_flags or []), "typed": "fpcast-typed.O2.wasm (reference)"}
+    for key in ("orig", "fixed", "wasm-opt", "typed"):
+        if key not in paths:
+            continue
+        cells = [labels[key], "%.1f" % (os.path.getsize(paths[key]) / 1e3)]
+        for case in ("mixed-match", "mixed-mismatch"):
+            k = (key, case)
+            if k in med:
+                cells += [fmt(med[k], ".4f"), "%.1f" % (med[k] / n * 1e9)]
+            else:
+                cells += [single[k]["outcome"][:40], "-"]
+        rows.append(cells)
+    print(table(["module", "KB", "match s", "ns/iter", "mismatch s", "ns/iter"], rows))
+    print(table(["ratio", "median/median", "min/min", "per-round"],
+                [[k, fmt(v, ".3f"), fmt(mn, ".3f"), " ".join("%.3f" % x for x in pr)] for k, (v, pr, mn) in ratios.items()]))
+    print("(typed_mismatch/typed_match: what a correctly typed build pays for the mismatch loop, whose targets are other\n"
+          " functions reached through one more call; fixed_mismatch/typed_mismatch: wasmfix's adapters vs those wrappers)")
+    print("original mixed-mismatch: %s" % orig_trap)
+    print("fixed mixed-match stdout == original's: %s   fixed mixed-mismatch stdout == fpcast-typed.O2.wasm's: %s"
+          % ("yes" if match_out_ok else "NO", "yes" if mismatch_out_ok else "NO"))
+    print("  fixed: %r\n  typed: %r" % (single[FX]["stdout"], single[TX]["stdout"]))
+    if wo:
+        print("  wasm-opt: %r %r (%s)" % (single[WM]["stdout"], single[WX]["stdout"],
+                                         "same as typed" if same(WX, TX) and same(WM, OM) else "DIFFERENT"))
+        print("wasm-opt --fpcast-emu attempts: " + "; ".join("%s: %s" % (" ".join(a["flags"]), "ok" if a["ok"] else a["error"])
+                                                            for a in wo_attempts))
+
+    fpcast_check(ctx, checks, "mixed_match_ratio", "mixed-match: fixed / original", ratios["fixed_match/orig_match"][0],
+                 lambda v: "%.3fx" % v)
+    fpcast_check(ctx, checks, "mixed_mismatch_ratio", "mixed-mismatch fixed / mixed-match fixed",
+                 ratios["fixed_mismatch/fixed_match"][0], lambda v: "%.3fx" % v)
+    fpcast_check(ctx, checks, "mixed_orig_mismatch_traps", "mixed-mismatch original traps (type mismatch)", orig_traps,
+                 lambda v: "yes" if v else "NO")
+    fpcast_check(ctx, checks, "mixed_match_output", "mixed-match fixed stdout == original", match_out_ok,
+                 lambda v: "yes" if v else "NO")
+    fpcast_check(ctx, checks, "mixed_mismatch_output", "mixed-mismatch fixed stdout == typed build", mismatch_out_ok,
+                 lambda v: "yes" if v else "NO")
+    return {"fixture": orig_path, "typed": typed_path, "n": n, "calibration": calib, "runs": ctx.args.fpcast_runs,
+            "wasmtime_py": wt_version, "load": load,
+            "wasmfix_rewrite": wf.to_json(os.path.getsize(orig_path)),
+            "wasm_opt": {"flags": wo_flags, "attempts": wo_attempts,
+                         "rewrite": wo.to_json(os.path.getsize(orig_path)) if wo else None},
+            "sizes": {k: os.path.getsize(p) for k, p in paths.items()},
+            "times_s": {"%s %s" % k: v for k, v in times.items()},
+            "median_s": {"%s %s" % k: v for k, v in med.items()},
+            "min_s": {"%s %s" % k: v for k, v in fastest.items()},
+            "ratios": {k: {"median": v, "per_round": pr, "min": mn} for k, (v, pr, mn) in ratios.items()},
+            "outcomes": {"%s %s" % k: v for k, v in single.items()},
+            "orig_mismatch_traps": orig_traps, "match_output_ok": match_out_ok, "mismatch_output_ok": mismatch_out_ok}
+
+
+def section_fpcast(ctx):
+    """wasmfix --passes fpcast vs wasm-opt --fpcast-emu: ruby.wasm rewrite/size/workload, mixed fixture loops."""
+    checks = []
+    fig = {"thresholds": {k: {"op": op, "limit": lim} for k, (op, lim) in FPCAST_THRESHOLDS.items()}}
+    fig["ruby"] = fpcast_ruby(ctx, checks)
+    fig["mixed"] = fpcast_mixed(ctx, checks)
+    print("\n-- fpcast: acceptance thresholds (issue 4) --")
+    print(table(["check", "value", "threshold", "result"], checks))
+    return fig
+
+
 SECTIONS = {
     "core": section_core,
+    "fpcast": section_fpcast,
     "ruby-sanity": section_ruby_sanity,
-    # Later: "fpcast" (wasmfix --passes fpcast vs wasm-opt --fpcast-emu, run_ruby_variants),
-    # "stack-guard" (vs wasm-opt --stack-check), "harden" (vs wasm-opt --safe-heap).
+    # Later: "stack-guard" (vs wasm-opt --stack-check), "harden" (vs wasm-opt --safe-heap).
 }
+# Sections that run wasmfix / wasm-opt: the header prints their versions and the RSS floor.
+TOOL_SECTIONS = ("core", "fpcast")
 
 
 def git_state():
@@ -513,7 +902,8 @@ def git_state():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="core", help="comma-separated, from: %s (default core)" % ",".join(SECTIONS))
+    ap.add_argument("--sections", default="core,fpcast",
+                    help="comma-separated, from: %s (default core,fpcast)" % ",".join(SECTIONS))
     ap.add_argument("--list", action="store_true", help="list the sections and exit")
     ap.add_argument("--modules", default="", help="comma-separated corpus module names (default all)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per command; the median is reported (default 3)")
@@ -525,7 +915,13 @@ def main():
     ap.add_argument("--keep", metavar="DIR", help="write outputs to DIR and keep them (default: a temp dir, removed)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per command (default 900)")
     ap.add_argument("--ruby-n", type=int, default=3, help="fresh instances per run_ruby.py call (default 3)")
-    ap.add_argument("--ruby-rounds", type=int, default=3, help="interleaved rounds for workload comparisons (default 3)")
+    ap.add_argument("--ruby-rounds", type=int, default=None,
+                    help="interleaved rounds for workload comparisons (default: the section's, 3; fpcast 5)")
+    ap.add_argument("--fpcast-n", type=int, default=None,
+                    help="loop iterations for the fpcast mixed fixture (default: calibrated to ~0.4 s)")
+    ap.add_argument("--fpcast-runs", type=int, default=7, help="interleaved timed runs of each fpcast loop (default 7)")
+    ap.add_argument("--max-load-wait", type=float, default=120,
+                    help="seconds to wait for the load average to drop below %.1f before timing (default 120)" % LOAD_LIMIT)
     args = ap.parse_args()
     if args.list:
         for k, f in SECTIONS.items():
@@ -549,7 +945,7 @@ def main():
                        "python": platform.python_version()},
               "sections": {}}
     try:
-        needs_tools = "core" in sections
+        needs_tools = any(x in TOOL_SECTIONS for x in sections)
         print("wasmfix bench  %s  git %s%s  cpus %d  load %.2f %.2f %.2f" % (
             report["started"], report["git"]["head"] or "(no commit)", " +dirty" if report["git"]["dirty"] else "",
             os.cpu_count(), *report["host"]["loadavg"]))
