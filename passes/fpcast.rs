@@ -65,7 +65,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{
-    BlockType, ConstExpr, Function, GlobalType, HeapType, Instruction, RefType, TableType, ValType,
+    BlockType, ConstExpr, Function, HeapType, Instruction, RefType, TableType, ValType,
 };
 use wasmparser::FuncType;
 
@@ -166,15 +166,7 @@ impl Pass for Fpcast {
             });
         }
 
-        let index_global = cx.edits.add_global(
-            m,
-            GlobalType {
-                val_type: ValType::I32,
-                mutable: true,
-                shared: false,
-            },
-            ConstExpr::i32_const(0),
-        );
+        let index_global = cx.edits.add_i32_global(m, true, 0);
         let diagnose = if cx.options.fpcast_diagnose {
             let d = Diagnose::new(cx, &plans);
             if d.is_none() {
@@ -373,7 +365,7 @@ fn build_table(
             if !castable(sig_u, sig_t) {
                 let item = match diagnose {
                     Some(d) if sig_u != sig_t => {
-                        ConstExpr::ref_func(d.reporter(cx, sig_u, sig_t, *ty_t, plan, index_global))
+                        ConstExpr::ref_func(d.reporter(cx, sig_u, sig_t, plan, index_global))
                     }
                     _ => ConstExpr::ref_null(HeapType::FUNC),
                 };
@@ -559,36 +551,24 @@ fn adapter_body(u: &FuncType, ty_u: u32, t: &FuncType, table: u32, index_global:
 
 /// `class_of(slot) -> class` as one `br_table` over the table's filled slots.
 fn class_of_function(cx: &mut PassCx<'_, '_, '_>, plan: &TablePlan<'_>) -> u32 {
-    let m = cx.module;
     let n_classes = plan.classes.len() as u32 + 1;
-    let mut f = Function::new([]);
     // Block c (counted from the innermost) is left by `br c`; after its `end` comes
     // `return c`. The innermost block holds the br_table.
-    for _ in 0..n_classes {
-        f.instruction(&Instruction::Block(BlockType::Empty));
-    }
-    f.instruction(&Instruction::LocalGet(0));
-    f.instruction(&Instruction::BrTable(Cow::Borrowed(&plan.slot_class), 0));
+    let mut code = vec![Instruction::Block(BlockType::Empty); n_classes as usize];
+    code.push(Instruction::LocalGet(0));
+    code.push(Instruction::BrTable(Cow::Borrowed(&plan.slot_class), 0));
     for c in 0..n_classes {
-        f.instruction(&Instruction::End);
-        f.instruction(&Instruction::I32Const(c as i32));
-        f.instruction(&Instruction::Return);
+        code.extend([
+            Instruction::End,
+            Instruction::I32Const(c as i32),
+            Instruction::Return,
+        ]);
     }
-    f.instruction(&Instruction::Unreachable);
-    f.instruction(&Instruction::End);
-    let ty = cx.edits.func_type(
-        m,
-        FuncType::new([wasmparser::ValType::I32], [wasmparser::ValType::I32]),
-    );
+    code.extend([Instruction::Unreachable, Instruction::End]);
     let name = format!("wasmfix:fpcast_class_of table {}", plan.table.index);
-    cx.edits.add_function(
-        m,
-        NewFunction {
-            type_index: ty,
-            body: f,
-            name,
-        },
-    )
+    let i32t = wasmparser::ValType::I32;
+    cx.edits
+        .add_helper(cx.module, &name, (&[i32t], &[i32t]), &[], &code)
 }
 
 /// `dispatch(args…, index)`: the adapter in `shadow` for the slot if there is one, else the
@@ -601,19 +581,15 @@ fn dispatch_function(
     shadow: u32,
     index_global: u32,
 ) -> u32 {
-    let m = cx.module;
     let n = t.params().len() as u32;
-    let params = t.params().iter().copied().chain([wasmparser::ValType::I32]);
-    let ty = cx
-        .edits
-        .func_type(m, FuncType::new(params, t.results().iter().copied()));
-    let mut f = Function::new([]);
-    let args = |f: &mut Function| {
-        for i in 0..=n {
-            f.instruction(&Instruction::LocalGet(i));
-        }
-    };
-    for x in [
+    let params: Vec<_> = t
+        .params()
+        .iter()
+        .copied()
+        .chain([wasmparser::ValType::I32])
+        .collect();
+    let args = (0..=n).map(Instruction::LocalGet);
+    let mut code = vec![
         Instruction::LocalGet(n),
         Instruction::TableSize(shadow),
         Instruction::I32LtU,
@@ -625,31 +601,27 @@ fn dispatch_function(
         Instruction::If(BlockType::Empty),
         Instruction::LocalGet(n),
         Instruction::GlobalSet(index_global),
-    ] {
-        f.instruction(&x);
-    }
-    args(&mut f);
-    f.instruction(&Instruction::ReturnCallIndirect {
-        type_index: ty_t,
-        table_index: shadow,
-    });
-    f.instruction(&Instruction::End);
-    f.instruction(&Instruction::End);
-    args(&mut f);
-    f.instruction(&Instruction::ReturnCallIndirect {
-        type_index: ty_t,
-        table_index: table,
-    });
-    f.instruction(&Instruction::End);
-    let name = format!("wasmfix:fpcast_dispatch {} table {table}", sig::show(t));
-    cx.edits.add_function(
-        m,
-        NewFunction {
-            type_index: ty,
-            body: f,
-            name,
+    ];
+    code.extend(args.clone());
+    code.extend([
+        Instruction::ReturnCallIndirect {
+            type_index: ty_t,
+            table_index: shadow,
         },
-    )
+        Instruction::End,
+        Instruction::End,
+    ]);
+    code.extend(args);
+    code.extend([
+        Instruction::ReturnCallIndirect {
+            type_index: ty_t,
+            table_index: table,
+        },
+        Instruction::End,
+    ]);
+    let name = format!("wasmfix:fpcast_dispatch {} table {table}", sig::show(t));
+    cx.edits
+        .add_helper(cx.module, &name, (&params, t.results()), &[], &code)
 }
 
 /// Rewrites the adapted `call_indirect` and `return_call_indirect` sites.
@@ -758,15 +730,7 @@ impl Diagnose {
                 .collect();
             slot_maps.insert(plan.table.index, store_bytes(m, cx.edits, &bytes)?.1);
         }
-        let caller_global = cx.edits.add_global(
-            m,
-            GlobalType {
-                val_type: ValType::I32,
-                mutable: true,
-                shared: false,
-            },
-            ConstExpr::i32_const(0),
-        );
+        let caller_global = cx.edits.add_i32_global(m, true, 0);
         // name_of(f): read record f into scratch; print the name, or `function f`.
         let tmp = RECORD_SCRATCH;
         let load = |offset| {
@@ -811,21 +775,10 @@ impl Diagnose {
                 .instructions,
         );
         body.extend([Instruction::End, Instruction::End]);
-        let mut f = Function::new([]);
-        for ins in &body {
-            f.instruction(ins);
-        }
-        let ty = cx
+        let i32t = [wasmparser::ValType::I32];
+        let name_of = cx
             .edits
-            .func_type(m, FuncType::new([wasmparser::ValType::I32], []));
-        let name_of = cx.edits.add_function(
-            m,
-            NewFunction {
-                type_index: ty,
-                body: f,
-                name: "wasmfix:msg_function_name".into(),
-            },
-        );
+            .add_helper(m, "wasmfix:msg_function_name", (&i32t, &[]), &[], &body);
         Some(Diagnose {
             caller_global,
             name_of,
@@ -840,7 +793,6 @@ impl Diagnose {
         cx: &mut PassCx<'_, '_, '_>,
         u: &FuncType,
         t: &FuncType,
-        ty_t: u32,
         plan: &TablePlan<'_>,
         index_global: u32,
     ) -> u32 {
@@ -888,22 +840,12 @@ impl Diagnose {
                 .trap(m, cx.edits),
         );
         body.push(Instruction::End);
-        let mut f = Function::new([]);
-        for ins in &body {
-            f.instruction(ins);
-        }
         let name = format!(
             "wasmfix:report_mismatch {} as {}",
             sig::show(u),
             sig::show(t)
         );
-        cx.edits.add_function(
-            m,
-            NewFunction {
-                type_index: ty_t,
-                body: f,
-                name,
-            },
-        )
+        cx.edits
+            .add_helper(m, &name, (t.params(), t.results()), &[], &body)
     }
 }

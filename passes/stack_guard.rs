@@ -32,13 +32,12 @@
 
 use super::{Pass, PassCx, PassReport};
 use crate::diag::{Message, store_text};
-use crate::edit::{BodyCx, BodyRewriter, NewFunction};
+use crate::edit::{BodyCx, BodyRewriter};
 use crate::facts::StackLayout;
 use crate::module::Module;
 use anyhow::{Result, bail};
 use std::collections::HashMap;
 use wasm_encoder::{BlockType, Instruction, ValType};
-use wasmparser::FuncType;
 
 /// `stack-guard`: check every stack-pointer write, whatever the layout.
 pub struct StackGuard;
@@ -187,49 +186,23 @@ fn guard(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassReport> 
             .trap(m, edits),
     );
     body.push(Instruction::End);
-    let mut handler_body = wasm_encoder::Function::new([]);
-    for ins in &body {
-        handler_body.instruction(ins);
-    }
     let i32t = wasmparser::ValType::I32;
-    let ty = edits.func_type(m, FuncType::new([i32t; 4], []));
-    let handler = edits.add_function(
+    let handler = edits.add_helper(m, "wasmfix:stack_overflow", (&[i32t; 4], &[]), &[], &body);
+    let handler_unnamed = edits.add_helper(
         m,
-        NewFunction {
-            type_index: ty,
-            body: handler_body,
-            name: "wasmfix:stack_overflow".into(),
-        },
+        "wasmfix:stack_overflow_unnamed",
+        (&[i32t; 2], &[]),
+        &[],
+        &[
+            Instruction::LocalGet(0),
+            Instruction::LocalGet(1),
+            Instruction::I32Const(0),
+            Instruction::I32Const(0),
+            Instruction::Call(handler),
+            Instruction::End,
+        ],
     );
-    let mut unnamed_body = wasm_encoder::Function::new([]);
-    for ins in [
-        Instruction::LocalGet(0),
-        Instruction::LocalGet(1),
-        Instruction::I32Const(0),
-        Instruction::I32Const(0),
-        Instruction::Call(handler),
-        Instruction::End,
-    ] {
-        unnamed_body.instruction(&ins);
-    }
-    let ty = edits.func_type(m, FuncType::new([i32t; 2], []));
-    let handler_unnamed = edits.add_function(
-        m,
-        NewFunction {
-            type_index: ty,
-            body: unnamed_body,
-            name: "wasmfix:stack_overflow_unnamed".into(),
-        },
-    );
-    let size_global = edits.add_global(
-        m,
-        wasm_encoder::GlobalType {
-            val_type: ValType::I32,
-            mutable: false,
-            shared: false,
-        },
-        wasm_encoder::ConstExpr::i32_const((high - low) as i32),
-    );
+    let size_global = edits.add_i32_global(m, false, (high - low) as i32);
 
     // Names of the guarded functions, stored once each for the handler to print.
     let mut names = HashMap::new();

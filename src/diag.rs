@@ -10,11 +10,9 @@
 //! overwrites the program's memory at [0, 16 + message length): harmless, because the program
 //! never runs again after `msg_end`.
 
-use crate::edit::{Edits, NewData, NewFunction};
+use crate::edit::{Edits, NewData};
 use crate::module::Module;
-use wasm_encoder::{
-    BlockType, ConstExpr, Function, GlobalType, Instruction, MemArg, MemArgTarget, ValType,
-};
+use wasm_encoder::{BlockType, Instruction, MemArg, MemArgTarget, ValType};
 use wasmparser::{FuncType, TypeRef};
 
 /// Where message text starts in memory; the iovec and `nwritten` take [0, 12).
@@ -65,15 +63,7 @@ impl Diagnostics {
                 bytes: Vec::new(),
             },
         );
-        let pos = edits.add_global(
-            m,
-            GlobalType {
-                val_type: ValType::I32,
-                mutable: true,
-                shared: false,
-            },
-            ConstExpr::i32_const(0),
-        );
+        let pos = edits.add_i32_global(m, true, 0);
         let store = |offset| MemArg {
             offset,
             align: 2,
@@ -89,138 +79,120 @@ impl Diagnostics {
         let i32_ty = wasmparser::ValType::I32;
 
         // msg_str(offset, len): copy text to the scratch area unless the message is full.
-        let mut f = Function::new([]);
-        for x in [
-            Instruction::GlobalGet(pos),
-            Instruction::LocalGet(1),
-            Instruction::I32Add,
-            Instruction::I32Const(MAX_MESSAGE),
-            Instruction::I32LeU,
-            Instruction::If(BlockType::Empty),
-            Instruction::GlobalGet(pos),
-            Instruction::I32Const(SCRATCH),
-            Instruction::I32Add,
-            Instruction::LocalGet(0),
-            Instruction::LocalGet(1),
-            Instruction::MemoryInit {
-                mem: 0,
-                data_index: data,
-            },
-            Instruction::GlobalGet(pos),
-            Instruction::LocalGet(1),
-            Instruction::I32Add,
-            Instruction::GlobalSet(pos),
-            Instruction::End,
-            Instruction::End,
-        ] {
-            f.instruction(&x);
-        }
-        let ty = edits.func_type(m, FuncType::new([i32_ty, i32_ty], []));
-        let msg_str = edits.add_function(
+        let msg_str = edits.add_helper(
             m,
-            NewFunction {
-                type_index: ty,
-                body: f,
-                name: "wasmfix:msg_str".into(),
-            },
+            "wasmfix:msg_str",
+            (&[i32_ty, i32_ty], &[]),
+            &[],
+            &[
+                Instruction::GlobalGet(pos),
+                Instruction::LocalGet(1),
+                Instruction::I32Add,
+                Instruction::I32Const(MAX_MESSAGE),
+                Instruction::I32LeU,
+                Instruction::If(BlockType::Empty),
+                Instruction::GlobalGet(pos),
+                Instruction::I32Const(SCRATCH),
+                Instruction::I32Add,
+                Instruction::LocalGet(0),
+                Instruction::LocalGet(1),
+                Instruction::MemoryInit {
+                    mem: 0,
+                    data_index: data,
+                },
+                Instruction::GlobalGet(pos),
+                Instruction::LocalGet(1),
+                Instruction::I32Add,
+                Instruction::GlobalSet(pos),
+                Instruction::End,
+                Instruction::End,
+            ],
         );
 
         // msg_u32(x): count the digits (local 1), then store them from the last one back.
         let (x, n, i) = (0, 1, 2);
-        let mut f = Function::new([(2, ValType::I32)]);
-        for ins in [
-            Instruction::I32Const(1),
-            Instruction::LocalSet(n),
-            Instruction::LocalGet(x),
-            Instruction::LocalSet(i),
-            Instruction::Block(BlockType::Empty),
-            Instruction::Loop(BlockType::Empty),
-            Instruction::LocalGet(i),
-            Instruction::I32Const(10),
-            Instruction::I32DivU,
-            Instruction::LocalTee(i),
-            Instruction::I32Eqz,
-            Instruction::BrIf(1),
-            Instruction::LocalGet(n),
-            Instruction::I32Const(1),
-            Instruction::I32Add,
-            Instruction::LocalSet(n),
-            Instruction::Br(0),
-            Instruction::End,
-            Instruction::End,
-            Instruction::GlobalGet(pos),
-            Instruction::I32Const(MAX_MESSAGE - 10),
-            Instruction::I32LeU,
-            Instruction::If(BlockType::Empty),
-            Instruction::LocalGet(n),
-            Instruction::LocalSet(i),
-            Instruction::Loop(BlockType::Empty),
-            Instruction::GlobalGet(pos),
-            Instruction::LocalGet(i),
-            Instruction::I32Const(1),
-            Instruction::I32Sub,
-            Instruction::LocalTee(i),
-            Instruction::I32Add,
-            Instruction::LocalGet(x),
-            Instruction::I32Const(10),
-            Instruction::I32RemU,
-            Instruction::I32Const(b'0' as i32),
-            Instruction::I32Add,
-            Instruction::I32Store8(byte),
-            Instruction::LocalGet(x),
-            Instruction::I32Const(10),
-            Instruction::I32DivU,
-            Instruction::LocalSet(x),
-            Instruction::LocalGet(i),
-            Instruction::BrIf(0),
-            Instruction::End,
-            Instruction::GlobalGet(pos),
-            Instruction::LocalGet(n),
-            Instruction::I32Add,
-            Instruction::GlobalSet(pos),
-            Instruction::End,
-            Instruction::End,
-        ] {
-            f.instruction(&ins);
-        }
-        let ty = edits.func_type(m, FuncType::new([i32_ty], []));
-        let msg_u32 = edits.add_function(
+        let msg_u32 = edits.add_helper(
             m,
-            NewFunction {
-                type_index: ty,
-                body: f,
-                name: "wasmfix:msg_u32".into(),
-            },
+            "wasmfix:msg_u32",
+            (&[i32_ty], &[]),
+            &[(2, ValType::I32)],
+            &[
+                Instruction::I32Const(1),
+                Instruction::LocalSet(n),
+                Instruction::LocalGet(x),
+                Instruction::LocalSet(i),
+                Instruction::Block(BlockType::Empty),
+                Instruction::Loop(BlockType::Empty),
+                Instruction::LocalGet(i),
+                Instruction::I32Const(10),
+                Instruction::I32DivU,
+                Instruction::LocalTee(i),
+                Instruction::I32Eqz,
+                Instruction::BrIf(1),
+                Instruction::LocalGet(n),
+                Instruction::I32Const(1),
+                Instruction::I32Add,
+                Instruction::LocalSet(n),
+                Instruction::Br(0),
+                Instruction::End,
+                Instruction::End,
+                Instruction::GlobalGet(pos),
+                Instruction::I32Const(MAX_MESSAGE - 10),
+                Instruction::I32LeU,
+                Instruction::If(BlockType::Empty),
+                Instruction::LocalGet(n),
+                Instruction::LocalSet(i),
+                Instruction::Loop(BlockType::Empty),
+                Instruction::GlobalGet(pos),
+                Instruction::LocalGet(i),
+                Instruction::I32Const(1),
+                Instruction::I32Sub,
+                Instruction::LocalTee(i),
+                Instruction::I32Add,
+                Instruction::LocalGet(x),
+                Instruction::I32Const(10),
+                Instruction::I32RemU,
+                Instruction::I32Const(b'0' as i32),
+                Instruction::I32Add,
+                Instruction::I32Store8(byte),
+                Instruction::LocalGet(x),
+                Instruction::I32Const(10),
+                Instruction::I32DivU,
+                Instruction::LocalSet(x),
+                Instruction::LocalGet(i),
+                Instruction::BrIf(0),
+                Instruction::End,
+                Instruction::GlobalGet(pos),
+                Instruction::LocalGet(n),
+                Instruction::I32Add,
+                Instruction::GlobalSet(pos),
+                Instruction::End,
+                Instruction::End,
+            ],
         );
 
         // msg_end(): iovec {SCRATCH, pos} at 0, fd_write(2, 0, 1, 8), trap.
-        let mut f = Function::new([]);
-        for ins in [
-            Instruction::I32Const(0),
-            Instruction::I32Const(SCRATCH),
-            Instruction::I32Store(store(0)),
-            Instruction::I32Const(0),
-            Instruction::GlobalGet(pos),
-            Instruction::I32Store(store(4)),
-            Instruction::I32Const(2),
-            Instruction::I32Const(0),
-            Instruction::I32Const(1),
-            Instruction::I32Const(8),
-            Instruction::Call(fd_write),
-            Instruction::Drop,
-            Instruction::Unreachable,
-            Instruction::End,
-        ] {
-            f.instruction(&ins);
-        }
-        let ty = edits.func_type(m, FuncType::new([], []));
-        let msg_end = edits.add_function(
+        let msg_end = edits.add_helper(
             m,
-            NewFunction {
-                type_index: ty,
-                body: f,
-                name: "wasmfix:msg_end".into(),
-            },
+            "wasmfix:msg_end",
+            (&[], &[]),
+            &[],
+            &[
+                Instruction::I32Const(0),
+                Instruction::I32Const(SCRATCH),
+                Instruction::I32Store(store(0)),
+                Instruction::I32Const(0),
+                Instruction::GlobalGet(pos),
+                Instruction::I32Store(store(4)),
+                Instruction::I32Const(2),
+                Instruction::I32Const(0),
+                Instruction::I32Const(1),
+                Instruction::I32Const(8),
+                Instruction::Call(fd_write),
+                Instruction::Drop,
+                Instruction::Unreachable,
+                Instruction::End,
+            ],
         );
         Some(Diagnostics {
             data,

@@ -161,6 +161,42 @@ impl<'m> Edits<'m> {
         module.num_funcs() + self.new_functions.len() as u32 - 1
     }
 
+    /// Adds a generated function `name` typed `params -> results`, with `locals` after its
+    /// parameters and the body `code` (ending with `End`); returns its index in the output.
+    pub fn add_helper(
+        &mut self,
+        module: &Module<'_>,
+        name: &str,
+        (params, results): (&[wasmparser::ValType], &[wasmparser::ValType]),
+        locals: &[(u32, ValType)],
+        code: &[Instruction<'_>],
+    ) -> u32 {
+        let ty = FuncType::new(params.iter().copied(), results.iter().copied());
+        let type_index = self.func_type(module, ty);
+        let mut body = Function::new(locals.iter().copied());
+        for ins in code {
+            body.instruction(ins);
+        }
+        self.add_function(
+            module,
+            NewFunction {
+                type_index,
+                body,
+                name: name.to_string(),
+            },
+        )
+    }
+
+    /// Adds an i32 global initialized to `value`; returns its index in the output.
+    pub fn add_i32_global(&mut self, module: &Module<'_>, mutable: bool, value: i32) -> u32 {
+        let ty = GlobalType {
+            val_type: ValType::I32,
+            mutable,
+            shared: false,
+        };
+        self.add_global(module, ty, ConstExpr::i32_const(value))
+    }
+
     /// Replaces the body of a function added earlier (for functions that call each other).
     pub fn set_function_body(&mut self, module: &Module<'_>, func: u32, body: Function) {
         self.new_functions[(func - module.num_funcs()) as usize].body = body;
