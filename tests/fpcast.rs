@@ -250,3 +250,45 @@ fn diagnose_names_the_caller_and_the_entry() {
         );
     }
 }
+
+/// The `.wat` cases of the snapshots run too: a cast through `call_indirect` and through
+/// `return_call_indirect`, on a static and on an exported table.
+#[test]
+fn wat_cases_call_casts_with_c_semantics() {
+    use wasmtime::{Engine, Instance, Module, Store};
+    let engine = Engine::default();
+    let call = |wasm: &[u8], export: &str, slot: i32| {
+        let module = Module::new(&engine, wasm).unwrap();
+        let mut store = Store::new(&engine, ());
+        let instance = Instance::new(&mut store, &module, &[]).unwrap();
+        let f = instance
+            .get_typed_func::<(i32, i32), i32>(&mut store, export)
+            .unwrap();
+        f.call(&mut store, (5, slot)).map_err(|e| format!("{e:?}"))
+    };
+    for (case, exports) in [
+        ("fpcast-static", &["call", "tail_call"][..]),
+        ("fpcast-dynamic", &["call"]),
+    ] {
+        let original = common::wat(case);
+        let fixed = rewrite(&original, "fpcast");
+        for export in exports {
+            // slot 1: get_name(self) stored as a two-argument getter; slot 2: matches.
+            assert!(
+                call(&original, export, 1)
+                    .unwrap_err()
+                    .contains("indirect call type mismatch")
+            );
+            assert_eq!(call(&fixed, export, 1), Ok(105), "{case} {export}");
+            assert_eq!(call(&original, export, 2), Ok(35));
+            assert_eq!(call(&fixed, export, 2), Ok(35), "{case} {export}");
+            for slot in [0, 3] {
+                let (before, after) = (call(&original, export, slot), call(&fixed, export, slot));
+                assert!(
+                    before.is_err() && after.is_err(),
+                    "{case} {export} slot {slot}"
+                );
+            }
+        }
+    }
+}
