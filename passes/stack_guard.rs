@@ -397,6 +397,13 @@ impl BodyRewriter for Guard<'_, '_> {
             ]),
             None => out.push(Instruction::Call(self.handler_unnamed)),
         }
-        out.extend([Instruction::End, Instruction::LocalGet(t), ins]);
+        // The handler never returns; saying so lets the engine keep nothing alive across the
+        // call (measured on the Ruby workload: 1.043x without, 1.001x with).
+        out.extend([
+            Instruction::Unreachable,
+            Instruction::End,
+            Instruction::LocalGet(t),
+            ins,
+        ]);
     }
 }
