@@ -1082,11 +1082,11 @@ def count_binaryen_checks(path, base, limit):
 def count_wasmfix_checks(path, size_global):
     """wasmfix stack-guard's checks in path's code, inserted before each checked `global.set $sp`
     (passes/stack_guard.rs): `local.tee t; [i32.const low; i32.sub;] global.get size; i32.gt_u; if;
-    i32.const f; local.get t; (i32.const off; i32.const len; call handler | call handler_unnamed); end;
-    local.get t`. Returns (count, bytes of those sequences)."""
+    i32.const f; local.get t; (i32.const off; i32.const len; call handler | call handler_unnamed);
+    unreachable; end; local.get t`. Returns (count, bytes of those sequences)."""
     pat = (rb"\x22" + LEB_RE + rb"(?:\x41" + LEB_RE + rb"\x6b)?" + re.escape(b"\x23" + leb_u(size_global))
            + rb"\x4b\x04\x40\x41" + LEB_RE + rb"\x20" + LEB_RE
-           + rb"(?:\x41" + LEB_RE + rb"\x41" + LEB_RE + rb"\x10" + LEB_RE + rb"|\x10" + LEB_RE + rb")\x0b\x20" + LEB_RE)
+           + rb"(?:\x41" + LEB_RE + rb"\x41" + LEB_RE + rb"\x10" + LEB_RE + rb"|\x10" + LEB_RE + rb")\x00\x0b\x20" + LEB_RE)
     found = re.findall(pat, code_section(path))
     return len(found), sum(len(x) for x in found)
 
