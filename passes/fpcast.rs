@@ -741,22 +741,12 @@ impl Diagnose {
                 ordering: None,
             })
         };
-        let mut body = vec![
-            Instruction::I32Const(tmp),
-            Instruction::LocalGet(0),
-            Instruction::I32Const(8),
-            Instruction::I32Mul,
-            Instruction::I32Const(records_at as i32),
-            Instruction::I32Add,
-            Instruction::I32Const(8),
-            Instruction::MemoryInit {
-                mem: 0,
-                data_index: data,
-            },
+        let mut body = read_record(data, records_at, 8, Instruction::LocalGet(0)).to_vec();
+        body.extend([
             Instruction::I32Const(tmp),
             load(4),
             Instruction::If(BlockType::Empty),
-        ];
+        ]);
         body.extend(
             Message::new()
                 .stored_text(
@@ -818,18 +808,13 @@ impl Diagnose {
                 .text(m, cx.edits, "] = ")
                 .instructions,
         );
-        body.extend([
-            Instruction::I32Const(RECORD_SCRATCH),
+        body.extend(read_record(
+            self.data,
+            slots,
+            4,
             Instruction::GlobalGet(index_global),
-            Instruction::I32Const(4),
-            Instruction::I32Mul,
-            Instruction::I32Const(slots as i32),
-            Instruction::I32Add,
-            Instruction::I32Const(4),
-            Instruction::MemoryInit {
-                mem: 0,
-                data_index: self.data,
-            },
+        ));
+        body.extend([
             Instruction::I32Const(RECORD_SCRATCH),
             load,
             Instruction::Call(self.name_of),
@@ -848,4 +833,27 @@ impl Diagnose {
         cx.edits
             .add_helper(m, &name, (t.params(), t.results()), &[], &body)
     }
+}
+
+/// Copies record `index` (the value `index` pushes) of a table of `width`-byte records stored at
+/// `base` in the text segment `data` to [`RECORD_SCRATCH`], where the caller loads it.
+fn read_record(
+    data: u32,
+    base: u32,
+    width: i32,
+    index: Instruction<'static>,
+) -> [Instruction<'static>; 8] {
+    [
+        Instruction::I32Const(RECORD_SCRATCH),
+        index,
+        Instruction::I32Const(width),
+        Instruction::I32Mul,
+        Instruction::I32Const(base as i32),
+        Instruction::I32Add,
+        Instruction::I32Const(width),
+        Instruction::MemoryInit {
+            mem: 0,
+            data_index: data,
+        },
+    ]
 }
