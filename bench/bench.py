@@ -726,6 +726,37 @@ def fpcast_ruby(ctx, checks):
     return fig
 
 
+def time_start(engine, module, argv, outf, before=None):
+    """Runs a fresh instance of the WASI command `module` with `argv`, stdout to `outf`; `before(store,
+    exports)` runs after instantiation. Times only the `_start` call. Returns (s, stdout, outcome)."""
+    import wasmtime
+    store = wasmtime.Store(engine)
+    wasi = wasmtime.WasiConfig()
+    wasi.argv = argv
+    wasi.stdout_file = outf
+    wasi.inherit_stderr()
+    store.set_wasi(wasi)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    exports = linker.instantiate(store, module).exports(store)
+    if before:
+        before(store, exports)
+    start = exports["_start"]
+    outcome = "ok"
+    t = time.perf_counter()
+    try:
+        start(store)
+    except wasmtime.ExitTrap as e:
+        outcome = "ok" if e.code == 0 else "exit %d" % e.code
+    except wasmtime.Trap as e:
+        outcome = "trap: " + last_error_line(str(e))
+    except wasmtime.WasmtimeError as e:
+        outcome = "error: " + last_error_line(str(e))
+    t = time.perf_counter() - t
+    with open(outf) as f:
+        return t, f.read().strip(), outcome
+
+
 def fpcast_mixed(ctx, checks):
     """tests/fixtures/wasm/fpcast.O2.wasm mixed-match / mixed-mismatch loops under python wasmtime."""
     try:
@@ -758,28 +789,7 @@ def fpcast_mixed(ctx, checks):
 
     def run(key, case, n):
         """Fresh instance of mods[key]; times only the _start call. Returns (s, stdout, outcome)."""
-        store = wasmtime.Store(engine)
-        wasi = wasmtime.WasiConfig()
-        wasi.argv = ["prog", case, str(n)]
-        wasi.stdout_file = outf
-        wasi.inherit_stderr()
-        store.set_wasi(wasi)
-        linker = wasmtime.Linker(engine)
-        linker.define_wasi()
-        start = linker.instantiate(store, mods[key]).exports(store)["_start"]
-        outcome = "ok"
-        t = time.perf_counter()
-        try:
-            start(store)
-        except wasmtime.ExitTrap as e:
-            outcome = "ok" if e.code == 0 else "exit %d" % e.code
-        except wasmtime.Trap as e:
-            outcome = "trap: " + last_error_line(str(e))
-        except wasmtime.WasmtimeError as e:
-            outcome = "error: " + last_error_line(str(e))
-        t = time.perf_counter() - t
-        with open(outf) as f:
-            return t, f.read().strip(), outcome
+        return time_start(engine, mods[key], ["prog", case, str(n)], outf)
 
     # N: the original's mixed-match loop at ~0.4 s (2 significant digits), unless --fpcast-n.
     n = ctx.args.fpcast_n
@@ -1424,31 +1434,10 @@ def stack_calls(ctx, checks):
     def run(key, n, limits=True):
         """Fresh instance of mods[key] running `prog calls n`; for wasm-opt's module, limits=True first calls
         __set_stack_limits(high, low) as binaryen's host must. Times only _start: (s, stdout, outcome)."""
-        store = wasmtime.Store(engine)
-        wasi = wasmtime.WasiConfig()
-        wasi.argv = ["prog", "calls", str(n)]
-        wasi.stdout_file = outf
-        wasi.inherit_stderr()
-        store.set_wasi(wasi)
-        linker = wasmtime.Linker(engine)
-        linker.define_wasi()
-        ex = linker.instantiate(store, mods[key]).exports(store)
-        if key == "wasm-opt" and limits:
-            ex["__set_stack_limits"](store, region[1], region[0])
-        start = ex["_start"]
-        outcome = "ok"
-        t = time.perf_counter()
-        try:
-            start(store)
-        except wasmtime.ExitTrap as e:
-            outcome = "ok" if e.code == 0 else "exit %d" % e.code
-        except wasmtime.Trap as e:
-            outcome = "trap: " + last_error_line(str(e))
-        except wasmtime.WasmtimeError as e:
-            outcome = "error: " + last_error_line(str(e))
-        t = time.perf_counter() - t
-        with open(outf) as f:
-            return t, f.read().strip(), outcome
+        def set_limits(store, exports):
+            if key == "wasm-opt" and limits:
+                exports["__set_stack_limits"](store, region[1], region[0])
+        return time_start(engine, mods[key], ["prog", "calls", str(n)], outf, set_limits)
 
     # What binaryen's module does when nobody calls __set_stack_limits: base = limit = 0.
     default_limits = run("wasm-opt", 1000, limits=False)[1:] if use_wo else None
