@@ -13,7 +13,7 @@
 use crate::edit::{Edits, NewData};
 use crate::module::Module;
 use wasm_encoder::{BlockType, Instruction, MemArg, MemArgTarget, ValType};
-use wasmparser::{FuncType, TypeRef};
+use wasmparser::FuncType;
 
 /// Where message text starts in memory; the iovec and `nwritten` take [0, 12).
 const SCRATCH: i32 = 16;
@@ -288,11 +288,4 @@ pub fn store_text(m: &Module<'_>, edits: &mut Edits<'_>, text: &str) -> Option<(
 pub fn store_bytes(m: &Module<'_>, edits: &mut Edits<'_>, bytes: &[u8]) -> Option<(u32, u32)> {
     let data = Diagnostics::get(m, edits)?.data;
     Some((data, edits.extend_data(m, data, bytes)))
-}
-
-/// Whether `m` imports WASI `fd_write`, so that messages reach stderr.
-pub fn can_write_messages(m: &Module<'_>) -> bool {
-    m.imports.iter().any(|i| {
-        matches!(i.ty, TypeRef::Func(_)) && i.name == "fd_write" && i.module.starts_with("wasi")
-    })
 }

@@ -197,11 +197,6 @@ impl<'m> Edits<'m> {
         self.add_global(module, ty, ConstExpr::i32_const(value))
     }
 
-    /// Replaces the body of a function added earlier (for functions that call each other).
-    pub fn set_function_body(&mut self, module: &Module<'_>, func: u32, body: Function) {
-        self.new_functions[(func - module.num_funcs()) as usize].body = body;
-    }
-
     /// Adds a table; returns its index in the output.
     pub fn add_table(
         &mut self,

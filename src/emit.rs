@@ -31,8 +31,6 @@ fn rank(id: u8) -> usize {
 pub struct Emitted {
     /// Defined functions (by function index) whose bodies were re-encoded.
     pub rewritten_functions: Vec<u32>,
-    /// Whether any non-custom section differs from the input.
-    pub code_or_structure_changed: bool,
 }
 
 /// Writes the output module into `out`.
@@ -67,7 +65,6 @@ pub fn emit(module: &Module<'_>, edits: &mut Edits<'_>, out: &mut Vec<u8>) -> Re
         !edits.new_data.is_empty()
             && (module.data_count.is_some() || edits.new_data.iter().any(|d| d.active.is_none())),
     );
-    emitted.code_or_structure_changed = !changed.is_empty();
 
     // Sections that must be created because the input has none: each goes right before the
     // first present section that must follow it, else after the last present one.

@@ -136,6 +136,7 @@ pub struct Facts {
     pub applied: serde_json::Map<String, serde_json::Value>,
     pub global_names: HashMap<u32, String>,
     code: OnceLock<CodeFacts>,
+    indirect_calls: OnceLock<Vec<IndirectCallFacts>>,
 }
 
 impl Facts {
@@ -158,6 +159,7 @@ impl Facts {
             global_names,
             applied: applied(m),
             code: OnceLock::new(),
+            indirect_calls: OnceLock::new(),
         };
         f.heap_base = f.global_address(m, "__heap_base");
         f.data_end = f.global_address(m, "__data_end");
@@ -366,7 +368,12 @@ impl Facts {
     }
 
     /// Per `call_indirect` type: sites, and the table entries of castable other types.
-    pub fn indirect_calls(&self, m: &Module<'_>) -> Vec<IndirectCallFacts> {
+    pub fn indirect_calls(&self, m: &Module<'_>) -> &[IndirectCallFacts] {
+        self.indirect_calls
+            .get_or_init(|| self.find_indirect_calls(m))
+    }
+
+    fn find_indirect_calls(&self, m: &Module<'_>) -> Vec<IndirectCallFacts> {
         let code = self.code(m);
         let mut out = Vec::new();
         for (&(ty, table), &sites) in &code.indirect_sites {
