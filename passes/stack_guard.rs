@@ -34,7 +34,6 @@ use super::{Pass, PassCx, PassReport};
 use crate::diag::{Message, store_text};
 use crate::edit::{BodyCx, BodyRewriter};
 use crate::facts::StackLayout;
-use crate::module::Module;
 use anyhow::{Result, bail};
 use std::collections::HashMap;
 use wasm_encoder::{BlockType, Instruction, ValType};
@@ -215,7 +214,6 @@ fn guard(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassReport> 
     }
     edits.record_applied("stack", serde_json::json!({ "guarded": [low, high] }));
     edits.add_rewriter(Box::new(Guard {
-        module: m,
         sp: sp.value,
         low: low as u32,
         size_global,
@@ -243,8 +241,7 @@ fn guard(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassReport> 
     })
 }
 
-struct Guard<'m, 'a> {
-    module: &'m Module<'a>,
+struct Guard {
     sp: u32,
     low: u32,
     /// An immutable global holding `high - low` (2 bytes per use instead of up to 5).
@@ -273,23 +270,19 @@ struct Guard<'m, 'a> {
 /// value written back is the entry stack pointer, which the caller wrote through a checked
 /// write or a restore like this one: by induction over the writes it lies in the region.
 /// Rewriters never write original locals (they add their own), so the input body is the truth.
-fn entry_restores(body: &wasmparser::FunctionBody<'_>, sp: u32) -> Vec<u64> {
+fn entry_restores(ops: &[(wasmparser::Operator<'_>, u64)], sp: u32) -> Vec<u64> {
     use wasmparser::Operator as O;
     let mut writes: HashMap<u32, u32> = HashMap::new();
     // local → (frame size or None for the entry pointer itself, path, order of the write)
     let mut defs: HashMap<u32, (Option<i32>, Vec<u32>)> = HashMap::new();
     let mut uses: Vec<(u64, u32, Option<i32>, Vec<u32>)> = Vec::new();
-    let Ok(mut ops) = body.get_operators_reader() else {
-        return Vec::new();
-    };
+
     let mut path: Vec<u32> = Vec::new();
     let mut next_id = 0u32;
-    let mut window: [Option<O<'_>>; 3] = [None, None, None];
-    while !ops.eof() {
-        let Ok((op, offset)) = ops.read_with_offset() else {
-            return Vec::new();
-        };
-        match &op {
+    let mut window: [Option<&O<'_>>; 3] = [None, None, None];
+    for (op, offset) in ops {
+        let offset = *offset;
+        match op {
             O::LocalSet { local_index } | O::LocalTee { local_index } => {
                 *writes.entry(*local_index).or_default() += 1;
                 match (&window[0], &window[1], &window[2]) {
@@ -337,7 +330,7 @@ fn entry_restores(body: &wasmparser::FunctionBody<'_>, sp: u32) -> Vec<u64> {
             }
             _ => {}
         }
-        window = [window[1].take(), window[2].take(), Some(op)];
+        window = [window[1], window[2], Some(op)];
     }
     uses.into_iter()
         .filter(|(_, local, frame, use_path)| {
@@ -350,17 +343,14 @@ fn entry_restores(body: &wasmparser::FunctionBody<'_>, sp: u32) -> Vec<u64> {
         .collect()
 }
 
-impl BodyRewriter for Guard<'_, '_> {
+impl BodyRewriter for Guard {
     fn wants(&self, func: u32) -> bool {
         self.writers.binary_search(&func).is_ok()
     }
 
     fn prologue(&mut self, cx: &mut BodyCx<'_>, _out: &mut Vec<Instruction<'static>>) {
         self.tmp = None;
-        self.restores = match self.module.body(cx.func) {
-            Some(body) => entry_restores(body, self.sp),
-            None => Vec::new(),
-        };
+        self.restores = entry_restores(cx.original, self.sp);
     }
 
     fn instruction<'i>(

@@ -41,14 +41,23 @@ pub struct BodyCx<'m> {
     /// Number of parameters plus declared locals (new locals are numbered from here).
     next_local: u32,
     new_locals: Vec<ValType>,
-    /// Nesting depth of the instruction being rewritten: 0 is the function body itself.
+    /// Blocks enclosing the instruction being rewritten, the function body included: 1 at the
+    /// top level, 0 for the `end` that closes the function.
     pub depth: u32,
     /// Byte offset in the input of the instruction being rewritten.
     pub offset: u64,
+    /// The function's original operators with their input offsets, decoded once by the emitter,
+    /// for rewriters that must look at the whole function before rewriting it.
+    pub original: &'m [(wasmparser::Operator<'m>, u64)],
 }
 
 impl<'m> BodyCx<'m> {
-    pub(crate) fn new(func: u32, sig: &'m FuncType, declared_locals: u32) -> Self {
+    pub(crate) fn new(
+        func: u32,
+        sig: &'m FuncType,
+        declared_locals: u32,
+        original: &'m [(wasmparser::Operator<'m>, u64)],
+    ) -> Self {
         BodyCx {
             func,
             sig,
@@ -56,6 +65,7 @@ impl<'m> BodyCx<'m> {
             new_locals: Vec::new(),
             depth: 0,
             offset: 0,
+            original,
         }
     }
 

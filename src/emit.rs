@@ -357,7 +357,12 @@ impl<'i> Rewriting<'i> {
             locals.push((n, re.val_type(ty).map_err(encoding_error)?));
             declared += n;
         }
-        let mut cx = BodyCx::new(func, sig, declared);
+        let mut reader = body.get_operators_reader()?;
+        let mut original = Vec::new();
+        while !reader.eof() {
+            original.push(reader.read_with_offset()?);
+        }
+        let mut cx = BodyCx::new(func, sig, declared, &original);
         let mut all: Vec<Instruction<'i>> = Vec::new();
 
         // Prologues: rewriter k's prologue runs through rewriters after k.
@@ -370,10 +375,8 @@ impl<'i> Rewriting<'i> {
             all.append(&mut self.stage_in);
         }
 
-        let mut ops = body.get_operators_reader()?;
         let mut depth = 1u32;
-        while !ops.eof() {
-            let (op, offset) = ops.read_with_offset()?;
+        for (op, offset) in &original {
             match op {
                 wasmparser::Operator::End => {
                     depth = depth.saturating_sub(1);
@@ -389,10 +392,10 @@ impl<'i> Rewriting<'i> {
                 }
                 _ => cx.depth = depth,
             }
-            cx.offset = offset;
+            cx.offset = *offset;
             self.stage_in.clear();
             self.stage_in
-                .push(re.instruction(op).map_err(encoding_error)?);
+                .push(re.instruction(op.clone()).map_err(encoding_error)?);
             self.run_stages(&mut cx, rewriters, active);
             all.append(&mut self.stage_in);
         }
