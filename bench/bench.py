@@ -1089,16 +1089,22 @@ def count_binaryen_checks(path, base, limit):
     return len(found), sum(len(x) for x in found)
 
 
-def count_wasmfix_checks(path, size_global):
-    """wasmfix stack-guard's checks in path's code, inserted before each checked `global.set $sp`
-    (passes/stack_guard.rs): `local.tee t; [i32.const low; i32.sub;] global.get size; i32.gt_u; if;
-    i32.const f; local.get t; (i32.const off; i32.const len; call handler | call handler_unnamed);
-    unreachable; end; local.get t`. Returns (count, bytes of those sequences)."""
-    pat = (rb"\x22" + LEB_RE + rb"(?:\x41" + LEB_RE + rb"\x6b)?" + re.escape(b"\x23" + leb_u(size_global))
-           + rb"\x4b\x04\x40\x41" + LEB_RE + rb"\x20" + LEB_RE
-           + rb"(?:\x41" + LEB_RE + rb"\x41" + LEB_RE + rb"\x10" + LEB_RE + rb"|\x10" + LEB_RE + rb")\x00\x0b\x20" + LEB_RE)
-    found = re.findall(pat, code_section(path))
-    return len(found), sum(len(x) for x in found)
+def count_wasmfix_checks(path, sp, size_global):
+    """wasmfix stack-guard's checks in path's code (passes/stack_guard.rs), each right after a checked
+    `global.set $sp`: `global.get sp; (i32.const low; i32.lt_u | [i32.const low; i32.sub;] global.get size;
+    i32.gt_u)`, then `br_if $trap` to the function's trap block or `if <trap code> end`. A trap block adds
+    `block; block (result)` at the body's start and `end; return; end; <trap code>` at its end; trap code is
+    `i32.const f; <frame>; (i32.const off; i32.const len; call handler | call handler_unnamed); unreachable`.
+    Returns (checks, bytes of the checks, trap blocks and trap code)."""
+    leb, sp_b, size_b = LEB_RE, re.escape(leb_u(sp)), re.escape(leb_u(size_global))
+    frame = rb"(?:\x20" + leb + rb"(?:\x41" + leb + rb"\x6a)?\x23" + sp_b + rb"\x6b|\x41" + leb + rb")"
+    trap = (rb"\x41" + leb + frame + rb"(?:\x41" + leb + rb"\x41" + leb + rb"\x10" + leb + rb"|\x10" + leb
+            + rb")\x00")
+    test = (rb"\x23" + sp_b + rb"(?:\x41" + leb + rb"\x49|(?:\x41" + leb + rb"\x6b)?\x23" + size_b + rb"\x4b)")
+    code = code_section(path)
+    sites = re.findall(rb"\x24" + sp_b + rb"(" + test + rb"(?:\x0d" + leb + rb"|\x04\x40" + trap + rb"\x0b))", code)
+    tails = re.findall(rb"\x0b\x0f\x0b" + trap, code)
+    return len(sites), sum(len(x) for x in sites) + sum(len(x) + 4 for x in tails)
 
 
 def code_body_sizes(path):
@@ -1208,7 +1214,8 @@ def stack_wasmfix_facts(orig, path, report):
         added = [k for k, (vt, mutable, v) in enumerate(s.get("global_defs", []))
                  if k >= orig["globals"] and vt == 0x7F and not mutable and v == size]
         if added:
-            checks, check_bytes = count_wasmfix_checks(path, s["imported"]["global"] + added[-1])
+            checks, check_bytes = count_wasmfix_checks(path, d["stack_pointer"],
+                                                       s["imported"]["global"] + added[-1])
     return s, {"summary": p.get("summary"), "details": d, "checks": checks, "check_bytes": check_bytes,
                "estimate": added_bytes_estimate(orig, s, path, check_bytes),
                "guarded": bool(d.get("guarded_functions")) and "moved" not in d,
