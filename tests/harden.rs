@@ -1,0 +1,127 @@
+//! `--harden` on the C fixtures (tests/fixtures/c/harden.c), every build: each memory bug that
+//! the original runs silently (exit 0, wrong output) stops with its message, a trap and no
+//! wrong output; each correct program prints exactly what the original prints.
+
+mod common;
+
+use common::{Outcome, Run, fixture, run_wasi};
+
+const VARIANTS: &[&str] = &["O0", "O2", "O0.wasmopt", "O2.wasmopt", "O2.stripped"];
+
+/// The fixture build `variant` rewritten by the `--harden` pipeline.
+fn hardened(variant: &str) -> (Vec<u8>, Vec<u8>, Vec<wasmfix::passes::PassReport>) {
+    let original = fixture(&format!("harden.{variant}.wasm"));
+    let passes: Vec<_> = wasmfix::passes::harden_pipeline()
+        .into_iter()
+        .map(|n| wasmfix::passes::find(n).unwrap())
+        .collect();
+    let options = wasmfix::passes::PassOptions {
+        harden: true,
+        ..Default::default()
+    };
+    let out = wasmfix::pipeline::run(&original, &passes, &options)
+        .unwrap_or_else(|f| panic!("{variant}: --harden failed: {f}"));
+    (original, out.bytes, out.reports)
+}
+
+/// Only `pass` over the build `variant`.
+fn only(variant: &str, pass: &str) -> Vec<u8> {
+    common::rewrite(&fixture(&format!("harden.{variant}.wasm")), pass)
+}
+
+fn long_name() -> String {
+    "A".repeat(48)
+}
+
+/// A run that stopped: trapped, printed nothing on stdout, and `message` on stderr.
+fn assert_stopped(run: &Run, message: &str, what: &str) {
+    assert!(
+        matches!(run.outcome, Outcome::Trap(_)),
+        "{what}: should trap: {run:?}"
+    );
+    assert!(run.stdout.is_empty(), "{what}: wrong output: {run:?}");
+    assert!(
+        run.stderr.starts_with(message),
+        "{what}: expected `{message}…` on stderr: {run:?}"
+    );
+}
+
+#[test]
+fn correct_programs_behave_identically() {
+    for variant in VARIANTS {
+        let (original, fixed, _) = hardened(variant);
+        for args in [
+            &["sort", "3000"][..],
+            &["hash", "3000"],
+            &["recurse", "300"],
+            &["aligned"],
+            &["login", "bob"],
+            &["login", "admin"],
+            &["heap", "16"],
+        ] {
+            let before = run_wasi(&original, args);
+            assert_eq!(before.outcome, Outcome::Exit(0), "{variant} {args:?}");
+            assert_eq!(before, run_wasi(&fixed, args), "{variant} {args:?}");
+        }
+    }
+}
+
+#[test]
+fn stack_buffer_overflow_stops_in_the_overflowing_function() {
+    let name = long_name();
+    for variant in VARIANTS {
+        let original = fixture(&format!("harden.{variant}.wasm"));
+        let before = run_wasi(&original, &["login", &name]);
+        assert_eq!(before.outcome, Outcome::Exit(0), "{variant}");
+        assert_eq!(
+            before.stdout, "ACCESS GRANTED\n",
+            "{variant}: the wrong decision"
+        );
+        // Without names the function is reported by its index.
+        let function = if *variant == "O2.stripped" {
+            "function "
+        } else {
+            "check_user"
+        };
+        let message = format!("wasmfix: stack buffer overflow in {function}");
+        for (what, fixed) in [
+            ("--harden", hardened(variant).1),
+            ("stack-canary", only(variant, "stack-canary")),
+        ] {
+            let after = run_wasi(&fixed, &["login", &name]);
+            assert_stopped(&after, &message, &format!("{variant} {what}"));
+        }
+    }
+}
+
+/// A frame overrun that stays inside the frame (a shorter name) is not the canary's business:
+/// the program is unchanged, whatever it does.
+#[test]
+fn overruns_inside_the_frame_do_not_trip_the_canary() {
+    for variant in ["O2", "O2.wasmopt"] {
+        let original = fixture(&format!("harden.{variant}.wasm"));
+        let fixed = only(variant, "stack-canary");
+        let args = ["login", "AAAAAAAAAAAAAAA"];
+        assert_eq!(run_wasi(&original, &args), run_wasi(&fixed, &args));
+    }
+}
+
+#[test]
+fn a_second_run_changes_nothing() {
+    let (_, fixed, _) = hardened("O2");
+    let passes: Vec<_> = wasmfix::passes::harden_pipeline()
+        .into_iter()
+        .map(|n| wasmfix::passes::find(n).unwrap())
+        .collect();
+    let options = wasmfix::passes::PassOptions {
+        harden: true,
+        ..Default::default()
+    };
+    let again = wasmfix::pipeline::run(&fixed, &passes, &options).unwrap();
+    assert_eq!(again.rewritten_functions, 0);
+    for r in &again.reports {
+        if wasmfix::passes::HARDEN_PASSES.contains(&r.pass) {
+            assert!(r.summary.contains("already applied"), "{}", r.summary);
+        }
+    }
+}
