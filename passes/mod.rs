@@ -8,6 +8,7 @@ use crate::module::Module;
 use serde_json::Value;
 
 pub mod fpcast;
+pub mod heap_canary;
 pub mod producers;
 pub mod stack_canary;
 pub mod stack_first;
@@ -66,6 +67,7 @@ pub static REGISTRY: &[&dyn Pass] = &[
     &stack_guard::Stack,
     &stack_first::StackFirst,
     &stack_guard::StackGuard,
+    &heap_canary::HeapCanary,
     &stack_canary::StackCanary,
     &producers::Producers,
 ];
@@ -87,7 +89,7 @@ pub fn find(name: &str) -> Option<&'static dyn Pass> {
 }
 
 /// The `--harden` passes, added to the default pipeline by `--harden`.
-pub const HARDEN_PASSES: &[&str] = &["stack-canary"];
+pub const HARDEN_PASSES: &[&str] = &["heap-canary", "stack-canary"];
 
 /// Refuses memory64, shared and multiple memories: the hardening passes address memory 0 with
 /// 32-bit offsets, and threads keep their stacks and heaps where the checks cannot see them.

@@ -308,10 +308,7 @@ fn eligible(
 /// The per-build canary: FNV-1a of the module's bytes, without zero bytes (a string overflow
 /// ends with one and must not be able to reproduce a byte of the canary with it).
 fn build_canary(bytes: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for &b in bytes {
-        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
-    }
+    let h = crate::facts::module_hash(bytes);
     u32::from_le_bytes(h.to_le_bytes().map(|b| if b == 0 { 0xa5 } else { b }))
 }
 

@@ -125,3 +125,87 @@ fn a_second_run_changes_nothing() {
         }
     }
 }
+
+/// The builds that keep their names: heap-canary finds the allocator there.
+const NAMED: &[&str] = &["O0", "O2", "O0.wasmopt", "O2.wasmopt"];
+
+#[test]
+fn heap_overflows_stop_at_free_with_the_block_size() {
+    for variant in NAMED {
+        let original = fixture(&format!("harden.{variant}.wasm"));
+        // 28 bytes stay inside the allocator's slack: only a redzone at the exact size sees them.
+        for n in ["28", "32", "48"] {
+            let before = run_wasi(&original, &["heap", n]);
+            assert_eq!(before.outcome, Outcome::Exit(0), "{variant} heap {n}");
+            assert_eq!(before.stdout, "heap ok\n", "{variant} heap {n}");
+            for (what, fixed) in [
+                ("--harden", hardened(variant).1),
+                ("heap-canary", only(variant, "heap-canary")),
+            ] {
+                let after = run_wasi(&fixed, &["heap", n]);
+                assert_stopped(
+                    &after,
+                    "wasmfix: heap buffer overflow: block of 16 bytes at 0x",
+                    &format!("{variant} {what} heap {n}"),
+                );
+                assert!(
+                    after.stderr.contains(" written past its end\n"),
+                    "{after:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn double_free_is_reported() {
+    for variant in NAMED {
+        let original = fixture(&format!("harden.{variant}.wasm"));
+        let before = run_wasi(&original, &["doublefree"]);
+        assert_eq!(before.stdout, "double free accepted\n", "{variant}");
+        let after = run_wasi(&hardened(variant).1, &["doublefree"]);
+        assert_stopped(&after, "wasmfix: double free of block at 0x", variant);
+    }
+}
+
+/// Without a name section the allocator cannot be found: `heap-canary` alone refuses with the
+/// reason (exit 2, nothing written), `--harden` warns and applies the other passes.
+#[test]
+fn stripped_modules_are_refused_by_heap_canary_and_warned_about_by_harden() {
+    let path = common::repo().join("tests/fixtures/wasm/harden.O2.stripped.wasm");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.wasm");
+    let refused = common::wasmfix()
+        .arg(&path)
+        .args(["--passes", "heap-canary", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("heap-canary: cannot find `malloc`") && stderr.contains("name section"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+
+    let hardened = common::wasmfix()
+        .arg(&path)
+        .args(["--harden", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(hardened.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&hardened.stderr);
+    assert!(
+        stderr.contains("heap-canary: warning: heap blocks are not checked: cannot find `malloc`"),
+        "{stderr}"
+    );
+    let fixed = std::fs::read(&out).unwrap();
+    let after = run_wasi(&fixed, &["heap", "48"]);
+    assert_eq!(
+        after.stdout, "heap ok\n",
+        "not checked, as the warning says"
+    );
+}
