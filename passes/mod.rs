@@ -7,6 +7,7 @@ use crate::facts::Facts;
 use crate::module::Module;
 use serde_json::Value;
 
+pub mod bounds;
 pub mod fpcast;
 pub mod heap_canary;
 pub mod producers;
@@ -68,6 +69,7 @@ pub static REGISTRY: &[&dyn Pass] = &[
     &stack_first::StackFirst,
     &stack_guard::StackGuard,
     &heap_canary::HeapCanary,
+    &bounds::Bounds,
     &stack_canary::StackCanary,
     &producers::Producers,
 ];
@@ -89,7 +91,7 @@ pub fn find(name: &str) -> Option<&'static dyn Pass> {
 }
 
 /// The `--harden` passes, added to the default pipeline by `--harden`.
-pub const HARDEN_PASSES: &[&str] = &["heap-canary", "stack-canary"];
+pub const HARDEN_PASSES: &[&str] = &["heap-canary", "bounds", "stack-canary"];
 
 /// Refuses memory64, shared and multiple memories: the hardening passes address memory 0 with
 /// 32-bit offsets, and threads keep their stacks and heaps where the checks cannot see them.

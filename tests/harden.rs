@@ -209,3 +209,70 @@ fn stripped_modules_are_refused_by_heap_canary_and_warned_about_by_harden() {
         "not checked, as the warning says"
     );
 }
+
+#[test]
+fn null_writes_and_literal_writes_stop_at_the_access() {
+    for variant in VARIANTS {
+        let original = fixture(&format!("harden.{variant}.wasm"));
+        let before = run_wasi(&original, &["null"]);
+        assert_eq!(
+            before.stdout, "wrote through null, read back 42\n",
+            "{variant}"
+        );
+        let before = run_wasi(&original, &["literal"]);
+        assert_eq!(before.stdout, "Jello\n", "{variant}");
+        for (what, fixed) in [
+            ("--harden", hardened(variant).1),
+            ("bounds", only(variant, "bounds")),
+        ] {
+            let after = run_wasi(&fixed, &["null"]);
+            assert_stopped(
+                &after,
+                "wasmfix: null pointer dereference at address 0x8 in ",
+                &format!("{variant} {what} null"),
+            );
+            let after = run_wasi(&fixed, &["literal"]);
+            if *variant == "O2.stripped" {
+                // No data segment names: read-only data is unknown and not checked.
+                assert_eq!(after.stdout, "Jello\n", "{variant} {what}");
+            } else {
+                assert_stopped(
+                    &after,
+                    "wasmfix: write to read-only data at address 0x",
+                    &format!("{variant} {what} literal"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bounds_says_what_it_cannot_check() {
+    let out = wasmfix::pipeline::run(
+        &fixture("harden.O2.stripped.wasm"),
+        &common::passes("bounds"),
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(
+        out.reports[0]
+            .summary
+            .contains("read-only data not checked: no name section"),
+        "{}",
+        out.reports[0].summary
+    );
+    // A stack-first module has no null page, and without names nothing is left to check.
+    let out = wasmfix::pipeline::run(
+        &fixture("layout.stackfirst.wasm"),
+        &common::passes("bounds"),
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(
+        out.reports[0]
+            .summary
+            .contains("no null page: the stack lies at address 0"),
+        "{}",
+        out.reports[0].summary
+    );
+}
