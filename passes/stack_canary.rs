@@ -115,7 +115,11 @@ impl Pass for StackCanary {
             match eligible(m, f, sp, asyncify) {
                 Ok(()) => protected.push(f),
                 Err(Some(why)) => *skipped.entry(why).or_default() += 1,
-                Err(None) => {}
+                Err(None) => {
+                    *skipped
+                        .entry("writing the stack pointer without a constant-frame opening")
+                        .or_default() += 1
+                }
             }
         }
 
@@ -226,7 +230,7 @@ fn asyncify_state_global(m: &Module<'_>) -> Option<u32> {
 }
 
 /// `Ok` when function `f` opens with a constant-frame prologue and can be protected; else why
-/// not (`None`: not a frame function at all, so not worth reporting).
+/// not (`None`: it does not open with a constant-frame prologue).
 fn eligible(
     m: &Module<'_>,
     f: u32,
@@ -236,6 +240,7 @@ fn eligible(
     if m.func_sig(f).is_none_or(|s| s.results().len() > 1) {
         return Err(Some("with several results"));
     }
+    excluded(m, f, asyncify)?;
     let body = &m.bodies[(f - m.imported_funcs) as usize];
     let mut ops = body.get_operators_reader().map_err(|_| None)?;
     // Straight-line evaluation of the opening up to the first write of sp: values are
@@ -284,6 +289,14 @@ fn eligible(
     if !matches!(frame, Some(V::Entry(n)) if n > 0) {
         return Err(None);
     }
+    Ok(())
+}
+
+/// Why function `f` must not be protected whatever its opening: Asyncify, exceptions, GC
+/// branches.
+fn excluded(m: &Module<'_>, f: u32, asyncify: Option<u32>) -> Result<(), Option<&'static str>> {
+    let body = &m.bodies[(f - m.imported_funcs) as usize];
+    let mut ops = body.get_operators_reader().map_err(|_| None)?;
     while !ops.eof() {
         match ops.read().map_err(|_| None)? {
             O::GlobalGet { global_index } | O::GlobalSet { global_index }
