@@ -33,6 +33,13 @@
 //! large freed blocks get their header overwritten by the allocator's free lists (then the
 //! second free is reported as invalid, still stopping the program).
 //!
+//! A module whose memory was snapshotted after initialization (Wizer, as ruby.wasm is) holds
+//! blocks allocated before the wrappers existed: they sit in the data past `__heap_base` and
+//! have no header. `free`, `realloc` and `malloc_usable_size` pass a block in that range that
+//! lacks the header canary to the real functions unchecked (`realloc` copies the requested
+//! size, bounded by the memory, since the old size is unknown). Overflows into such blocks go
+//! unnoticed; wrapped blocks the allocator places in freed snapshot memory are checked.
+//!
 //! Refuses (alone; `--harden` warns and skips instead): no `malloc`/`free` found by name
 //! (name section) or export, allocator functions of unexpected types, and the memories
 //! `refuse_unusual_memory` refuses.
@@ -257,12 +264,29 @@ fn wrap(cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
     let malloc = one(Role::Malloc)?;
     let free = one(Role::Free)?;
 
+    // A memory snapshot (Wizer, as in ruby.wasm) records the blocks its initializer allocated
+    // as data past `__heap_base`; those have no header. Without `__heap_base` every address
+    // below the end of the data may be such a block.
+    let facts = cx.facts();
+    let data_high = facts.data.as_ref().map_or(0, |d| d.high);
+    let heap_base = facts.heap_base.as_ref().map(|h| h.value);
+    let snapshot = match heap_base {
+        Some(base) if data_high > base => Some((base, data_high)),
+        Some(_) => None,
+        None if data_high > 0 => Some((0, data_high)),
+        None => None,
+    };
+    let snapshot = snapshot.map(|(lo, hi)| {
+        let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX) as i32;
+        (clamp(lo), clamp(hi))
+    });
     let edits = &mut *cx.edits;
     let key = crate::facts::module_hash(m.bytes) | 1;
     let key2 = key.rotate_left(13) ^ 0x5bd1_e995;
     let real_malloc = edits.move_body(m, malloc, "wasmfix:real_malloc");
     let real_free = edits.move_body(m, free, "wasmfix:real_free");
-    let h = Helpers::new(m, edits, key as i32, key2 as i32);
+    let mut h = Helpers::new(m, edits, key as i32, key2 as i32);
+    h.snapshot = snapshot;
 
     edits.replace_body(malloc, &[(2, ValType::I32)], &h.malloc(real_malloc));
     edits.replace_body(free, &[], &h.free(real_free));
@@ -270,13 +294,16 @@ fn wrap(cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
         let (locals, code): (Vec<(u32, ValType)>, Vec<Instruction<'static>>) = match role {
             Role::Malloc | Role::Free => continue,
             Role::Calloc => (vec![(1, ValType::I64), (1, ValType::I32)], h.calloc(malloc)),
-            Role::Realloc => (vec![(2, ValType::I32)], h.realloc(malloc, free)),
+            Role::Realloc => (vec![(2, ValType::I32)], h.realloc(malloc, free, real_free)),
             Role::Aligned => (vec![(2, ValType::I32)], h.aligned(malloc, real_malloc)),
             Role::PosixMemalign => (
                 vec![(1, ValType::I32)],
                 h.posix_memalign(malloc, real_malloc),
             ),
-            Role::UsableSize => (vec![], h.usable_size()),
+            Role::UsableSize => {
+                let real = edits.move_body(m, *f, "wasmfix:real_malloc_usable_size");
+                (vec![], h.usable_size(real))
+            }
         };
         edits.replace_body(*f, &locals, &code);
     }
@@ -302,6 +329,11 @@ struct Helpers {
     mark: u32,
     /// check(q) -> n: checks the state, the header canary and the redzone; traps on a failure.
     check: u32,
+    /// The header canary key (`q ^ key` at `q - 4`).
+    key: i32,
+    /// `[start, end)` of a memory snapshot's heap, whose blocks may have no header (see
+    /// `foreign`).
+    snapshot: Option<(i32, i32)>,
 }
 
 fn mem(offset: u64, align: u32) -> MemArg {
@@ -430,7 +462,49 @@ impl Helpers {
             &[(2, ValType::I32)],
             &code,
         );
-        Helpers { mark, check }
+        Helpers {
+            mark,
+            check,
+            key,
+            snapshot: None,
+        }
+    }
+
+    /// `if q is foreign { then }`: a block the wrappers did not allocate (recorded by a memory
+    /// snapshot, e.g. Wizer's) has no header; it goes to the real functions unchecked. Foreign
+    /// means inside the snapshot's heap *and* without our header canary: the allocator may
+    /// reuse freed snapshot memory for wrapped blocks, and those must still be checked.
+    fn foreign(&self, q: u32, then: Vec<Instruction<'static>>) -> Vec<Instruction<'static>> {
+        let Some((start, end)) = self.snapshot else {
+            return Vec::new();
+        };
+        let mut code = vec![
+            I::LocalGet(q),
+            I::I32Const(start),
+            I::I32Sub,
+            I::I32Const(end.wrapping_sub(start)),
+            I::I32LtU,
+            I::If(BlockType::Empty),
+            I::LocalGet(q),
+            I::I32Const(HEADER),
+            I::I32LtU,
+            I::If(BlockType::Result(ValType::I32)),
+            I::I32Const(1),
+            I::Else,
+            I::LocalGet(q),
+            I::I32Const(HEADER),
+            I::I32Sub,
+            I::I32Load(mem(12, 2)),
+            I::LocalGet(q),
+            I::I32Const(self.key),
+            I::I32Xor,
+            I::I32Ne,
+            I::End,
+            I::If(BlockType::Empty),
+        ];
+        code.extend(then);
+        code.extend([I::End, I::End]);
+        code
     }
 
     /// malloc(n): locals raw (1), spare (2).
@@ -467,12 +541,15 @@ impl Helpers {
     /// free(q)
     fn free(&self, real_free: u32) -> Vec<Instruction<'static>> {
         let q = 0;
-        vec![
+        let mut code = vec![
             I::LocalGet(q),
             I::I32Eqz,
             I::If(BlockType::Empty),
             I::Return,
             I::End,
+        ];
+        code.extend(self.foreign(q, vec![I::LocalGet(q), I::Call(real_free), I::Return]));
+        code.extend([
             I::LocalGet(q),
             I::Call(self.check),
             I::Drop,
@@ -487,7 +564,8 @@ impl Helpers {
             I::I32Load(mem(0, 2)),
             I::Call(real_free),
             I::End,
-        ]
+        ]);
+        code
     }
 
     /// calloc(count, size): locals total (2, i64), q (3).
@@ -523,9 +601,9 @@ impl Helpers {
     }
 
     /// realloc(q, n): locals old (2), new (3).
-    fn realloc(&self, malloc: u32, free: u32) -> Vec<Instruction<'static>> {
+    fn realloc(&self, malloc: u32, free: u32, real_free: u32) -> Vec<Instruction<'static>> {
         let (q, n, old, new) = (0, 1, 2, 3);
-        vec![
+        let mut code = vec![
             I::LocalGet(q),
             I::I32Eqz,
             I::If(BlockType::Empty),
@@ -533,6 +611,48 @@ impl Helpers {
             I::Call(malloc),
             I::Return,
             I::End,
+        ];
+        // A snapshot's block: its size is unknown, so copy `n` bytes (what lies past a smaller
+        // block is indeterminate in the new one, as C allows), within the memory.
+        code.extend(self.foreign(
+            q,
+            vec![
+                I::LocalGet(n),
+                I::If(BlockType::Empty),
+                I::LocalGet(n),
+                I::Call(malloc),
+                I::LocalTee(new),
+                I::If(BlockType::Empty),
+                I::LocalGet(new),
+                I::LocalGet(q),
+                I::LocalGet(n),
+                I::MemorySize(0),
+                I::I32Const(16),
+                I::I32Shl,
+                I::LocalGet(q),
+                I::I32Sub,
+                I::LocalTee(old),
+                I::LocalGet(n),
+                I::LocalGet(old),
+                I::I32LtU,
+                I::Select,
+                I::MemoryCopy {
+                    src_mem: 0,
+                    dst_mem: 0,
+                },
+                I::LocalGet(q),
+                I::Call(real_free),
+                I::End,
+                I::LocalGet(new),
+                I::Return,
+                I::End,
+                I::LocalGet(q),
+                I::Call(real_free),
+                I::I32Const(0),
+                I::Return,
+            ],
+        ));
+        code.extend([
             I::LocalGet(q),
             I::Call(self.check),
             I::LocalSet(old),
@@ -568,7 +688,8 @@ impl Helpers {
             I::Call(free),
             I::LocalGet(new),
             I::End,
-        ]
+        ]);
+        code
     }
 
     /// The aligned allocation of `n` bytes at `align` (locals of the caller: `align`, `n`,
@@ -684,18 +805,19 @@ impl Helpers {
         code
     }
 
-    /// malloc_usable_size(q): the requested size (after checking the block).
-    fn usable_size(&self) -> Vec<Instruction<'static>> {
-        vec![
+    /// malloc_usable_size(q): the requested size (after checking the block); the real size
+    /// of a snapshot's block.
+    fn usable_size(&self, real: u32) -> Vec<Instruction<'static>> {
+        let mut code = vec![
             I::LocalGet(0),
             I::I32Eqz,
             I::If(BlockType::Empty),
             I::I32Const(0),
             I::Return,
             I::End,
-            I::LocalGet(0),
-            I::Call(self.check),
-            I::End,
-        ]
+        ];
+        code.extend(self.foreign(0, vec![I::LocalGet(0), I::Call(real), I::Return]));
+        code.extend([I::LocalGet(0), I::Call(self.check), I::End]);
+        code
     }
 }

@@ -276,3 +276,118 @@ fn bounds_says_what_it_cannot_check() {
         out.reports[0].summary
     );
 }
+
+/// A module whose heap was recorded by a memory snapshot (Wizer, as ruby.wasm is): the
+/// blocks its initializer allocated lie in the data past `__heap_base` and have no header.
+/// `case` is the body of `_start`, which exits with 0 when the allocator saw what it should.
+fn snapshot_module(case: &str) -> Vec<u8> {
+    // The block at 1040 (its allocator chunk at 1024) holds "hello", as the snapshot left it.
+    let mut data = "\\00".repeat(16);
+    data.push_str("hello");
+    data.push_str(&"\\00".repeat(300));
+    let text = format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 1)
+          (global $heap_base (export "__heap_base") i32 (i32.const 1024))
+          (global $top (mut i32) (i32.const 2048))
+          ;; one free chunk, handed out again by the next malloc: the real allocator also
+          ;; reuses freed snapshot memory
+          (global $reuse (mut i32) (i32.const 0))
+          (func $malloc (export "malloc") (param $n i32) (result i32) (local $p i32)
+            global.get $reuse
+            if
+              global.get $reuse
+              i32.const 0
+              global.set $reuse
+              return
+            end
+            global.get $top
+            local.tee $p
+            local.get $n
+            i32.const 15
+            i32.add
+            i32.const -16
+            i32.and
+            i32.add
+            global.set $top
+            local.get $p)
+          (func $free (export "free") (param $p i32)
+            local.get $p
+            global.set $reuse)
+          (func $realloc (export "realloc") (param $q i32) (param $n i32) (result i32)
+            (local $p i32)
+            local.get $n
+            call $malloc
+            local.tee $p
+            local.get $q
+            local.get $n
+            memory.copy
+            local.get $q
+            call $free
+            local.get $p)
+          (func (export "_start") (local $p i32)
+            {case})
+          (data (i32.const 1024) "{data}"))"#
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+#[test]
+fn snapshot_blocks_pass_through_and_reused_snapshot_memory_is_still_checked() {
+    // (case, what the rewritten module must do: None = exit 0 like the original, Some(message))
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        (
+            "free of a snapshot block reaches the real free with its address",
+            "i32.const 1040  call $free
+             global.get $reuse  i32.const 1040  i32.ne  call $exit",
+            None,
+        ),
+        (
+            "realloc of a snapshot block copies its contents and frees it",
+            "i32.const 1040  i32.const 8  call $realloc  local.tee $p
+             i32.load  i32.const 0x6c6c6568  i32.ne
+             global.get $reuse  i32.const 1040  i32.ne  i32.or
+             local.get $p  i32.eqz  i32.or  call $exit",
+            None,
+        ),
+        (
+            "a wrapped block placed in freed snapshot memory is freed normally",
+            "i32.const 1040  call $free
+             i32.const 16  call $malloc  local.tee $p
+             i32.const 7  i32.store offset=12
+             local.get $p  call $free
+             local.get $p  i32.const 1324  i32.ge_u  call $exit",
+            None,
+        ),
+        (
+            "an overflow of a wrapped block in freed snapshot memory is caught",
+            "i32.const 1040  call $free
+             i32.const 16  call $malloc  local.tee $p
+             i32.const 7  i32.store offset=16
+             local.get $p  call $free
+             local.get $p  i32.const 1324  i32.ge_u  call $exit",
+            Some("wasmfix: heap buffer overflow: block of 16 bytes at 0x"),
+        ),
+        (
+            "a free of static data below __heap_base is still reported",
+            "i32.const 512  call $free  i32.const 0  call $exit",
+            Some("wasmfix: heap buffer overflow or invalid free: the header of block 0x200 "),
+        ),
+    ];
+    for (what, case, expected) in cases {
+        let original = snapshot_module(case);
+        let before = run_wasi(&original, &[]);
+        assert_eq!(
+            before.outcome,
+            Outcome::Exit(0),
+            "{what}: original {before:?}"
+        );
+        let after = run_wasi(&common::rewrite(&original, "heap-canary"), &[]);
+        match expected {
+            None => assert_eq!(after, before, "{what}"),
+            Some(message) => assert_stopped(&after, message, what),
+        }
+    }
+}
