@@ -62,7 +62,8 @@ Sections (--sections, comma-separated, default core,fpcast,stack; --list shows t
                heap-canary (a pass that cannot apply says why in the table; heap-canary refuses the
                stripped ruby.wasm) next to wasm-opt --safe-heap --detect-features: rewrite time, size growth and
                the run_ruby.py workload (interleaved, eval-time ratios to the original; run_ruby.py provides
-               the env imports --safe-heap adds). Then tests/fixtures/wasm/harden.O2.wasm `hash 200000`
+               the env imports --safe-heap adds). The same for ruby-debug (same Ruby, with names: where
+               heap-canary finds the allocator) without --safe-heap. Then harden.O2.wasm `hash 200000`
                (malloc/strdup/realloc/free heavy) and `sort 300000` under the python wasmtime package for the
                original, --harden and each pass alone (--stack-runs interleaved runs, medians, only _start
                timed), with size growth. Not in the default sections: run --sections harden.
@@ -1576,19 +1577,22 @@ HARDEN_THRESHOLDS = {
 HARDEN_FIXTURE = "harden.O2.wasm"
 
 
-def harden_ruby(ctx, checks):
-    """ruby.wasm: --harden, --passes stack-canary, --passes heap-canary (each may refuse or skip: the
-    report says why) next to wasm-opt --safe-heap; sizes and the run_ruby.py workload, interleaved."""
+def harden_ruby(ctx, checks, name="ruby", safe_heap=True):
+    """A ruby module (`name` in the corpus): --harden, --passes stack-canary, --passes heap-canary
+    (each may refuse or skip: the report says why) next to wasm-opt --safe-heap (when `safe_heap`);
+    sizes and the run_ruby.py workload, interleaved. ruby.wasm is stripped, so heap-canary cannot
+    find its allocator; ruby-debug (the same Ruby with names and DWARF) is where it applies."""
     wasmfix, wasm_opt = ctx.wasmfix(), ctx.wasm_opt()
-    ruby = ctx.module("ruby")
+    ruby = ctx.module(name)
     src, size = ruby["path"], ruby["bytes"]
     warm(src)
-    variants = [("ruby-orig", src)]
+    variants = [("%s-orig" % name, src)]
     fig = {"input_bytes": size, "variants": {}}
     for label, flags in (("harden", ["--harden"]), ("stack-canary", ["--passes", "stack-canary"]),
                          ("heap-canary", ["--passes", "heap-canary"])):
-        out, rep = ctx.out_path("ruby.%s.wasm" % label), ctx.out_path("ruby.%s.report.json" % label)
-        log("harden: ruby wasmfix %s" % " ".join(flags))
+        out = ctx.out_path("%s.%s.wasm" % (name, label))
+        rep = ctx.out_path("%s.%s.report.json" % (name, label))
+        log("harden: %s wasmfix %s" % (name, " ".join(flags)))
         m = ctx.measure([wasmfix, src, "-o", out, "--report", rep] + flags)
         entry = {"rewrite_s": m.times[-1], "ok": m.ok}
         if m.ok:
@@ -1599,27 +1603,29 @@ def harden_ruby(ctx, checks):
             variants.append((label, out))
         else:
             entry["refused"] = last_error_line(m.err)
-            log("harden: wasmfix %s refused ruby.wasm: %s" % (" ".join(flags), entry["refused"]))
+            log("harden: wasmfix %s refused %s: %s" % (" ".join(flags), name, entry["refused"]))
         fig["variants"][label] = entry
-    out_wo = ctx.out_path("ruby.safe-heap.wasm")
-    log("harden: ruby wasm-opt --safe-heap --detect-features (binaryen.js: slow)")
-    wo = ctx.measure([wasm_opt, src, "-o", out_wo, "--safe-heap", "--detect-features"])
-    fig["variants"]["safe-heap"] = {"rewrite_s": wo.times[-1], "ok": wo.ok}
-    if wo.ok:
-        fig["variants"]["safe-heap"].update(bytes=os.path.getsize(out_wo),
-                                            size_growth_pct=round(growth_pct(os.path.getsize(out_wo), size), 3))
-        variants.append(("safe-heap", out_wo))
-    else:
-        fig["variants"]["safe-heap"]["error"] = last_error_line(wo.err)
-    wait_for_quiet(ctx, "ruby harden workload")
-    work = run_ruby_variants(ctx, variants)
-    print_ruby_variants("harden: ruby.wasm workload", work)
+    if safe_heap:
+        out_wo = ctx.out_path("%s.safe-heap.wasm" % name)
+        log("harden: %s wasm-opt --safe-heap --detect-features (binaryen.js: slow)" % name)
+        wo = ctx.measure([wasm_opt, src, "-o", out_wo, "--safe-heap", "--detect-features"])
+        fig["variants"]["safe-heap"] = {"rewrite_s": wo.times[-1], "ok": wo.ok}
+        if wo.ok:
+            fig["variants"]["safe-heap"].update(bytes=os.path.getsize(out_wo),
+                                                size_growth_pct=round(growth_pct(os.path.getsize(out_wo), size), 3))
+            variants.append(("safe-heap", out_wo))
+        else:
+            fig["variants"]["safe-heap"]["error"] = last_error_line(wo.err)
+    wait_for_quiet(ctx, "%s harden workload" % name)
+    work = run_ruby_variants(ctx, [("%s-%s" % (name, label), path) for label, path in variants])
+    print_ruby_variants("harden: %s workload" % name, work)
     for label, v in work["variants"].items():
+        label = label[len(name) + 1:]
         if label in fig["variants"]:
             fig["variants"][label].update(eval_s=v["eval_s"], ratio=v["ratio"], pair_ratios=v["pair_ratios"],
                                           output_ok=v["output_ok"])
-    fig["orig_eval_s"] = work["variants"]["ruby-orig"]["eval_s"]
-    print("\n== harden: ruby.wasm %.1f MB: what each variant did ==" % (size / MB))
+    fig["orig_eval_s"] = work["variants"]["%s-orig" % name]["eval_s"]
+    print("\n== harden: %s %.1f MB: what each variant did ==" % (name, size / MB))
     rows = []
     for label, e in fig["variants"].items():
         what = e.get("refused") or e.get("error") or "; ".join(
@@ -1632,8 +1638,9 @@ def harden_ruby(ctx, checks):
                        ("ruby_heap_canary_ratio", "heap-canary")):
         op, lim = HARDEN_THRESHOLDS[key]
         v = fig["variants"].get(label, {}).get("ratio")
-        ok = ctx.check("harden", key, v, op, lim)
-        checks.append([key, fmt(v, ".3f") if v is not None else "n/a (%s)" % (fig["variants"][label].get("refused") or "?")[:80],
+        ok = ctx.check("harden", "%s %s" % (name, key), v, op, lim)
+        checks.append(["%s %s" % (name, key),
+                       fmt(v, ".3f") if v is not None else "n/a (%s)" % (fig["variants"][label].get("refused") or "?")[:80],
                        "%s %s" % (op, lim), {True: "PASS", False: "FAIL", None: "N/A"}[ok]])
     return fig
 
@@ -1690,6 +1697,9 @@ def section_harden(ctx):
     checks = []
     fig = {"thresholds": {k: {"op": op, "limit": lim} for k, (op, lim) in HARDEN_THRESHOLDS.items()}}
     fig["ruby"] = harden_ruby(ctx, checks)
+    if any(m["name"] == "ruby-debug" for m in ctx.corpus()):
+        # heap-canary needs the allocator's names: the named build is where it applies.
+        fig["ruby-debug"] = harden_ruby(ctx, checks, "ruby-debug", safe_heap=False)
     fig["fixture"] = harden_fixture(ctx, checks)
     print("\n-- harden: acceptance thresholds (issue 6) --")
     print(table(["check", "value", "threshold", "result"], checks))
