@@ -74,12 +74,6 @@ impl Diagnostics {
             target: MemArgTarget::Memory(0),
             ordering: None,
         };
-        let byte = MemArg {
-            offset: SCRATCH as u64,
-            align: 0,
-            target: MemArgTarget::Memory(0),
-            ordering: None,
-        };
         let i32_ty = wasmparser::ValType::I32;
 
         // msg_str(offset, len): copy text to the scratch area unless the message is full.
@@ -113,66 +107,13 @@ impl Diagnostics {
             ],
         );
 
-        // msg_u32(x): count the digits (local 1), then store them from the last one back.
-        let (x, n, i) = (0, 1, 2);
+        // msg_u32(x): count the digits, then store them from the last one back.
         let msg_u32 = edits.add_helper(
             m,
             "wasmfix:msg_u32",
             (&[i32_ty], &[]),
             &[(2, ValType::I32)],
-            &[
-                Instruction::I32Const(1),
-                Instruction::LocalSet(n),
-                Instruction::LocalGet(x),
-                Instruction::LocalSet(i),
-                Instruction::Block(BlockType::Empty),
-                Instruction::Loop(BlockType::Empty),
-                Instruction::LocalGet(i),
-                Instruction::I32Const(10),
-                Instruction::I32DivU,
-                Instruction::LocalTee(i),
-                Instruction::I32Eqz,
-                Instruction::BrIf(1),
-                Instruction::LocalGet(n),
-                Instruction::I32Const(1),
-                Instruction::I32Add,
-                Instruction::LocalSet(n),
-                Instruction::Br(0),
-                Instruction::End,
-                Instruction::End,
-                Instruction::GlobalGet(pos),
-                Instruction::I32Const(MAX_MESSAGE - 10),
-                Instruction::I32LeU,
-                Instruction::If(BlockType::Empty),
-                Instruction::LocalGet(n),
-                Instruction::LocalSet(i),
-                Instruction::Loop(BlockType::Empty),
-                Instruction::GlobalGet(pos),
-                Instruction::LocalGet(i),
-                Instruction::I32Const(1),
-                Instruction::I32Sub,
-                Instruction::LocalTee(i),
-                Instruction::I32Add,
-                Instruction::LocalGet(x),
-                Instruction::I32Const(10),
-                Instruction::I32RemU,
-                Instruction::I32Const(b'0' as i32),
-                Instruction::I32Add,
-                Instruction::I32Store8(byte),
-                Instruction::LocalGet(x),
-                Instruction::I32Const(10),
-                Instruction::I32DivU,
-                Instruction::LocalSet(x),
-                Instruction::LocalGet(i),
-                Instruction::BrIf(0),
-                Instruction::End,
-                Instruction::GlobalGet(pos),
-                Instruction::LocalGet(n),
-                Instruction::I32Add,
-                Instruction::GlobalSet(pos),
-                Instruction::End,
-                Instruction::End,
-            ],
+            &digits(pos, 10),
         );
 
         // msg_end(): iovec {SCRATCH, pos} at 0, fd_write(2, 0, 1, 8), trap.
@@ -218,85 +159,118 @@ impl Diagnostics {
             return Some(f);
         }
         let pos = d.pos;
-        let byte = MemArg {
-            offset: SCRATCH as u64,
-            align: 0,
-            target: MemArgTarget::Memory(0),
-            ordering: None,
-        };
-        let (x, n, i) = (0, 1, 2);
         let f = edits.add_helper(
             m,
             "wasmfix:msg_hex",
             (&[wasmparser::ValType::I32], &[]),
             &[(2, ValType::I32)],
-            &[
-                // n = number of digits
-                Instruction::I32Const(1),
-                Instruction::LocalSet(n),
-                Instruction::LocalGet(x),
-                Instruction::LocalSet(i),
-                Instruction::Block(BlockType::Empty),
-                Instruction::Loop(BlockType::Empty),
-                Instruction::LocalGet(i),
-                Instruction::I32Const(4),
-                Instruction::I32ShrU,
-                Instruction::LocalTee(i),
-                Instruction::I32Eqz,
-                Instruction::BrIf(1),
-                Instruction::LocalGet(n),
-                Instruction::I32Const(1),
-                Instruction::I32Add,
-                Instruction::LocalSet(n),
-                Instruction::Br(0),
-                Instruction::End,
-                Instruction::End,
-                Instruction::GlobalGet(pos),
-                Instruction::I32Const(MAX_MESSAGE - 10),
-                Instruction::I32LeU,
-                Instruction::If(BlockType::Empty),
-                Instruction::LocalGet(n),
-                Instruction::LocalSet(i),
-                Instruction::Loop(BlockType::Empty),
-                Instruction::GlobalGet(pos),
-                Instruction::LocalGet(i),
-                Instruction::I32Const(1),
-                Instruction::I32Sub,
-                Instruction::LocalTee(i),
-                Instruction::I32Add,
-                // digit d = x & 15: '0' + d, plus 39 more when d > 9 ('a' - '0' - 10)
-                Instruction::LocalGet(x),
-                Instruction::I32Const(15),
-                Instruction::I32And,
-                Instruction::I32Const(b'0' as i32),
-                Instruction::I32Add,
-                Instruction::LocalGet(x),
-                Instruction::I32Const(15),
-                Instruction::I32And,
-                Instruction::I32Const(9),
-                Instruction::I32GtU,
-                Instruction::I32Const(39),
-                Instruction::I32Mul,
-                Instruction::I32Add,
-                Instruction::I32Store8(byte),
-                Instruction::LocalGet(x),
-                Instruction::I32Const(4),
-                Instruction::I32ShrU,
-                Instruction::LocalSet(x),
-                Instruction::LocalGet(i),
-                Instruction::BrIf(0),
-                Instruction::End,
-                Instruction::GlobalGet(pos),
-                Instruction::LocalGet(n),
-                Instruction::I32Add,
-                Instruction::GlobalSet(pos),
-                Instruction::End,
-                Instruction::End,
-            ],
+            &digits(pos, 16),
         );
         edits.diagnostics.as_mut()?.msg_hex = Some(f);
         Some(f)
     }
+}
+
+/// The body of `(x)`: appends the digits of `x` in `radix` (10 or 16) without leading zeros
+/// (at least one) to the message at `pos`, unless it is full. Locals: `n` (1) counts the
+/// digits, `i` (2) walks them from the last one back.
+fn digits(pos: u32, radix: u32) -> Vec<Instruction<'static>> {
+    let byte = MemArg {
+        offset: SCRATCH as u64,
+        align: 0,
+        target: MemArgTarget::Memory(0),
+        ordering: None,
+    };
+    let (x, n, i) = (0, 1, 2);
+    // x / radix
+    let next = |v| match radix {
+        16 => [
+            Instruction::LocalGet(v),
+            Instruction::I32Const(4),
+            Instruction::I32ShrU,
+        ],
+        _ => [
+            Instruction::LocalGet(v),
+            Instruction::I32Const(10),
+            Instruction::I32DivU,
+        ],
+    };
+    // the character of the last digit of x
+    let digit: Vec<Instruction<'static>> = match radix {
+        // d = x & 15: '0' + d, plus 39 more when d > 9 ('a' - '0' - 10)
+        16 => vec![
+            Instruction::LocalGet(x),
+            Instruction::I32Const(15),
+            Instruction::I32And,
+            Instruction::I32Const(b'0' as i32),
+            Instruction::I32Add,
+            Instruction::LocalGet(x),
+            Instruction::I32Const(15),
+            Instruction::I32And,
+            Instruction::I32Const(9),
+            Instruction::I32GtU,
+            Instruction::I32Const(39),
+            Instruction::I32Mul,
+            Instruction::I32Add,
+        ],
+        _ => vec![
+            Instruction::LocalGet(x),
+            Instruction::I32Const(10),
+            Instruction::I32RemU,
+            Instruction::I32Const(b'0' as i32),
+            Instruction::I32Add,
+        ],
+    };
+    let mut code = vec![
+        Instruction::I32Const(1),
+        Instruction::LocalSet(n),
+        Instruction::LocalGet(x),
+        Instruction::LocalSet(i),
+        Instruction::Block(BlockType::Empty),
+        Instruction::Loop(BlockType::Empty),
+    ];
+    code.extend(next(i));
+    code.extend([
+        Instruction::LocalTee(i),
+        Instruction::I32Eqz,
+        Instruction::BrIf(1),
+        Instruction::LocalGet(n),
+        Instruction::I32Const(1),
+        Instruction::I32Add,
+        Instruction::LocalSet(n),
+        Instruction::Br(0),
+        Instruction::End,
+        Instruction::End,
+        Instruction::GlobalGet(pos),
+        Instruction::I32Const(MAX_MESSAGE - 10),
+        Instruction::I32LeU,
+        Instruction::If(BlockType::Empty),
+        Instruction::LocalGet(n),
+        Instruction::LocalSet(i),
+        Instruction::Loop(BlockType::Empty),
+        Instruction::GlobalGet(pos),
+        Instruction::LocalGet(i),
+        Instruction::I32Const(1),
+        Instruction::I32Sub,
+        Instruction::LocalTee(i),
+        Instruction::I32Add,
+    ]);
+    code.extend(digit);
+    code.push(Instruction::I32Store8(byte));
+    code.extend(next(x));
+    code.extend([
+        Instruction::LocalSet(x),
+        Instruction::LocalGet(i),
+        Instruction::BrIf(0),
+        Instruction::End,
+        Instruction::GlobalGet(pos),
+        Instruction::LocalGet(n),
+        Instruction::I32Add,
+        Instruction::GlobalSet(pos),
+        Instruction::End,
+        Instruction::End,
+    ]);
+    code
 }
 
 impl Message {
