@@ -54,6 +54,10 @@ struct Rewrite {
     /// stack-first: size in bytes of the relocated stack (default: the module's own).
     #[arg(long, value_name = "BYTES")]
     stack_size: Option<u64>,
+    /// Copy DWARF unchanged even when bodies move, leaving its code addresses stale (for
+    /// measuring what the update costs).
+    #[arg(long, hide = true)]
+    no_dwarf_update: bool,
     /// Analyze only: print hazards and exit 1 if any remain, 0 if none.
     #[arg(long)]
     check: bool,
@@ -208,6 +212,8 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
     let options = PassOptions {
         fpcast_diagnose: args.fpcast_diagnose,
         stack_size: args.stack_size,
+        no_dwarf_update: args.no_dwarf_update,
+        code_map: false,
     };
     let outcome = pipeline::run(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {

@@ -47,6 +47,11 @@ pub struct Outcome {
     pub reports: Vec<PassReport>,
     /// Function bodies that were re-encoded.
     pub rewritten_functions: usize,
+    /// Where the input's code went, when the code moved and DWARF or `PassOptions::code_map`
+    /// asked for it.
+    pub code_map: Option<crate::codemap::CodeMap>,
+    /// What the DWARF update did, when it ran.
+    pub dwarf: Option<crate::dwarf::Updated>,
 }
 
 /// Reads and validates `input`, or says why it is bad input.
@@ -115,7 +120,21 @@ pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<
         &patched_module
     };
     let mut bytes = Vec::new();
-    let emitted = emit::emit(source, &mut edits, &mut bytes).map_err(Failure::Internal)?;
+    let has_dwarf = !options.no_dwarf_update && crate::dwarf::present(source);
+    let emit_options = emit::EmitOptions {
+        code_map: has_dwarf || options.code_map,
+        update_dwarf: has_dwarf,
+    };
+    let emitted = emit::emit(source, &mut edits, &mut bytes, emit_options).map_err(|e| {
+        if e.is::<crate::dwarf::CannotUpdate>() {
+            Failure::Refused {
+                pass: "dwarf",
+                error: e,
+            }
+        } else {
+            Failure::Internal(e)
+        }
+    })?;
 
     let defined = module.bodies.len() as u32;
     let mut check = vec![false; defined as usize];
@@ -140,5 +159,7 @@ pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<
         bytes,
         reports,
         rewritten_functions: emitted.rewritten_functions.len(),
+        code_map: emitted.code_map,
+        dwarf: emitted.dwarf,
     })
 }

@@ -1,0 +1,516 @@
+//! Debugging survives the rewrite: after every rewriting pipeline, each original instruction
+//! keeps its source location in the DWARF line table, subprogram and range DIEs follow their
+//! code, `llvm-dwarfdump --verify` finds nothing new, and traps in wasmtime show the same
+//! source frames.
+//!
+//! The expected location of an original instruction in the output is found without wasmfix's
+//! own code map: both modules' instructions are aligned (rewriters only insert instructions or
+//! re-target a `call_indirect`), so each original instruction has a matching output one.
+
+mod common;
+
+use std::collections::HashMap;
+use wasmparser::Operator;
+
+/// The `-g` fixtures, and one whose only DWARF is wasi-libc's.
+const DEBUG_FIXTURES: &[&str] = &[
+    "stack.O0.g.wasm",
+    "stack.O2.g.wasm",
+    "fpcast.O0.g.wasm",
+    "fpcast.O2.g.wasm",
+    "stack.O0.g.relocs.wasm",
+    "stack.O2.g.relocs.wasm",
+    "fpcast.O2.wasm",
+];
+
+/// Every pipeline that rewrites bodies of `fixture` (`stack-first` needs relocations).
+fn pipelines(fixture: &str) -> Vec<&'static str> {
+    let mut p = vec!["fpcast,stack,producers", "fpcast", "stack-guard"];
+    if fixture.contains("relocs") {
+        p.push("stack-first");
+    }
+    p
+}
+
+/// One defined function's instructions: (operator, code-relative offset), and its body range.
+struct Body<'a> {
+    range: std::ops::Range<u64>,
+    ops: Vec<(Operator<'a>, u64)>,
+    /// Code-relative offset just past each instruction.
+    ends: Vec<u64>,
+}
+
+struct Code<'a> {
+    /// File offset of the Code section's contents.
+    start: u64,
+    imported_funcs: u32,
+    bodies: Vec<Body<'a>>,
+}
+
+fn code(wasm: &[u8]) -> Code<'_> {
+    let mut c = Code {
+        start: 0,
+        imported_funcs: 0,
+        bodies: Vec::new(),
+    };
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload.unwrap() {
+            wasmparser::Payload::ImportSection(r) => {
+                for i in r.into_imports() {
+                    if let wasmparser::TypeRef::Func(_) = i.unwrap().ty {
+                        c.imported_funcs += 1;
+                    }
+                }
+            }
+            wasmparser::Payload::CodeSectionStart {
+                unchecked_range, ..
+            } => c.start = unchecked_range.start,
+            wasmparser::Payload::CodeSectionEntry(body) => {
+                let rel = |o: u64| o - c.start;
+                let mut reader = body.get_operators_reader().unwrap();
+                let mut ops = Vec::new();
+                while !reader.eof() {
+                    let (op, at) = reader.read_with_offset().unwrap();
+                    ops.push((op, rel(at)));
+                }
+                let range = rel(body.range().start)..rel(body.range().end);
+                let mut ends: Vec<u64> = ops.iter().skip(1).map(|(_, o)| *o).collect();
+                ends.push(range.end);
+                c.bodies.push(Body { range, ops, ends });
+            }
+            _ => {}
+        }
+    }
+    c
+}
+
+/// Whether output instruction `new` can be original instruction `old`: the same operator
+/// (immediates may differ: stack-first relocates constants), a `call_indirect` re-targeted to
+/// another table, or one replaced by a call to a function wasmfix added.
+fn same_instruction(old: &Operator<'_>, new: &Operator<'_>, original_funcs: u32) -> bool {
+    match (old, new) {
+        (Operator::Call { function_index: a }, Operator::Call { function_index: b }) => a == b,
+        (Operator::CallIndirect { .. }, Operator::Call { function_index })
+        | (Operator::ReturnCallIndirect { .. }, Operator::ReturnCall { function_index }) => {
+            *function_index >= original_funcs
+        }
+        (Operator::GlobalSet { global_index: a }, Operator::GlobalSet { global_index: b }) => {
+            a == b
+        }
+        _ => std::mem::discriminant(old) == std::mem::discriminant(new),
+    }
+}
+
+/// For each original instruction of `old`, the index of its matching instruction in `new`.
+fn align(old: &Body<'_>, new: &Body<'_>, original_funcs: u32) -> Vec<usize> {
+    let mut matched = Vec::with_capacity(old.ops.len());
+    let mut j = 0;
+    for (op, at) in &old.ops {
+        while j < new.ops.len() && !same_instruction(op, &new.ops[j].0, original_funcs) {
+            j += 1;
+        }
+        assert!(
+            j < new.ops.len(),
+            "no output instruction matches {op:?} at {at:#x}"
+        );
+        matched.push(j);
+        j += 1;
+    }
+    matched
+}
+
+/// Where original address `a` may lie in the output, found by alignment: exactly the new body
+/// start or end for a body start or end, else between the end of the previous original
+/// instruction's match and this instruction's match. `None` for addresses inside an
+/// instruction or outside every body.
+struct Oracle<'a> {
+    old: &'a Code<'a>,
+    new: &'a Code<'a>,
+    matched: Vec<Vec<usize>>,
+}
+
+impl<'a> Oracle<'a> {
+    fn new(old: &'a Code<'a>, new: &'a Code<'a>) -> Oracle<'a> {
+        let original_funcs = old.imported_funcs + old.bodies.len() as u32;
+        let matched = old
+            .bodies
+            .iter()
+            .zip(&new.bodies)
+            .map(|(o, n)| align(o, n, original_funcs))
+            .collect();
+        Oracle { old, new, matched }
+    }
+
+    fn body(&self, a: u64) -> Option<usize> {
+        let k = self.old.bodies.partition_point(|b| b.range.start <= a);
+        (k > 0 && a <= self.old.bodies[k - 1].range.end).then(|| k - 1)
+    }
+
+    /// The output instruction offset of the original instruction at `a`, if one starts there.
+    fn instruction(&self, a: u64) -> Option<u64> {
+        let k = self.body(a)?;
+        let i = self.old.bodies[k]
+            .ops
+            .binary_search_by_key(&a, |(_, o)| *o)
+            .ok()?;
+        Some(self.new.bodies[k].ops[self.matched[k][i]].1)
+    }
+
+    fn expected(&self, a: u64) -> Option<std::ops::RangeInclusive<u64>> {
+        let k = self.body(a)?;
+        let (old, new) = (&self.old.bodies[k], &self.new.bodies[k]);
+        if a == old.range.start {
+            return Some(new.range.start..=new.range.start);
+        }
+        if a == old.range.end {
+            return Some(new.range.end..=new.range.end);
+        }
+        if a < old.ops[0].1 {
+            return Some(new.range.start..=new.ops[0].1);
+        }
+        let i = old.ops.binary_search_by_key(&a, |(_, o)| *o).ok()?;
+        let hi = new.ops[self.matched[k][i]].1;
+        let lo = match i {
+            0 => new.ops[0].1,
+            _ => new.ends[self.matched[k][i - 1]],
+        };
+        Some(lo..=hi)
+    }
+}
+
+/// One row of a line table: (address, file, line).
+type Row = (u64, String, u64);
+
+/// A line table: sequences (address range, rows), as gimli reads them.
+struct LineTable {
+    sequences: Vec<(std::ops::Range<u64>, Vec<Row>)>,
+}
+
+type Dwarf<'a> = gimli::Dwarf<gimli::EndianSlice<'a, gimli::LittleEndian>>;
+
+fn debug_sections(wasm: &[u8]) -> HashMap<String, &[u8]> {
+    let mut sections = HashMap::new();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        if let wasmparser::Payload::CustomSection(c) = payload.unwrap()
+            && c.name().starts_with(".debug_")
+        {
+            sections.insert(c.name().to_string(), c.data());
+        }
+    }
+    sections
+}
+
+fn load<'a>(sections: &HashMap<String, &'a [u8]>) -> Dwarf<'a> {
+    gimli::Dwarf::load(|id| {
+        let data = sections.get(id.name()).copied().unwrap_or(&[]);
+        Ok::<_, gimli::Error>(gimli::EndianSlice::new(data, gimli::LittleEndian))
+    })
+    .unwrap()
+}
+
+fn line_table(wasm: &[u8]) -> LineTable {
+    let sections = debug_sections(wasm);
+    let dwarf = load(&sections);
+    let mut table = LineTable {
+        sequences: Vec::new(),
+    };
+    let mut units = dwarf.units();
+    while let Some(header) = units.next().unwrap() {
+        let unit = dwarf.unit(header).unwrap();
+        let Some(program) = unit.line_program.clone() else {
+            continue;
+        };
+        let mut rows = program.rows();
+        let mut current: Vec<Row> = Vec::new();
+        while let Some((header, row)) = rows.next_row().unwrap() {
+            if row.end_sequence() {
+                if let Some(first) = current.first() {
+                    table
+                        .sequences
+                        .push((first.0..row.address(), std::mem::take(&mut current)));
+                }
+                continue;
+            }
+            let file = row
+                .file(header)
+                .map(|f| {
+                    let name = dwarf.attr_string(&unit, f.path_name()).unwrap();
+                    name.to_string_lossy().into_owned()
+                })
+                .unwrap_or_default();
+            let line = row.line().map_or(0, |l| l.get());
+            current.push((row.address(), file, line));
+        }
+    }
+    table.sequences.sort_by_key(|(r, _)| (r.start, r.end));
+    table
+}
+
+impl LineTable {
+    /// The (file, line) of `address`: the last row at or before it in the sequence holding it.
+    fn lookup(&self, address: u64) -> Option<(&str, u64)> {
+        let (_, rows) = self
+            .sequences
+            .iter()
+            .find(|(range, _)| range.contains(&address))?;
+        let i = rows.partition_point(|(a, _, _)| *a <= address);
+        let (_, file, line) = rows.get(i.checked_sub(1)?)?;
+        Some((file.as_str(), *line))
+    }
+
+    fn rows(&self) -> usize {
+        self.sequences.iter().map(|(_, r)| r.len()).sum()
+    }
+}
+
+/// The input with `linking` and `reloc.*` removed: llvm-dwarfdump 19 crashes on the relocation
+/// sections of linked modules, and they say nothing about DWARF.
+fn without_relocations(wasm: &[u8]) -> Vec<u8> {
+    let mut out = wasm[..8].to_vec();
+    for s in common::sections(wasm) {
+        match s.custom_name.as_deref() {
+            Some(n) if n == "linking" || n.starts_with("reloc.") => {}
+            _ => out.extend_from_slice(&s.bytes),
+        }
+    }
+    out
+}
+
+fn rewrite_with_map(input: &[u8], passes: &str) -> wasmfix::pipeline::Outcome {
+    let options = wasmfix::passes::PassOptions {
+        code_map: true,
+        ..Default::default()
+    };
+    wasmfix::pipeline::run(input, &common::passes(passes), &options)
+        .unwrap_or_else(|f| panic!("--passes {passes}: {f}"))
+}
+
+#[test]
+fn every_original_instruction_keeps_its_source_line() {
+    for fixture in DEBUG_FIXTURES {
+        let input = common::fixture(fixture);
+        let old_code = code(&input);
+        let old_lines = line_table(&input);
+        assert!(old_lines.rows() > 100, "{fixture}: too few line rows");
+        for passes in pipelines(fixture) {
+            let output = common::rewrite(&input, passes);
+            let new_code = code(&output);
+            let new_lines = line_table(&output);
+            let oracle = Oracle::new(&old_code, &new_code);
+            let (mut compared, mut moved) = (0, 0);
+            for (k, body) in old_code.bodies.iter().enumerate() {
+                let delta = new_code.bodies[k].range.start as i64 - body.range.start as i64;
+                for (_, at) in &body.ops {
+                    let Some(old) = old_lines.lookup(*at) else {
+                        continue;
+                    };
+                    let new_at = oracle.instruction(*at).unwrap();
+                    let new = new_lines.lookup(new_at);
+                    assert_eq!(
+                        new,
+                        Some(old),
+                        "{fixture} --passes {passes}: instruction at {at:#x} (now {new_at:#x}) \
+                         in function {}",
+                        old_code.imported_funcs + k as u32
+                    );
+                    compared += 1;
+                    if new_at as i64 - *at as i64 != delta {
+                        moved += 1;
+                    }
+                }
+            }
+            // Instructions inside re-encoded bodies moved relative to their body: the check
+            // covered more than whole-body shifts (stack-first re-encodes no body).
+            assert!(
+                compared > 1000 && (moved > 10 || passes == "stack-first"),
+                "{fixture} --passes {passes}: compared {compared}, moved inside bodies {moved}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_code_map_agrees_with_the_alignment() {
+    for fixture in DEBUG_FIXTURES {
+        let input = common::fixture(fixture);
+        let old_code = code(&input);
+        for passes in pipelines(fixture) {
+            let outcome = rewrite_with_map(&input, passes);
+            let new_code = code(&outcome.bytes);
+            let Some(map) = outcome.code_map else {
+                // The Code section was copied: nothing moved.
+                assert_eq!(passes, "stack-first");
+                assert_eq!(old_code.start, new_code.start);
+                continue;
+            };
+            let oracle = Oracle::new(&old_code, &new_code);
+            assert_eq!(map.old_code_start, old_code.start);
+            assert_eq!(map.new_code_start, new_code.start);
+            for body in &old_code.bodies {
+                let addresses = body
+                    .ops
+                    .iter()
+                    .map(|(_, o)| *o)
+                    .chain([body.range.start, body.range.end]);
+                for a in addresses {
+                    let expected = oracle.expected(a).unwrap();
+                    assert!(
+                        expected.contains(&map.map(a)),
+                        "{fixture} --passes {passes}: {a:#x} maps to {:#x}, expected {expected:?}",
+                        map.map(a)
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Every DIE's address ranges (low/high pc or DW_AT_ranges), in DIE order.
+fn die_ranges(wasm: &[u8]) -> Vec<(u64, Vec<gimli::Range>)> {
+    let sections = debug_sections(wasm);
+    let dwarf = load(&sections);
+    let mut out = Vec::new();
+    let mut units = dwarf.units();
+    while let Some(header) = units.next().unwrap() {
+        let unit = dwarf.unit(header).unwrap();
+        let mut entries = unit.entries();
+        while let Some(entry) = entries.next_dfs().unwrap() {
+            let mut ranges = Vec::new();
+            let mut iter = dwarf.die_ranges(&unit, entry).unwrap();
+            while let Some(r) = iter.next().unwrap() {
+                ranges.push(r);
+            }
+            if !ranges.is_empty() {
+                out.push((entry.offset().0 as u64, ranges));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn subprograms_and_ranges_follow_their_code() {
+    for fixture in DEBUG_FIXTURES {
+        let input = common::fixture(fixture);
+        let old_code = code(&input);
+        let old_ranges = die_ranges(&input);
+        for passes in pipelines(fixture) {
+            let output = common::rewrite(&input, passes);
+            let new_code = code(&output);
+            let oracle = Oracle::new(&old_code, &new_code);
+            let new_ranges = die_ranges(&output);
+            assert_eq!(
+                old_ranges.len(),
+                new_ranges.len(),
+                "{fixture} --passes {passes}"
+            );
+            let mut checked = 0;
+            for ((die, old), (_, new)) in old_ranges.iter().zip(&new_ranges) {
+                assert_eq!(old.len(), new.len(), "{fixture}: DIE {die:#x}");
+                for (o, n) in old.iter().zip(new) {
+                    for (a, b) in [(o.begin, n.begin), (o.end, n.end)] {
+                        match oracle.expected(a) {
+                            Some(expected) => {
+                                assert!(
+                                    expected.contains(&b),
+                                    "{fixture} --passes {passes}: DIE {die:#x} range {o:?} became \
+                                     {n:?}: {a:#x} should be in {expected:?}"
+                                );
+                                checked += 1;
+                            }
+                            // Tombstones of dropped functions: unchanged.
+                            None if a >= 0xffff_fff0 => assert_eq!(a, b),
+                            None => {}
+                        }
+                    }
+                }
+            }
+            assert!(
+                checked > 100,
+                "{fixture} --passes {passes}: {checked} checked"
+            );
+        }
+    }
+}
+
+/// `llvm-dwarfdump --verify`'s error lines with numbers blanked, sorted; `None` when the tool
+/// is not installed.
+fn verify_errors(wasm: &[u8]) -> Option<Vec<String>> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.wasm");
+    std::fs::write(&path, wasm).unwrap();
+    let out = std::process::Command::new("llvm-dwarfdump-19")
+        .arg("--verify")
+        .arg(&path)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = |s: &str| {
+        s.split_whitespace()
+            .map(|w| if w.contains("0x") { "X" } else { w })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut errors: Vec<String> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("error:"))
+        .map(hex)
+        .collect();
+    errors.sort();
+    Some(errors)
+}
+
+#[test]
+fn dwarfdump_verify_finds_no_new_errors() {
+    let mut fixtures: Vec<&str> = DEBUG_FIXTURES.to_vec();
+    fixtures.extend(["stack.O2.wasm", "fpcast.O0.wasm", "stack.O0.wasmopt.wasm"]);
+    for fixture in fixtures {
+        let input = common::fixture(fixture);
+        let Some(before) = verify_errors(&without_relocations(&input)) else {
+            eprintln!("llvm-dwarfdump-19 is not installed: --verify not checked");
+            return;
+        };
+        for passes in pipelines(fixture) {
+            let output = common::rewrite(&input, passes);
+            let after = verify_errors(&without_relocations(&output)).unwrap();
+            assert_eq!(
+                before, after,
+                "{fixture} --passes {passes}: llvm-dwarfdump --verify errors changed"
+            );
+        }
+    }
+}
+
+#[test]
+fn modules_whose_code_does_not_move_keep_their_dwarf_bytes() {
+    let input = common::fixture("stack.O2.g.wasm");
+    let output = common::rewrite(&input, "producers");
+    let debug = |w: &[u8]| -> Vec<(String, Vec<u8>)> {
+        common::custom_sections(w)
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(".debug_"))
+            .collect()
+    };
+    assert_eq!(debug(&input), debug(&output));
+}
+
+#[test]
+fn no_dwarf_update_copies_dwarf_as_it_was() {
+    let input = common::fixture("stack.O2.g.wasm");
+    let options = wasmfix::passes::PassOptions {
+        no_dwarf_update: true,
+        ..Default::default()
+    };
+    let stale = wasmfix::pipeline::run(&input, &common::passes("stack-guard"), &options).unwrap();
+    let updated = common::rewrite(&input, "stack-guard");
+    let line = |w: &[u8]| {
+        common::custom_sections(w)
+            .into_iter()
+            .find(|(n, _)| n == ".debug_line")
+            .unwrap()
+            .1
+    };
+    assert_eq!(line(&stale.bytes), line(&input));
+    assert_ne!(line(&updated), line(&input));
+    assert!(stale.dwarf.is_none());
+}
