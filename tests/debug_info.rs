@@ -514,3 +514,127 @@ fn no_dwarf_update_copies_dwarf_as_it_was() {
     assert_ne!(line(&updated), line(&input));
     assert!(stale.dwarf.is_none());
 }
+
+/// How many source locations (file and line, inlined ones included) of `frames` are in
+/// `file`.
+fn locations_in(frames: &[common::Frame], file: &str) -> usize {
+    frames
+        .iter()
+        .flat_map(|f| &f.symbols)
+        .filter(|(name, line)| name.as_deref().is_some_and(|n| n.ends_with(file)) && line.is_some())
+        .count()
+}
+
+#[test]
+fn traps_show_the_same_source_frames_after_the_rewrite() {
+    for fixture in ["fpcast.O0.g.wasm", "fpcast.O2.g.wasm"] {
+        let input = common::fixture(fixture);
+        for passes in ["fpcast,stack,producers", "fpcast", "stack-guard"] {
+            let output = common::rewrite(&input, passes);
+            for case in ["null", "wild", "f64"] {
+                let (before_run, before) = common::run_wasi_backtrace(&input, &[case]);
+                let (after_run, after) = common::run_wasi_backtrace(&output, &[case]);
+                assert!(
+                    matches!(before_run.outcome, common::Outcome::Trap(_)),
+                    "{fixture} {case}: {before_run:?}"
+                );
+                // The same trap (the backtrace's offsets moved, its last line is the reason).
+                let reason = |o: &common::Outcome| match o {
+                    common::Outcome::Trap(t) => t.lines().last().map(str::to_string),
+                    common::Outcome::Exit(_) => None,
+                };
+                assert_eq!(
+                    reason(&before_run.outcome),
+                    reason(&after_run.outcome),
+                    "{fixture} {case}"
+                );
+                let source = |frames: &[common::Frame]| -> Vec<_> {
+                    frames
+                        .iter()
+                        .map(|f| (f.func_index, f.func_name.clone(), f.symbols.clone()))
+                        .collect()
+                };
+                assert_eq!(
+                    source(&before),
+                    source(&after),
+                    "{fixture} --passes {passes} {case}: frames differ"
+                );
+                assert!(
+                    locations_in(&after, "fpcast.c") >= 2,
+                    "{fixture} {case}: expected fpcast.c frames, got {after:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_guarded_stack_overflow_shows_the_original_source_frames_below_the_handler() {
+    for fixture in ["stack.O0.g.wasm", "stack.O2.g.wasm"] {
+        let input = common::fixture(fixture);
+        let old_code = code(&input);
+        let old_lines = line_table(&input);
+        let original_funcs = old_code.imported_funcs + old_code.bodies.len() as u32;
+        for passes in ["fpcast,stack,producers", "stack-guard"] {
+            let output = common::rewrite(&input, passes);
+            let new_code = code(&output);
+            let oracle = Oracle::new(&old_code, &new_code);
+            for args in [&["recurse", "40"][..], &["bigframe"]] {
+                let (run, frames) = common::run_wasi_backtrace(&output, args);
+                assert!(
+                    run.stderr.contains("wasmfix: stack overflow in"),
+                    "{fixture} {args:?}: {run:?}"
+                );
+                // The handler's frames are wasmfix's own; every frame below it is original
+                // code and must show what the input's DWARF says about that instruction.
+                let handler = frames
+                    .iter()
+                    .position(|f| f.func_index < original_funcs)
+                    .expect("frames below the handler");
+                assert!(
+                    handler > 0,
+                    "{fixture} {args:?}: no handler frame: {frames:?}"
+                );
+                assert!(
+                    frames[..handler].iter().all(|f| f
+                        .func_name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with("wasmfix:"))),
+                    "{fixture}: handler frames are named wasmfix:…: {frames:?}"
+                );
+                let below = &frames[handler..];
+                for frame in below {
+                    let k = (frame.func_index - old_code.imported_funcs) as usize;
+                    let at = frame.module_offset.expect("an offset") as u64 - new_code.start;
+                    // The original instruction this one belongs to: the first output
+                    // instruction at or after it that matches an original one.
+                    let matched = &oracle.matched[k];
+                    let new_ops = &new_code.bodies[k].ops;
+                    let i = matched
+                        .iter()
+                        .position(|&j| new_ops[j].1 >= at)
+                        .expect("an original instruction at or after the frame");
+                    let original_at = old_code.bodies[k].ops[i].1;
+                    let Some(expected) = old_lines.lookup(original_at) else {
+                        assert!(
+                            frame.symbols.is_empty(),
+                            "{fixture}: {frame:?} has no DWARF"
+                        );
+                        continue;
+                    };
+                    let (file, line) = &frame.symbols[0];
+                    assert!(
+                        file.as_deref().is_some_and(|f| f.ends_with(expected.0))
+                            && *line == Some(expected.1 as u32),
+                        "{fixture} --passes {passes} {args:?}: frame {frame:?} should be at \
+                         {expected:?} (input offset {original_at:#x})"
+                    );
+                }
+                assert!(
+                    locations_in(below, "stack.c") >= 2,
+                    "{fixture} {args:?}: expected stack.c frames below the handler: {frames:?}"
+                );
+            }
+        }
+    }
+}
