@@ -129,7 +129,15 @@ pub struct Edits<'m> {
     pub(crate) applied: serde_json::Map<String, serde_json::Value>,
     /// New limits for memories, by memory index.
     pub(crate) memory_types: BTreeMap<u32, wasm_encoder::MemoryType>,
+    /// Names of added tables, globals and data segments for the name section, by
+    /// (name subsection id, index); added functions carry their own (`NewFunction::name`).
+    pub(crate) item_names: BTreeMap<(u8, u32), String>,
 }
+
+/// Name subsection ids (the extended name section) of the items passes can name.
+pub(crate) const TABLE_NAMES: u8 = 5;
+pub(crate) const GLOBAL_NAMES: u8 = 7;
+pub(crate) const DATA_NAMES: u8 = 9;
 
 impl<'m> Edits<'m> {
     /// Whether anything at all changes.
@@ -295,6 +303,21 @@ impl<'m> Edits<'m> {
     /// Appends the custom section `section` at the end of the module.
     pub fn append_custom(&mut self, section: &impl Section) {
         self.custom_appended.push(encode_section(section));
+    }
+
+    /// Names added global `global` in the name section (`wasmfix:…`).
+    pub fn name_global(&mut self, global: u32, name: impl Into<String>) {
+        self.item_names.insert((GLOBAL_NAMES, global), name.into());
+    }
+
+    /// Names added table `table` in the name section (`wasmfix:…`).
+    pub fn name_table(&mut self, table: u32, name: impl Into<String>) {
+        self.item_names.insert((TABLE_NAMES, table), name.into());
+    }
+
+    /// Names added data segment `segment` in the name section (`wasmfix:…`).
+    pub fn name_data(&mut self, segment: u32, name: impl Into<String>) {
+        self.item_names.insert((DATA_NAMES, segment), name.into());
     }
 
     /// Names of the functions added so far, by output index.

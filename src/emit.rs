@@ -15,6 +15,7 @@ use crate::codemap::CodeMap;
 use crate::edit::{BodyCx, BodyRewriter, Edits};
 use crate::module::Module;
 use anyhow::{Context, Result, anyhow};
+use std::collections::BTreeMap;
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{
     CodeSection, DataCountSection, DataSection, ElementSection, Function, FunctionSection,
@@ -105,7 +106,10 @@ pub fn emit(
     missing.sort_by_key(|&id| rank(id));
     let last_known = module.sections.iter().rposition(|s| s.id != 0);
 
-    let rename_functions = !edits.new_functions.is_empty() && module.custom("name").is_some();
+    // Names of what the passes add: merged into the name section, or a new one at the end
+    // (so backtraces through wasmfix's functions read well even in a stripped module).
+    let added = added_names(module, edits);
+    let input_names = module.custom("name").is_some();
 
     // The Code section is built first: DWARF sections, wherever they are, need its map.
     let mut code = None;
@@ -157,8 +161,8 @@ pub fn emit(
                         },
                     );
                 }
-                None if rename_functions && section.custom_name == Some("name") => {
-                    let names = name_section_with_new_functions(module, edits, section)?;
+                None if !added.is_empty() && section.custom_name == Some("name") => {
+                    let names = name_section_with_added(module, &added, Some(section))?;
                     push_section(out, &names);
                 }
                 None => out.extend_from_slice(&bytes[section.whole.clone()]),
@@ -176,6 +180,9 @@ pub fn emit(
     }
     for m in missing.drain(..) {
         build_section(module, edits, m, out, &mut built)?;
+    }
+    if !added.is_empty() && !input_names {
+        push_section(out, &name_section_with_added(module, &added, None)?);
     }
     for encoded in &edits.custom_appended {
         out.extend_from_slice(encoded);
@@ -565,17 +572,43 @@ impl<'i> Rewriting<'i> {
     }
 }
 
-/// The name section with the names of the added functions appended to its function names.
-/// Subsections other than function names are copied byte for byte.
-fn name_section_with_new_functions(
+/// Names of the items wasmfix adds, by name subsection id (functions, tables, globals, data).
+fn added_names(module: &Module<'_>, edits: &Edits<'_>) -> BTreeMap<u8, Vec<(u32, String)>> {
+    let mut added: BTreeMap<u8, Vec<(u32, String)>> = BTreeMap::new();
+    let functions: Vec<(u32, String)> = edits
+        .new_function_names(module)
+        .map(|(index, name)| (index, name.to_string()))
+        .collect();
+    if !functions.is_empty() {
+        added.insert(FUNCTION_NAMES, functions);
+    }
+    for (&(subsection, index), name) in &edits.item_names {
+        added
+            .entry(subsection)
+            .or_default()
+            .push((index, name.clone()));
+    }
+    added
+}
+
+/// Function names: the name subsection id that backtraces read.
+const FUNCTION_NAMES: u8 = 1;
+
+/// A name section: the input's (`section`, if any) with the `added` names appended to their
+/// subsections, which are created in subsection order where the input has none. Every other
+/// subsection is copied byte for byte.
+fn name_section_with_added(
     module: &Module<'_>,
-    edits: &Edits<'_>,
-    section: &crate::module::Section<'_>,
+    added: &BTreeMap<u8, Vec<(u32, String)>>,
+    section: Option<&crate::module::Section<'_>>,
 ) -> Result<NameSection> {
     let malformed = |e| anyhow!("malformed name section: {e}");
     let mut names = NameSection::new();
-    let mut functions_written = false;
-    let functions = |names: &mut NameSection, old: Option<wasmparser::BinaryReader<'_>>| {
+    let mut pending = added.iter().peekable();
+    let write = |names: &mut NameSection,
+                 id: u8,
+                 old: Option<wasmparser::BinaryReader<'_>>,
+                 new: &[(u32, String)]| {
         let mut map = NameMap::new();
         if let Some(r) = old {
             for naming in wasmparser::NameMap::new(r).map_err(malformed)? {
@@ -583,31 +616,37 @@ fn name_section_with_new_functions(
                 map.append(naming.index, naming.name);
             }
         }
-        for (idx, name) in edits.new_function_names(module) {
-            map.append(idx, name);
+        // Added items come after every original one, so the map stays sorted.
+        for (index, name) in new {
+            map.append(*index, name);
         }
-        names.functions(&map);
+        match id {
+            FUNCTION_NAMES => names.functions(&map),
+            crate::edit::TABLE_NAMES => names.tables(&map),
+            crate::edit::GLOBAL_NAMES => names.globals(&map),
+            crate::edit::DATA_NAMES => names.data(&map),
+            other => unreachable!("wasmfix names no items of name subsection {other}"),
+        }
         Ok::<(), anyhow::Error>(())
     };
-    let mut r = module.section_reader(section);
-    while !r.eof() {
-        let id = r.read_u8().map_err(malformed)?;
-        let len = r.read_var_u32().map_err(malformed)? as usize;
-        let pos = r.original_position();
-        let data = r.read_bytes(len).map_err(malformed)?;
-        if id == 1 {
-            functions(&mut names, Some(reader(data, pos as usize)))?;
-            functions_written = true;
-            continue;
+    if let Some(section) = section {
+        let mut r = module.section_reader(section);
+        while !r.eof() {
+            let id = r.read_u8().map_err(malformed)?;
+            let len = r.read_var_u32().map_err(malformed)? as usize;
+            let pos = r.original_position();
+            let data = r.read_bytes(len).map_err(malformed)?;
+            while let Some((&new_id, new)) = pending.next_if(|(new_id, _)| **new_id < id) {
+                write(&mut names, new_id, None, new)?;
+            }
+            match pending.next_if(|(new_id, _)| **new_id == id) {
+                Some((_, new)) => write(&mut names, id, Some(reader(data, pos as usize)), new)?,
+                None => names.raw(id, data),
+            }
         }
-        if id > 1 && !functions_written {
-            functions(&mut names, None)?;
-            functions_written = true;
-        }
-        names.raw(id, data);
     }
-    if !functions_written {
-        functions(&mut names, None)?;
+    for (&id, new) in pending {
+        write(&mut names, id, None, new)?;
     }
     Ok(names)
 }

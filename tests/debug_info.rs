@@ -638,3 +638,84 @@ fn a_guarded_stack_overflow_shows_the_original_source_frames_below_the_handler()
         }
     }
 }
+
+/// The name section's (subsection id, index, name) entries for functions, tables and globals.
+fn names(wasm: &[u8]) -> Option<Vec<(u8, u32, String)>> {
+    let mut out = None;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        let wasmparser::Payload::CustomSection(c) = payload.unwrap() else {
+            continue;
+        };
+        let wasmparser::KnownCustom::Name(reader) = c.as_known() else {
+            continue;
+        };
+        let list: &mut Vec<_> = out.get_or_insert_with(Vec::new);
+        for sub in reader {
+            let (id, map) = match sub.unwrap() {
+                wasmparser::Name::Function(m) => (1, m),
+                wasmparser::Name::Table(m) => (5, m),
+                wasmparser::Name::Global(m) => (7, m),
+                _ => continue,
+            };
+            for naming in map {
+                let naming = naming.unwrap();
+                list.push((id, naming.index, naming.name.to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_name_section_names_what_wasmfix_adds() {
+    for fixture in [
+        "fpcast.O2.g.wasm",
+        "fpcast.O2.stripped.wasm",
+        "stack.O2.stripped.wasm",
+    ] {
+        let input = common::fixture(fixture);
+        let output = common::rewrite(&input, "fpcast,stack,producers");
+        let old_code = code(&input);
+        let new_code = code(&output);
+        let original_funcs = old_code.imported_funcs + old_code.bodies.len() as u32;
+        let added_funcs = new_code.bodies.len() - old_code.bodies.len();
+        assert!(added_funcs > 0, "{fixture}: wasmfix added no function");
+        let before = names(&input).unwrap_or_default();
+        let after = names(&output).expect("a name section");
+        // Every original name is kept; every added function is named `wasmfix:…`, and nothing
+        // else gets a new name unless it is wasmfix's.
+        for named in &before {
+            assert!(after.contains(named), "{fixture}: lost {named:?}");
+        }
+        for f in original_funcs..original_funcs + added_funcs as u32 {
+            assert!(
+                after
+                    .iter()
+                    .any(|(id, i, n)| *id == 1 && *i == f && n.starts_with("wasmfix:")),
+                "{fixture}: added function {f} has no wasmfix: name"
+            );
+        }
+        for named in after.iter().filter(|n| !before.contains(n)) {
+            assert!(named.2.starts_with("wasmfix:"), "{fixture}: {named:?}");
+        }
+    }
+    let output = common::rewrite(&common::fixture("fpcast.O2.g.wasm"), "fpcast");
+    let after = names(&output).unwrap();
+    for expected in [
+        "wasmfix:adapt (i32)->(i32) as (i32,i32)->(i32)",
+        "wasmfix:fpcast_index",
+        "wasmfix:fpcast_adapters table 0",
+    ] {
+        assert!(
+            after.iter().any(|(_, _, n)| n == expected),
+            "no {expected}: {after:?}"
+        );
+    }
+    let output = common::rewrite(&common::fixture("stack.O2.stripped.wasm"), "stack-guard");
+    assert!(
+        names(&output)
+            .unwrap()
+            .iter()
+            .any(|(id, _, n)| *id == 1 && n == "wasmfix:stack_overflow")
+    );
+}
