@@ -117,6 +117,10 @@ pub fn emit(
         let (section, map) = build_code(module, edits, &mut emitted, options.code_map)?;
         code = Some(section);
         emitted.code_map = map;
+    } else if options.code_map {
+        // Copied as it is; only its place in the file may change (source maps count from
+        // the start of the file).
+        emitted.code_map = unmoved_code(module);
     }
     let mut dwarf_sections = std::collections::BTreeMap::new();
     if let Some(map) = &emitted.code_map
@@ -170,6 +174,13 @@ pub fn emit(
         } else if changed.contains(&section.id) {
             build_section(module, edits, section.id, out, &mut built)?;
         } else {
+            if section.id == 10
+                && let Some(map) = &mut built.emitted.code_map
+            {
+                map.new_code_start =
+                    (out.len() + section.contents.start - section.whole.start) as u64;
+                map.new_code_len = section.contents.len() as u64;
+            }
             out.extend_from_slice(&bytes[section.whole.clone()]);
         }
         if Some(index) == last_known {
@@ -446,6 +457,19 @@ fn build_code(
         code.function(&f.body);
     }
     Ok((code, map))
+}
+
+/// The map of a Code section copied byte for byte: every body stays where it was.
+fn unmoved_code(module: &Module<'_>) -> Option<CodeMap> {
+    let section = module.sections.iter().find(|s| s.id == 10)?;
+    let start = section.contents.start;
+    let mut map = CodeMap::new(start as u64, section.contents.len() as u64);
+    for body in &module.bodies {
+        let r = Module::body_range(body);
+        let rel = (r.start - start) as u32..(r.end - start) as u32;
+        map.copied(rel.clone(), rel);
+    }
+    Some(map)
 }
 
 /// Bytes of the unsigned LEB128 encoding of `n`.

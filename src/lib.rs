@@ -17,4 +17,5 @@ pub mod module;
 pub mod passes;
 pub mod pipeline;
 pub mod sig;
+pub mod sourcemap;
 pub mod validate;

@@ -512,7 +512,8 @@ fn no_dwarf_update_copies_dwarf_as_it_was() {
     };
     assert_eq!(line(&stale.bytes), line(&input));
     assert_ne!(line(&updated), line(&input));
-    assert!(stale.dwarf.is_none());
+    assert_eq!(stale.debug_info.dwarf, "stale");
+    assert!(stale.debug_info.update.is_none());
 }
 
 /// How many source locations (file and line, inlined ones included) of `frames` are in
@@ -718,4 +719,307 @@ fn the_name_section_names_what_wasmfix_adds() {
             .iter()
             .any(|(id, _, n)| *id == 1 && n == "wasmfix:stack_overflow")
     );
+}
+
+/// A source map segment: (generated column = module offset, Some((source, line, column))).
+type Mapping = (u64, Option<(i64, i64, i64)>);
+
+/// A source map's segments, decoded here independently of wasmfix's own decoder.
+fn source_map_segments(json: &[u8]) -> Vec<Mapping> {
+    let map: serde_json::Value = serde_json::from_slice(json).unwrap();
+    let mappings = map["mappings"].as_str().unwrap();
+    let digit = |c: u8| {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+            .iter()
+            .position(|&b| b == c)
+            .unwrap() as i64
+    };
+    let mut state = [0i64; 5];
+    let mut out = Vec::new();
+    for segment in mappings.split(',') {
+        let (mut fields, mut value, mut shift) = (Vec::new(), 0i64, 0);
+        for c in segment.bytes() {
+            let d = digit(c);
+            value += (d & 31) << shift;
+            shift += 5;
+            if d & 32 == 0 {
+                fields.push(if value & 1 == 1 {
+                    -(value >> 1)
+                } else {
+                    value >> 1
+                });
+                (value, shift) = (0, 0);
+            }
+        }
+        for (i, f) in fields.iter().enumerate() {
+            state[i] += f;
+        }
+        let location = (fields.len() >= 4).then_some((state[1], state[2], state[3]));
+        out.push((state[0] as u64, location));
+    }
+    out
+}
+
+fn source_map_lookup(segments: &[Mapping], offset: u64) -> Option<(i64, i64, i64)> {
+    let i = segments.partition_point(|(c, _)| *c <= offset);
+    segments.get(i.checked_sub(1)?)?.1
+}
+
+#[test]
+fn a_source_map_given_with_source_map_is_rewritten_for_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = common::repo().join("tests/fixtures/wasm");
+    let input = common::fixture("sourcemap.wasm");
+    let map_in = std::fs::read(fixtures.join("sourcemap.wasm.map")).unwrap();
+    let old_code = code(&input);
+    let old = source_map_segments(&map_in);
+    for passes in ["fpcast,stack,producers", "fpcast", "stack-guard"] {
+        let (out, map_out) = (dir.path().join("out.wasm"), dir.path().join("out.map"));
+        let run = common::wasmfix()
+            .arg(fixtures.join("sourcemap.wasm"))
+            .arg("-o")
+            .arg(&out)
+            .args(["--passes", passes, "--source-map"])
+            .arg(fixtures.join("sourcemap.wasm.map"))
+            .arg("--source-map-out")
+            .arg(&map_out)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{passes}: {run:?}");
+        let output = std::fs::read(&out).unwrap();
+        let new_code = code(&output);
+        let new = source_map_segments(&std::fs::read(&map_out).unwrap());
+        let oracle = Oracle::new(&old_code, &new_code);
+        let (mut compared, mut moved) = (0, 0);
+        for body in &old_code.bodies {
+            for (_, at) in &body.ops {
+                let Some(expected) = source_map_lookup(&old, old_code.start + at) else {
+                    continue;
+                };
+                let new_at = oracle.instruction(*at).unwrap();
+                assert_eq!(
+                    source_map_lookup(&new, new_code.start + new_at),
+                    Some(expected),
+                    "--passes {passes}: instruction at {at:#x} (now {new_at:#x})"
+                );
+                compared += 1;
+                moved += usize::from(new_code.start + new_at != old_code.start + at);
+            }
+        }
+        assert!(
+            compared >= 15 && moved > 0,
+            "{passes}: {compared} compared, {moved} moved"
+        );
+    }
+}
+
+#[test]
+fn source_map_cli_defaults_in_place_and_bad_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = common::repo().join("tests/fixtures/wasm");
+    let wasm = dir.path().join("app.wasm");
+    let map = dir.path().join("app.wasm.map");
+    std::fs::copy(fixtures.join("sourcemap.wasm"), &wasm).unwrap();
+    std::fs::copy(fixtures.join("sourcemap.wasm.map"), &map).unwrap();
+    let original_map = std::fs::read(&map).unwrap();
+
+    // Without --source-map: the module is fixed and the stale map is named in a warning.
+    let out = dir.path().join("plain.wasm");
+    let run = common::wasmfix()
+        .arg(&wasm)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("source map (sourcemap.wasm.map) no longer matches"),
+        "{stderr}"
+    );
+
+    // In place: -o IN and the map's default output, OUT.map, is IN.map.
+    let run = common::wasmfix()
+        .arg(&wasm)
+        .arg("-o")
+        .arg(&wasm)
+        .arg("--source-map")
+        .arg(&map)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    assert!(!String::from_utf8_lossy(&run.stderr).contains("warning"));
+    assert_ne!(std::fs::read(&map).unwrap(), original_map);
+    assert_eq!(std::fs::read(&wasm).unwrap(), std::fs::read(&out).unwrap());
+
+    // A bad map: one line, exit 2, nothing written.
+    let bad = dir.path().join("bad.map");
+    std::fs::write(&bad, r#"{"version":3,"mappings":"A!"}"#).unwrap();
+    let target = dir.path().join("never.wasm");
+    let run = common::wasmfix()
+        .arg(fixtures.join("sourcemap.wasm"))
+        .arg("-o")
+        .arg(&target)
+        .arg("--source-map")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("bad.map"), "{stderr}");
+    assert!(!target.exists());
+    assert!(!dir.path().join("never.wasm.map").exists());
+}
+
+#[test]
+fn inspect_reports_debug_info() {
+    let fixtures = common::repo().join("tests/fixtures/wasm");
+    let text = |name: &str| {
+        let out = common::wasmfix()
+            .arg("inspect")
+            .arg(fixtures.join(name))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(text("sourcemap.wasm").contains("debug info: source map: sourcemap.wasm.map"));
+    assert!(text("stack.O2.g.wasm").contains("debug info: DWARF in 6 sections"));
+    assert!(text("layout.stackafter.wasm").contains("debug info: DWARF"));
+    let wat = common::wat("hello-wasi");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("h.wasm"), wat).unwrap();
+    let out = common::wasmfix()
+        .arg("inspect")
+        .arg(dir.path().join("h.wasm"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("debug info: none"));
+}
+
+#[test]
+fn external_debug_info_is_reported_and_kept() {
+    // fpcast adapts the cast in `caller`, so the code moves and the separate DWARF file no
+    // longer matches.
+    let wasm = wat::parse_str(
+        r#"(module
+          (type $one (func (param i32) (result i32)))
+          (type $two (func (param i32 i32) (result i32)))
+          (table 2 2 funcref)
+          (elem (i32.const 1) $get)
+          (func $get (type $one) (i32.add (local.get 0) (i32.const 1)))
+          (func (export "caller") (param i32) (result i32)
+            (call_indirect (type $two) (i32.const 41) (i32.const 0) (local.get 0)))
+          (@custom "external_debug_info" "\0eapp.debug.wasm"))"#,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.wasm"), dir.path().join("out.wasm"));
+    std::fs::write(&input, &wasm).unwrap();
+    let inspect = common::wasmfix()
+        .arg("inspect")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&inspect.stdout)
+            .contains("debug info: external DWARF: app.debug.wasm")
+    );
+    let run = common::wasmfix()
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .args(["--report", "-"])
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("DWARF is in a separate file (app.debug.wasm)"),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        report["debug_info"]["external_debug_info"],
+        "app.debug.wasm"
+    );
+    assert_eq!(report["debug_info"]["dwarf"], "none");
+    let kept = common::custom_sections(&std::fs::read(&output).unwrap());
+    assert!(kept.iter().any(|(n, _)| n == "external_debug_info"));
+}
+
+#[test]
+fn the_report_says_what_happened_to_dwarf() {
+    let fixture = common::repo().join("tests/fixtures/wasm/stack.O2.g.wasm");
+    let dir = tempfile::tempdir().unwrap();
+    let report = |extra: &[&str]| -> serde_json::Value {
+        let run = common::wasmfix()
+            .arg(&fixture)
+            .arg("-o")
+            .arg(dir.path().join("out.wasm"))
+            .args(["--report", "-"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{run:?}");
+        serde_json::from_slice(&run.stdout).unwrap()
+    };
+    let updated = report(&[]);
+    assert_eq!(updated["debug_info"]["dwarf"], "updated");
+    assert!(
+        updated["debug_info"]["update"]["line_programs"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        report(&["--passes", "producers"])["debug_info"]["dwarf"],
+        "unchanged"
+    );
+    let stale = report(&["--no-dwarf-update"]);
+    assert_eq!(stale["debug_info"]["dwarf"], "stale");
+    assert!(
+        stale["debug_info"]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("--no-dwarf-update")
+    );
+}
+
+#[test]
+fn dwarf_wasmfix_cannot_update_is_refused_in_one_line() {
+    // The first line program claims more bytes than .debug_line has.
+    let input = common::fixture("stack.O2.g.wasm");
+    let mut broken = input[..8].to_vec();
+    for s in common::sections(&input) {
+        if s.custom_name.as_deref() == Some(".debug_line") {
+            let mut bytes = s.bytes.clone();
+            // id, section size (LEB), name length, ".debug_line", then unit_length.
+            let name_at = bytes.windows(11).position(|w| w == b".debug_line").unwrap();
+            bytes[name_at + 11..name_at + 15].copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
+            broken.extend(bytes);
+        } else {
+            broken.extend(s.bytes);
+        }
+    }
+    let err = common::try_rewrite(&broken, "stack-guard").unwrap_err();
+    assert!(
+        err.starts_with("dwarf: cannot update the DWARF debug info: .debug_line"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'));
+    // Copying it unchanged still works, and so does a run that moves no code.
+    common::rewrite(&broken, "producers");
+    let dir = tempfile::tempdir().unwrap();
+    let (path, out) = (dir.path().join("in.wasm"), dir.path().join("out.wasm"));
+    std::fs::write(&path, &broken).unwrap();
+    let run = common::wasmfix()
+        .arg(&path)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&run.stderr).lines().count(), 1);
+    assert!(!out.exists());
 }
