@@ -5,28 +5,34 @@
 //! Design: patch, don't rebuild. Every section is copied and only its code addresses change:
 //! - fixed-width fields are patched in place: `DW_FORM_addr` attributes (`DW_AT_low_pc`,
 //!   `DW_AT_high_pc`, `DW_AT_entry_pc`, …), `DW_AT_high_pc` lengths, the address pairs of
-//!   `.debug_ranges` and `.debug_loc` (relative to their unit's base address), and the
-//!   `.debug_aranges` tuples. `.debug_info` keeps its layout, so no DIE offset changes.
+//!   DWARF 4 `.debug_ranges` and `.debug_loc` (relative to their unit's base address), the
+//!   `.debug_aranges` tuples, and the DWARF 5 `.debug_addr` entries that hold code addresses
+//!   (those named by `DW_FORM_addrx*` attributes and list entries; `DW_OP_addrx` data
+//!   addresses are left alone). `.debug_info` keeps its layout, so no DIE offset changes.
 //! - each line program of `.debug_line` is re-encoded instruction by instruction: every
 //!   instruction that is not an address advance is copied as it was, and every address
 //!   advance is recomputed so that each row lands on its mapped address. Where bodies moved
 //!   as a whole the advances come out unchanged and so do the bytes. A program that changes
 //!   length moves the ones after it, and the `DW_AT_stmt_list` offsets (and `.debug_macro`
 //!   headers) that point at them are patched.
+//! - DWARF 5 `.debug_rnglists` and `.debug_loclists` hold offsets and lengths as LEB128s, whose
+//!   width changes with their value: each list is re-encoded (location expressions copied),
+//!   and the offsets tables, contribution lengths and `DW_AT_ranges`/location offsets follow.
 //!
 //! Why not gimli's `write::Dwarf::from` round trip: measured on ruby-debug (18 MB of DWARF) it
 //! took 0.86 s and 380 MB, re-encodes every DIE, and the output differs from the input far
 //! beyond its addresses. Patching reads the sections once with gimli and writes them once.
 //!
-//! Refused (the caller gets [`CannotUpdate`]): DWARF 5 units, `.debug_types`, line programs
-//! with several operations per instruction, and malformed DWARF.
+//! Refused (the caller gets [`CannotUpdate`]): type units (`.debug_types`), line programs with
+//! several operations per instruction, list entry kinds outside DWARF 5 (GNU extensions), and
+//! malformed DWARF.
 
 use crate::codemap::CodeMap;
 use crate::module::Module;
 use anyhow::{Context, Result, anyhow, bail};
 use gimli::constants as dw;
 use gimli::{AttributeValue, EndianSlice, LittleEndian};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 type Reader<'a> = EndianSlice<'a, LittleEndian>;
 
@@ -99,13 +105,38 @@ impl<'a> Sections<'a> {
     }
 }
 
-/// Where lists and line programs are referenced from `.debug_info`.
+/// The context a range or location list is read in: its unit's base address (for offset
+/// pairs), where its unit's `.debug_addr` table starts (for `*x` entries), the address size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ListContext {
+    base: u64,
+    addr_base: Option<u64>,
+    address_size: u8,
+}
+
+/// Where lists, addresses and line programs are referenced from `.debug_info`.
 #[derive(Default)]
 struct References {
-    /// `.debug_ranges` list offset → the base address of its unit.
+    /// DWARF 2–4 `.debug_ranges` list offset → the base address of its unit.
     ranges: BTreeMap<u64, u64>,
-    /// `.debug_loc` list offset → the base address of its unit.
+    /// DWARF 2–4 `.debug_loc` list offset → the base address of its unit.
     locations: BTreeMap<u64, u64>,
+    /// DWARF 5 `.debug_rnglists` / `.debug_loclists` list offset → its context.
+    rnglists: BTreeMap<u64, ListContext>,
+    loclists: BTreeMap<u64, ListContext>,
+    /// DWARF 5 `DW_AT_ranges` / location `DW_FORM_sec_offset` values, patched when the list
+    /// sections change layout: (position in `.debug_info`, width, list offset).
+    rnglists_refs: Vec<(usize, usize, u64)>,
+    loclists_refs: Vec<(usize, usize, u64)>,
+    /// DWARF 5 `DW_AT_rnglists_base` / `DW_AT_loclists_base` values (position in
+    /// `.debug_info`, width, offsets table offset): they move with their contribution when
+    /// the contributions before it change length.
+    rnglists_bases: Vec<(usize, usize, u64)>,
+    loclists_bases: Vec<(usize, usize, u64)>,
+    /// Positions in `.debug_addr` of the entries that hold code addresses (DWARF 5
+    /// `DW_FORM_addrx*` attributes and `*x` list entries; `DW_OP_addrx` data addresses are
+    /// not among them).
+    addr_code: BTreeSet<usize>,
     /// `DW_AT_stmt_list` values: (position in `.debug_info`, width, `.debug_line` offset).
     line_programs: Vec<(usize, usize, u64)>,
     /// `.debug_macro` unit offsets (their headers hold a `.debug_line` offset).
@@ -115,15 +146,8 @@ struct References {
 
 fn update_sections(m: &Module<'_>, map: &CodeMap) -> Result<Updated> {
     let sections = Sections::find(m)?;
-    for unsupported in [
-        ".debug_types",
-        ".debug_rnglists",
-        ".debug_loclists",
-        ".debug_addr",
-    ] {
-        if !sections.get(unsupported).is_empty() {
-            bail!("{unsupported} (DWARF 5 or type units) is not supported");
-        }
+    if !sections.get(".debug_types").is_empty() {
+        bail!(".debug_types (type units) is not supported");
     }
     let dwarf = gimli::Dwarf::load(|id| {
         Ok::<_, gimli::Error>(EndianSlice::new(sections.get(id.name()), LittleEndian))
@@ -131,7 +155,8 @@ fn update_sections(m: &Module<'_>, map: &CodeMap) -> Result<Updated> {
     let mut updated = Updated::default();
 
     let mut info = sections.get(".debug_info").to_vec();
-    let refs = walk_units(&dwarf, map, &mut info, &mut updated).context(".debug_info")?;
+    let mut refs =
+        walk_units(&dwarf, &sections, map, &mut info, &mut updated).context(".debug_info")?;
     let address_size = refs.address_size.unwrap_or(4);
 
     let mut ranges = sections.get(".debug_ranges").to_vec();
@@ -146,6 +171,53 @@ fn update_sections(m: &Module<'_>, map: &CodeMap) -> Result<Updated> {
     }
     let mut aranges = sections.get(".debug_aranges").to_vec();
     updated.addresses += patch_aranges(&mut aranges, map).context(".debug_aranges")?;
+
+    // DWARF 5 lists: re-encoded (their offsets are LEB128s), then what points at them.
+    let addr = sections.get(".debug_addr");
+    let mut lists = ListRewrite {
+        addr,
+        map,
+        addr_code: &mut refs.addr_code,
+        addresses: 0,
+    };
+    let rnglists = lists
+        .section(sections.get(".debug_rnglists"), &refs.rnglists, false)
+        .context(".debug_rnglists")?;
+    let loclists = lists
+        .section(sections.get(".debug_loclists"), &refs.loclists, true)
+        .context(".debug_loclists")?;
+    updated.addresses += lists.addresses;
+    for (refs, moved, what) in [
+        (&refs.rnglists_refs, &rnglists.lists, "DW_AT_ranges"),
+        (
+            &refs.loclists_refs,
+            &loclists.lists,
+            "a location list reference",
+        ),
+        (
+            &refs.rnglists_bases,
+            &rnglists.tables,
+            "DW_AT_rnglists_base",
+        ),
+        (
+            &refs.loclists_bases,
+            &loclists.tables,
+            "DW_AT_loclists_base",
+        ),
+    ] {
+        for &(at, width, old) in refs {
+            let new = moved.get(&old).ok_or_else(|| {
+                anyhow!("{what} {old:#x} is not where a list or offsets table starts")
+            })?;
+            write_uint(&mut info[at..at + width], *new)?;
+        }
+    }
+    let mut addr_copy = addr.to_vec();
+    for &at in &refs.addr_code {
+        let width = address_size as usize;
+        let old = read_uint(addr, at, width).context(".debug_addr")?;
+        updated.addresses += patch_address(&mut addr_copy[at..at + width], old, map)?;
+    }
 
     let (line, moved) = rewrite_line_section(sections.get(".debug_line"), address_size, map)
         .context(".debug_line")?;
@@ -169,6 +241,9 @@ fn update_sections(m: &Module<'_>, map: &CodeMap) -> Result<Updated> {
         (".debug_ranges", ranges),
         (".debug_loc", locations),
         (".debug_aranges", aranges),
+        (".debug_rnglists", rnglists.bytes),
+        (".debug_loclists", loclists.bytes),
+        (".debug_addr", addr_copy),
         (".debug_line", line),
         (".debug_macro", macros),
     ] {
@@ -201,16 +276,47 @@ fn interesting(spec: &gimli::AttributeSpecification) -> bool {
     }
 }
 
-/// `DW_AT_high_pc` of one DIE: an address, or a length from `DW_AT_low_pc` at `at..end`.
-enum HighPc {
-    Address(usize, u64),
-    Length(usize, usize, gimli::DwForm, u64),
+/// A code address as a DIE holds it: in place (`DW_FORM_addr`, at this position in
+/// `.debug_info`), or as an index into its unit's `.debug_addr` table.
+#[derive(Debug, Clone, Copy)]
+enum Address {
+    At(usize, u64),
+    Index(u64),
+}
+
+/// How a DIE refers to a list: by offset (`DW_FORM_sec_offset` at `at..at + width` in
+/// `.debug_info`), or by index into its unit's offsets table (`DW_FORM_rnglistx`/`loclistx`).
+#[derive(Debug, Clone, Copy)]
+enum ListRef {
+    Offset {
+        at: usize,
+        width: usize,
+        offset: u64,
+    },
+    Index(u64),
+}
+
+/// What one unit's DIEs refer to; resolved at the end of the unit, once its root DIE has
+/// given the bases (`DW_AT_addr_base` may come after the attributes that need it).
+#[derive(Default)]
+struct UnitRefs {
+    /// The root DIE's low_pc: the base address of the unit's lists.
+    base: Option<Address>,
+    addr_base: Option<u64>,
+    rnglists_base: Option<u64>,
+    loclists_base: Option<u64>,
+    /// Addresses to map, and high_pc lengths (position, end, form, length, their low_pc).
+    addresses: Vec<Address>,
+    lengths: Vec<(usize, usize, gimli::DwForm, u64, Address)>,
+    ranges: Vec<ListRef>,
+    locations: Vec<ListRef>,
 }
 
 /// Patches the addresses in `.debug_info` (a copy in `info`) and collects what refers to the
 /// other sections.
 fn walk_units(
     dwarf: &gimli::Dwarf<Reader<'_>>,
+    sections: &Sections<'_>,
     map: &CodeMap,
     info: &mut [u8],
     updated: &mut Updated,
@@ -220,12 +326,6 @@ fn walk_units(
     while let Some(header) = units.next()? {
         let unit_start = header.debug_info_offset().expect("a .debug_info unit").0;
         let what = || format!("unit at {unit_start:#x}");
-        if header.version() >= 5 {
-            bail!(
-                "{}: DWARF 5 is not supported (rebuild with -gdwarf-4)",
-                what()
-            );
-        }
         let address_size = header.address_size();
         if !matches!(address_size, 4 | 8) || refs.address_size.is_some_and(|a| a != address_size) {
             bail!("{}: unexpected address size {address_size}", what());
@@ -236,8 +336,8 @@ fn walk_units(
         let mut entries = header
             .entries_raw(&abbreviations, None)
             .with_context(what)?;
-        let mut base = None;
-        let mut lists = Vec::new();
+        let mut unit = UnitRefs::default();
+        let mut root = true;
         while !entries.is_empty() {
             let Some(abbrev) = entries.read_abbreviation().with_context(what)? else {
                 continue;
@@ -246,24 +346,23 @@ fn walk_units(
                 entries
                     .skip_attributes(abbrev.attributes())
                     .with_context(what)?;
-                base.get_or_insert(0);
+                root = false;
                 continue;
             }
             let mut low = None;
-            let mut high = None;
-            lists.clear();
+            let mut length = None;
             for spec in abbrev.attributes() {
                 let at = unit_start + entries.next_offset().0;
                 let attr = entries.read_attribute(*spec).with_context(what)?;
                 let end = unit_start + entries.next_offset().0;
+                let address = match attr.value() {
+                    AttributeValue::Addr(a) => Some(Address::At(at, a)),
+                    AttributeValue::DebugAddrIndex(i) => Some(Address::Index(i.0 as u64)),
+                    _ => None,
+                };
                 match (attr.name(), attr.value()) {
-                    (dw::DW_AT_low_pc, AttributeValue::Addr(a)) => low = Some((at, a)),
-                    (dw::DW_AT_high_pc, AttributeValue::Addr(a)) => {
-                        high = Some(HighPc::Address(at, a))
-                    }
-                    (_, AttributeValue::Addr(a)) => {
-                        updated.addresses += patch_address(&mut info[at..end], a, map)?;
-                    }
+                    (dw::DW_AT_low_pc, _) if address.is_some() => low = address,
+                    (_, _) if address.is_some() => unit.addresses.extend(address),
                     (
                         dw::DW_AT_high_pc,
                         AttributeValue::Udata(_)
@@ -273,64 +372,421 @@ fn walk_units(
                         | AttributeValue::Data8(_),
                     ) => {
                         let len = attr.udata_value().expect("a constant");
-                        high = Some(HighPc::Length(at, end, spec.form(), len));
+                        length = Some((at, end, spec.form(), len));
                     }
-                    (_, AttributeValue::RangeListsRef(offset)) => lists.push((false, offset.0)),
-                    (_, AttributeValue::LocationListsRef(offset)) => lists.push((true, offset.0)),
+                    (_, AttributeValue::RangeListsRef(offset)) => {
+                        let offset = offset.0 as u64;
+                        unit.ranges.push(ListRef::Offset {
+                            at,
+                            width: end - at,
+                            offset,
+                        });
+                    }
+                    (_, AttributeValue::LocationListsRef(offset)) => {
+                        let offset = offset.0 as u64;
+                        unit.locations.push(ListRef::Offset {
+                            at,
+                            width: end - at,
+                            offset,
+                        });
+                    }
+                    (_, AttributeValue::DebugRngListsIndex(i)) => {
+                        unit.ranges.push(ListRef::Index(i.0 as u64))
+                    }
+                    (_, AttributeValue::DebugLocListsIndex(i)) => {
+                        unit.locations.push(ListRef::Index(i.0 as u64))
+                    }
+                    (_, AttributeValue::DebugAddrBase(b)) => unit.addr_base = Some(b.0 as u64),
+                    (_, AttributeValue::DebugRngListsBase(b)) => {
+                        unit.rnglists_base = Some(b.0 as u64);
+                        refs.rnglists_bases.push((at, end - at, b.0 as u64));
+                    }
+                    (_, AttributeValue::DebugLocListsBase(b)) => {
+                        unit.loclists_base = Some(b.0 as u64);
+                        refs.loclists_bases.push((at, end - at, b.0 as u64));
+                    }
                     (dw::DW_AT_stmt_list, AttributeValue::DebugLineRef(offset)) => {
                         refs.line_programs.push((at, end - at, offset.0 as u64))
                     }
                     (_, AttributeValue::DebugMacroRef(offset)) => refs.macros.push(offset.0 as u64),
-                    (
-                        _,
-                        AttributeValue::DebugAddrIndex(_)
-                        | AttributeValue::DebugRngListsIndex(_)
-                        | AttributeValue::DebugLocListsIndex(_),
-                    ) => bail!("{}: form {} is not supported", what(), spec.form()),
                     _ => {}
                 }
             }
-            // The unit's base address for its lists is the low_pc of its root DIE (or 0).
-            let unit_base = *base.get_or_insert(low.map_or(0, |(_, a)| a));
-            if let Some((at, a)) = low {
-                updated.addresses +=
-                    patch_address(&mut info[at..at + address_size as usize], a, map)?;
+            if root {
+                unit.base = low;
+                root = false;
             }
-            match high {
-                Some(HighPc::Address(at, a)) => {
-                    updated.addresses +=
-                        patch_address(&mut info[at..at + address_size as usize], a, map)?;
-                }
-                Some(HighPc::Length(at, end, form, len)) => {
-                    // The end moves with the code even when the start does not (linkers
-                    // leave some DIEs at low_pc 0 with an end inside a function).
-                    if let Some((_, low)) = low
-                        && let Some(new) = map.map(low + len).checked_sub(map.map(low))
-                        && new != len
-                    {
-                        write_constant(&mut info[at..end], form, new).context("DW_AT_high_pc")?;
-                        updated.addresses += 1;
-                    }
-                }
-                None => {}
+            unit.addresses.extend(low);
+            if let (Some((at, end, form, len)), Some(low)) = (length, low) {
+                unit.lengths.push((at, end, form, len, low));
             }
-            for &(is_location, offset) in &lists {
+        }
+        resolve_unit(&header, unit, sections, map, info, &mut refs, updated).with_context(what)?;
+    }
+    Ok(refs)
+}
+
+/// Rewrites one unit's addresses and high_pc lengths and records its lists (see
+/// [`UnitRefs`]).
+fn resolve_unit(
+    header: &gimli::UnitHeader<Reader<'_>>,
+    unit: UnitRefs,
+    sections: &Sections<'_>,
+    map: &CodeMap,
+    info: &mut [u8],
+    refs: &mut References,
+    updated: &mut Updated,
+) -> Result<()> {
+    let width = header.address_size() as usize;
+    let addr = sections.get(".debug_addr");
+    // The address an attribute holds, and where a `.debug_addr` entry lies.
+    let entry = |index: u64| -> Result<usize> {
+        let base = unit
+            .addr_base
+            .ok_or_else(|| anyhow!("DW_FORM_addrx without DW_AT_addr_base"))?;
+        Ok(base as usize + index as usize * width)
+    };
+    let value = |a: Address| -> Result<u64> {
+        match a {
+            Address::At(_, v) => Ok(v),
+            Address::Index(i) => read_uint(addr, entry(i)?, width).context(".debug_addr"),
+        }
+    };
+    for &a in &unit.addresses {
+        match a {
+            Address::At(at, v) => {
+                updated.addresses += patch_address(&mut info[at..at + width], v, map)?
+            }
+            Address::Index(i) => {
+                refs.addr_code.insert(entry(i)?);
+            }
+        }
+    }
+    // The end moves with the code even when the start does not (linkers leave some DIEs at
+    // low_pc 0 with an end inside a function).
+    for &(at, end, form, len, low) in &unit.lengths {
+        let low = value(low)?;
+        if let Some(new) = map.map(low + len).checked_sub(map.map(low))
+            && new != len
+        {
+            write_constant(&mut info[at..end], form, new).context("DW_AT_high_pc")?;
+            updated.addresses += 1;
+        }
+    }
+    let base = match unit.base {
+        Some(a) => value(a)?,
+        None => 0,
+    };
+    let context = ListContext {
+        base,
+        addr_base: unit.addr_base,
+        address_size: width as u8,
+    };
+    let offset_size = match header.format() {
+        gimli::Format::Dwarf32 => 4,
+        gimli::Format::Dwarf64 => 8,
+    };
+    let dwarf5 = header.version() >= 5;
+    for (lists, is_location) in [(&unit.ranges, false), (&unit.locations, true)] {
+        for &list in lists {
+            let offset = match list {
+                ListRef::Offset { offset, .. } => offset,
+                ListRef::Index(i) => {
+                    let (section, base) = if is_location {
+                        (".debug_loclists", unit.loclists_base)
+                    } else {
+                        (".debug_rnglists", unit.rnglists_base)
+                    };
+                    let base = base.ok_or_else(|| anyhow!("a list index without its base"))?;
+                    let at = base as usize + i as usize * offset_size;
+                    base + read_uint(sections.get(section), at, offset_size).context(section)?
+                }
+            };
+            if !dwarf5 {
                 let set = if is_location {
                     &mut refs.locations
                 } else {
                     &mut refs.ranges
                 };
-                let offset = offset as u64;
-                if set
-                    .insert(offset, unit_base)
-                    .is_some_and(|b| b != unit_base)
-                {
+                if set.insert(offset, base).is_some_and(|b| b != base) {
                     bail!("list {offset:#x} is used by units with different base addresses");
                 }
+                continue;
+            }
+            let (set, offsets) = if is_location {
+                (&mut refs.loclists, &mut refs.loclists_refs)
+            } else {
+                (&mut refs.rnglists, &mut refs.rnglists_refs)
+            };
+            if set.insert(offset, context).is_some_and(|c| c != context) {
+                bail!("list {offset:#x} is used by units with different bases");
+            }
+            if let ListRef::Offset { at, width, .. } = list {
+                offsets.push((at, width, offset));
             }
         }
     }
-    Ok(refs)
+    Ok(())
+}
+
+/// A re-encoded `.debug_rnglists` / `.debug_loclists`.
+struct ListSection {
+    bytes: Vec<u8>,
+    /// Old → new offset of every list.
+    lists: BTreeMap<u64, u64>,
+    /// Old → new offset of every contribution's offsets table (what `DW_AT_*lists_base`
+    /// holds).
+    tables: BTreeMap<u64, u64>,
+}
+
+/// Re-encodes DWARF 5 `.debug_rnglists` / `.debug_loclists` (see [`ListRewrite::section`]).
+struct ListRewrite<'a, 'r> {
+    /// The input's `.debug_addr`, for the addresses `*x` entries name.
+    addr: &'a [u8],
+    map: &'a CodeMap,
+    /// `.debug_addr` entries found to hold code addresses.
+    addr_code: &'r mut BTreeSet<usize>,
+    addresses: usize,
+}
+
+impl ListRewrite<'_, '_> {
+    /// Re-encodes every contribution of a list section: each list's addresses are mapped and
+    /// its offsets and lengths (LEB128s, whose width may change) recomputed, each
+    /// contribution's offsets table and length follow. Lists no unit refers to are copied.
+    /// Returns the section and where its lists and offsets tables moved.
+    fn section(
+        &mut self,
+        section: &[u8],
+        lists: &BTreeMap<u64, ListContext>,
+        locations: bool,
+    ) -> Result<ListSection> {
+        let mut out = Vec::with_capacity(section.len() + section.len() / 8);
+        let mut moved = BTreeMap::new();
+        let mut tables = BTreeMap::new();
+        let mut set = 0usize;
+        while set < section.len() {
+            let (length, offset_size, length_field) = match read_uint(section, set, 4)? {
+                0xffff_ffff => (read_uint(section, set + 4, 8)? as usize, 8, 12),
+                n => (n as usize, 4, 4),
+            };
+            let end = set + length_field + length;
+            // version (2), address_size (1), segment_selector_size (1), offset_entry_count (4)
+            let count = read_uint(section, set + length_field + 4, 4)? as usize;
+            let table = set + length_field + 8;
+            let first_list = table + count * offset_size;
+            if end > section.len() || first_list > end {
+                bail!("truncated contribution at {set:#x}");
+            }
+            let new_set = out.len();
+            out.extend_from_slice(&section[set..first_list]);
+            let new_table = new_set + (table - set);
+            tables.insert(table as u64, new_table as u64);
+            let mut at = first_list;
+            while at < end {
+                moved.insert(at as u64, out.len() as u64);
+                let context = lists.get(&(at as u64)).copied();
+                at = self
+                    .list(section, at, context, locations, &mut out)
+                    .with_context(|| format!("list at {at:#x}"))?;
+            }
+            for k in 0..count {
+                let old = table as u64 + read_uint(section, table + k * offset_size, offset_size)?;
+                let new = moved
+                    .get(&old)
+                    .ok_or_else(|| anyhow!("offsets table entry {k} is not a list"))?;
+                let field = new_table + k * offset_size;
+                write_uint(&mut out[field..field + offset_size], new - new_table as u64)?;
+            }
+            let new_length = (out.len() - new_set - length_field) as u64;
+            let length_at = new_set + length_field - offset_size;
+            write_uint(&mut out[length_at..new_set + length_field], new_length)?;
+            set = end;
+        }
+        Ok(ListSection {
+            bytes: out,
+            lists: moved,
+            tables,
+        })
+    }
+
+    /// Re-encodes the list at `at` into `out`; returns where the next one starts. Without a
+    /// context (no unit refers to it) the list is copied as it is.
+    fn list(
+        &mut self,
+        section: &[u8],
+        at: usize,
+        context: Option<ListContext>,
+        locations: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<usize> {
+        let mut r = ByteReader { bytes: section, at };
+        let width = context.map_or(4, |c| c.address_size as usize);
+        let mut base = context.map(|c| c.base);
+        // DW_RLE_* and DW_LLE_* share their codes 0–4; from 5 on, location lists insert
+        // DW_LLE_default_location, so their codes for the rest are one higher.
+        let shift = u8::from(locations);
+        loop {
+            let start = r.at;
+            let kind = r.u8()?;
+            let Some(context) = context else {
+                // No unit refers to it: find its end and copy it.
+                self.skip_entry(&mut r, kind, locations, width)?;
+                out.extend_from_slice(&section[start..r.at]);
+                if kind == 0 {
+                    return Ok(r.at);
+                }
+                continue;
+            };
+            out.push(kind);
+            match kind {
+                0 => return Ok(r.at),
+                // base_addressx
+                1 => {
+                    let i = r.uleb()?;
+                    push_uleb(out, i);
+                    base = Some(self.indexed(context, i)?);
+                }
+                // startx_endx
+                2 => {
+                    for _ in 0..2 {
+                        let i = r.uleb()?;
+                        push_uleb(out, i);
+                        self.indexed(context, i)?;
+                    }
+                }
+                // startx_length
+                3 => {
+                    let i = r.uleb()?;
+                    let length = r.uleb()?;
+                    let start = self.indexed(context, i)?;
+                    push_uleb(out, i);
+                    push_uleb(out, self.new_length(start, length));
+                }
+                // offset_pair
+                4 => {
+                    for _ in 0..2 {
+                        let offset = r.uleb()?;
+                        let new = match base {
+                            Some(base) => self.new_offset(base, offset),
+                            None => bail!("an offset pair without a base address"),
+                        };
+                        push_uleb(out, new);
+                    }
+                }
+                // DW_LLE_default_location: no range.
+                5 if locations => {}
+                // base_address
+                k if k == 5 + shift => {
+                    let a = r.address(width)?;
+                    self.push_address(out, a, width)?;
+                    base = Some(a);
+                }
+                // start_end
+                k if k == 6 + shift => {
+                    for _ in 0..2 {
+                        let a = r.address(width)?;
+                        self.push_address(out, a, width)?;
+                    }
+                }
+                // start_length
+                k if k == 7 + shift => {
+                    let a = r.address(width)?;
+                    let length = r.uleb()?;
+                    self.push_address(out, a, width)?;
+                    push_uleb(out, self.new_length(a, length));
+                }
+                other => bail!("unknown list entry kind {other:#x}"),
+            }
+            if locations && kind != 1 && kind != 5 + shift {
+                // The entry's location description, copied as it is.
+                let len = r.uleb()? as usize;
+                let description = r.at;
+                r.skip(len)?;
+                push_uleb(out, len as u64);
+                out.extend_from_slice(&section[description..r.at]);
+            }
+        }
+    }
+
+    /// Skips one entry of kind `kind` (already read) of a list no unit refers to.
+    fn skip_entry(
+        &self,
+        r: &mut ByteReader<'_>,
+        kind: u8,
+        locations: bool,
+        width: usize,
+    ) -> Result<()> {
+        let shift = u8::from(locations);
+        match kind {
+            0 => return Ok(()),
+            1 => {
+                r.uleb()?;
+            }
+            2..=4 => {
+                r.uleb()?;
+                r.uleb()?;
+            }
+            5 if locations => {}
+            k if k == 5 + shift => r.skip(width)?,
+            k if k == 6 + shift => r.skip(2 * width)?,
+            k if k == 7 + shift => {
+                r.skip(width)?;
+                r.uleb()?;
+            }
+            other => bail!("unknown list entry kind {other:#x}"),
+        }
+        if locations && kind != 1 && kind != 5 + shift {
+            let len = r.uleb()? as usize;
+            r.skip(len)?;
+        }
+        Ok(())
+    }
+
+    /// The code address `.debug_addr` entry `index` of the list's unit holds; marks the
+    /// entry as a code address.
+    fn indexed(&mut self, context: ListContext, index: u64) -> Result<u64> {
+        let base = context
+            .addr_base
+            .ok_or_else(|| anyhow!("an indexed address without DW_AT_addr_base"))?;
+        let width = context.address_size as usize;
+        let at = base as usize + index as usize * width;
+        let value = read_uint(self.addr, at, width).context(".debug_addr")?;
+        self.addr_code.insert(at);
+        Ok(value)
+    }
+
+    fn new_length(&mut self, start: u64, length: u64) -> u64 {
+        let new = self
+            .map
+            .map(start + length)
+            .checked_sub(self.map.map(start))
+            .unwrap_or(length);
+        self.addresses += usize::from(new != length);
+        new
+    }
+
+    /// An offset from `base` after the move (tombstones and addresses outside the code stay).
+    fn new_offset(&mut self, base: u64, offset: u64) -> u64 {
+        let absolute = base + offset;
+        if !self.map.movable(absolute) {
+            return offset;
+        }
+        let new = self
+            .map
+            .map(absolute)
+            .checked_sub(self.map.map(base))
+            .unwrap_or(offset);
+        self.addresses += usize::from(new != offset);
+        new
+    }
+
+    fn push_address(&mut self, out: &mut Vec<u8>, old: u64, width: usize) -> Result<()> {
+        let at = out.len();
+        out.resize(at + width, 0);
+        write_uint(&mut out[at..], old)?;
+        self.addresses += patch_address(&mut out[at..], old, self.map)?;
+        Ok(())
+    }
 }
 
 /// Rewrites the address in `field` (little-endian, its width) holding `old`; returns 1 if it
@@ -749,6 +1205,12 @@ impl ByteReader<'_> {
 
     fn u16(&mut self) -> Result<u16> {
         Ok(u16::from_le_bytes([self.u8()?, self.u8()?]))
+    }
+
+    fn address(&mut self, width: usize) -> Result<u64> {
+        let value = read_uint(self.bytes, self.at, width)?;
+        self.at += width;
+        Ok(value)
     }
 
     fn skip(&mut self, n: usize) -> Result<()> {

@@ -18,10 +18,10 @@ Examples:
   wasmfix app.wasm -o app.wasm --source-map app.wasm.map
                                         also rewrite the module's source map in place
 
-Debug info: DWARF (.debug_*) in the module is updated so every original instruction keeps its
-source location; DWARF 5 is refused (rebuild with -gdwarf-4 or strip it). A source map is
-rewritten only when given with --source-map. The name section names what wasmfix adds
-(wasmfix:adapt …, wasmfix:stack_overflow, …).
+Debug info: DWARF 4 and 5 (.debug_*) in the module is updated so every original instruction
+keeps its source location; DWARF wasmfix cannot update is refused (strip it with llvm-strip
+--strip-debug). A source map is rewritten only when given with --source-map. The name section
+names what wasmfix adds (wasmfix:adapt …, wasmfix:stack_overflow, …).
 
 Exit status: 0 done; 1 --check found hazards; 2 bad input, a pass refused the module, or a
 usage error (no output is written and the input is never modified); 3 internal error.";

@@ -12,8 +12,13 @@ mod common;
 use std::collections::HashMap;
 use wasmparser::Operator;
 
-/// The `-g` fixtures, and one whose only DWARF is wasi-libc's.
+/// The `-g` fixtures (DWARF 4; `.g5`: the program's DWARF 5 beside wasi-libc's DWARF 4;
+/// `two-units`: two DWARF 5 units, so the second list contributions move when the first
+/// ones change length), and one whose only DWARF is wasi-libc's.
 const DEBUG_FIXTURES: &[&str] = &[
+    "stack.O2.g5.wasm",
+    "fpcast.O2.g5.wasm",
+    "two-units.O2.g5.wasm",
     "stack.O0.g.wasm",
     "stack.O2.g.wasm",
     "fpcast.O0.g.wasm",
@@ -365,8 +370,10 @@ fn the_code_map_agrees_with_the_alignment() {
     }
 }
 
-/// Every DIE's address ranges (low/high pc or DW_AT_ranges), in DIE order.
-fn die_ranges(wasm: &[u8]) -> Vec<(u64, Vec<gimli::Range>)> {
+/// Every DIE's address ranges (low/high pc or DW_AT_ranges) and the entries of its location
+/// lists (range and expression bytes), in DIE order.
+#[allow(clippy::type_complexity)]
+fn die_ranges(wasm: &[u8]) -> Vec<(u64, Vec<gimli::Range>, Vec<(gimli::Range, Vec<u8>)>)> {
     let sections = debug_sections(wasm);
     let dwarf = load(&sections);
     let mut out = Vec::new();
@@ -380,8 +387,17 @@ fn die_ranges(wasm: &[u8]) -> Vec<(u64, Vec<gimli::Range>)> {
             while let Some(r) = iter.next().unwrap() {
                 ranges.push(r);
             }
-            if !ranges.is_empty() {
-                out.push((entry.offset().0 as u64, ranges));
+            let mut locations = Vec::new();
+            for attr in entry.attrs() {
+                let Some(mut list) = dwarf.attr_locations(&unit, attr.value()).unwrap() else {
+                    continue;
+                };
+                while let Some(e) = list.next().unwrap() {
+                    locations.push((e.range, e.data.0.slice().to_vec()));
+                }
+            }
+            if !ranges.is_empty() || !locations.is_empty() {
+                out.push((entry.offset().0 as u64, ranges, locations));
             }
         }
     }
@@ -404,10 +420,22 @@ fn subprograms_and_ranges_follow_their_code() {
                 new_ranges.len(),
                 "{fixture} --passes {passes}"
             );
-            let mut checked = 0;
-            for ((die, old), (_, new)) in old_ranges.iter().zip(&new_ranges) {
+            let (mut checked, mut locations) = (0, 0);
+            for ((die, old, old_loc), (_, new, new_loc)) in old_ranges.iter().zip(&new_ranges) {
                 assert_eq!(old.len(), new.len(), "{fixture}: DIE {die:#x}");
-                for (o, n) in old.iter().zip(new) {
+                assert_eq!(old_loc.len(), new_loc.len(), "{fixture}: DIE {die:#x}");
+                // Location list entries keep their expressions; their ranges are checked with
+                // the DIE ranges.
+                for ((_, a), (_, b)) in old_loc.iter().zip(new_loc) {
+                    assert_eq!(
+                        a, b,
+                        "{fixture}: DIE {die:#x}: a location expression changed"
+                    );
+                    locations += 1;
+                }
+                let old = old.iter().chain(old_loc.iter().map(|(r, _)| r));
+                let new: Vec<_> = new.iter().chain(new_loc.iter().map(|(r, _)| r)).collect();
+                for (o, n) in old.zip(new) {
                     for (a, b) in [(o.begin, n.begin), (o.end, n.end)] {
                         match oracle.expected(a) {
                             Some(expected) => {
@@ -426,8 +454,8 @@ fn subprograms_and_ranges_follow_their_code() {
                 }
             }
             assert!(
-                checked > 100,
-                "{fixture} --passes {passes}: {checked} checked"
+                checked > 100 && locations > 50,
+                "{fixture} --passes {passes}: {checked} addresses, {locations} location entries"
             );
         }
     }
@@ -528,7 +556,7 @@ fn locations_in(frames: &[common::Frame], file: &str) -> usize {
 
 #[test]
 fn traps_show_the_same_source_frames_after_the_rewrite() {
-    for fixture in ["fpcast.O0.g.wasm", "fpcast.O2.g.wasm"] {
+    for fixture in ["fpcast.O0.g.wasm", "fpcast.O2.g.wasm", "fpcast.O2.g5.wasm"] {
         let input = common::fixture(fixture);
         for passes in ["fpcast,stack,producers", "fpcast", "stack-guard"] {
             let output = common::rewrite(&input, passes);
@@ -571,7 +599,7 @@ fn traps_show_the_same_source_frames_after_the_rewrite() {
 
 #[test]
 fn a_guarded_stack_overflow_shows_the_original_source_frames_below_the_handler() {
-    for fixture in ["stack.O0.g.wasm", "stack.O2.g.wasm"] {
+    for fixture in ["stack.O0.g.wasm", "stack.O2.g.wasm", "stack.O2.g5.wasm"] {
         let input = common::fixture(fixture);
         let old_code = code(&input);
         let old_lines = line_table(&input);
