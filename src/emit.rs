@@ -74,8 +74,11 @@ pub fn emit(
     mark(3, !edits.new_functions.is_empty());
     mark(
         10,
-        !edits.new_functions.is_empty() || !edits.rewriters.is_empty(),
+        !edits.new_functions.is_empty()
+            || !edits.rewriters.is_empty()
+            || !edits.replaced_bodies.is_empty(),
     );
+    mark(7, !edits.export_targets.is_empty());
     mark(4, !edits.new_tables.is_empty());
     mark(6, !edits.new_globals.is_empty());
     mark(9, !edits.new_elements.is_empty());
@@ -336,6 +339,20 @@ fn build_section(
             }
             push_section(out, &memories);
         }
+        7 => {
+            let mut exports = wasm_encoder::ExportSection::new();
+            for e in &module.exports {
+                let kind = RoundtripReencoder
+                    .export_kind(e.kind)
+                    .map_err(encoding_error)?;
+                let index = match (e.kind, edits.export_targets.get(e.name)) {
+                    (wasmparser::ExternalKind::Func, Some(&f)) => f,
+                    _ => e.index,
+                };
+                exports.export(e.name, kind, index);
+            }
+            push_section(out, &exports);
+        }
         8 => {
             let function_index = edits
                 .new_start
@@ -408,6 +425,8 @@ fn build_code(
         ));
     }
     let mut offsets = Vec::new();
+    let moved_originals: std::collections::BTreeSet<u32> =
+        edits.moved_bodies.values().copied().collect();
     for (i, body) in module.bodies.iter().enumerate() {
         let func = module.imported_funcs + i as u32;
         active.clear();
@@ -421,6 +440,21 @@ fn build_code(
         );
         let old = Module::body_range(body);
         let old_rel = old.start as u32 - code_start..old.end as u32 - code_start;
+        // A body replaced by a pass is final as given. Its original code either moved to a
+        // new function (the map follows it there, below) or is gone (all of it maps to the
+        // replacement).
+        if let Some(replacement) = edits.replaced_bodies.get(&func) {
+            if let Some(map) = &mut map
+                && !moved_originals.contains(&func)
+            {
+                let len = replacement.byte_len();
+                let start = count_len + (code.byte_len() + leb_len(len as u64)) as u32;
+                map.replaced(old_rel, start..start + len as u32);
+            }
+            code.function(replacement);
+            emitted.rewritten_functions.push(func);
+            continue;
+        }
         if active.is_empty() {
             if let Some(map) = &mut map {
                 let start = count_len + (code.byte_len() + leb_len(old.len() as u64)) as u32;
@@ -453,7 +487,22 @@ fn build_code(
         code.function(&f);
         emitted.rewritten_functions.push(func);
     }
-    for f in &edits.new_functions {
+    let first_new = module.num_funcs();
+    for (k, f) in edits.new_functions.iter().enumerate() {
+        if let Some(map) = &mut map
+            && let Some(&original) = edits.moved_bodies.get(&(first_new + k as u32))
+        {
+            // The original code, byte for byte after its re-encoded local declarations.
+            let body = &module.bodies[(original - module.imported_funcs) as usize];
+            let old = Module::body_range(body);
+            let old = old.start as u32 - code_start..old.end as u32 - code_start;
+            let old_code = body.get_operators_reader()?.original_position() as u32 - code_start;
+            let len = f.body.byte_len() as u32;
+            let start = count_len + (code.byte_len() + leb_len(len as u64)) as u32;
+            let new = start..start + len;
+            let new_code = new.end - (old.end - old_code);
+            map.moved(old, new, (old_code, new_code));
+        }
         code.function(&f.body);
     }
     Ok((code, map))
