@@ -466,6 +466,7 @@ fn resolve_unit(
     // low_pc 0 with an end inside a function).
     for &(at, end, form, len, low) in &unit.lengths {
         let low = value(low)?;
+        contiguous(map, low, low + len)?;
         if let Some(new) = map.map(low + len).checked_sub(map.map(low))
             && new != len
         {
@@ -660,16 +661,19 @@ impl ListRewrite<'_, '_> {
                     let length = r.uleb()?;
                     let start = self.indexed(context, i)?;
                     push_uleb(out, i);
-                    push_uleb(out, self.new_length(start, length));
+                    push_uleb(out, self.new_length(start, length)?);
                 }
                 // offset_pair
                 4 => {
-                    for _ in 0..2 {
-                        let offset = r.uleb()?;
-                        let new = match base {
-                            Some(base) => self.new_offset(base, offset),
-                            None => bail!("an offset pair without a base address"),
-                        };
+                    let Some(base) = base else {
+                        bail!("an offset pair without a base address");
+                    };
+                    let (begin, end) = (r.uleb()?, r.uleb()?);
+                    if self.map.movable(base + begin) && self.map.movable(base + end) {
+                        contiguous(self.map, base + begin, base + end)?;
+                    }
+                    for offset in [begin, end] {
+                        let new = self.new_offset(base, offset);
                         push_uleb(out, new);
                     }
                 }
@@ -693,7 +697,7 @@ impl ListRewrite<'_, '_> {
                     let a = r.address(width)?;
                     let length = r.uleb()?;
                     self.push_address(out, a, width)?;
-                    push_uleb(out, self.new_length(a, length));
+                    push_uleb(out, self.new_length(a, length)?);
                 }
                 other => bail!("unknown list entry kind {other:#x}"),
             }
@@ -755,14 +759,15 @@ impl ListRewrite<'_, '_> {
         Ok(value)
     }
 
-    fn new_length(&mut self, start: u64, length: u64) -> u64 {
+    fn new_length(&mut self, start: u64, length: u64) -> Result<u64> {
+        contiguous(self.map, start, start + length)?;
         let new = self
             .map
             .map(start + length)
             .checked_sub(self.map.map(start))
             .unwrap_or(length);
         self.addresses += usize::from(new != length);
-        new
+        Ok(new)
     }
 
     /// An offset from `base` after the move (tombstones and addresses outside the code stay).
@@ -872,6 +877,9 @@ fn patch_list(
             at += 2 * width;
             continue;
         }
+        if map.movable(base + begin) && map.movable(base + end) {
+            contiguous(map, base + begin, base + end)?;
+        }
         let new_base = map.map(base);
         for (field, value) in [(at, begin), (at + width, end)] {
             // Tombstones (-2 for a dropped function) stay as they are.
@@ -889,6 +897,20 @@ fn patch_list(
             at += 2 + read_uint(section, at, 2)? as usize;
         }
     }
+}
+
+/// Refuses an address range `[begin, end)` that spans bodies no longer in input order (a body
+/// moved to the end of the code between them): patched in place it would come out inverted
+/// or miss the moved body. Compilers give each function its own range; binaryen-written
+/// DWARF has one range per unit.
+fn contiguous(map: &CodeMap, begin: u64, end: u64) -> Result<()> {
+    if end > begin && map.sequence_break(begin, end - 1).is_some() {
+        bail!(
+            "the address range [{begin:#x}, {end:#x}) spans a function body that was moved \
+             (heap-canary moves malloc and free): it cannot be updated in place"
+        );
+    }
+    Ok(())
 }
 
 /// Patches the (address, length) tuples of every set in `.debug_aranges`.
@@ -917,6 +939,7 @@ fn patch_aranges(section: &mut [u8], map: &CodeMap) -> Result<usize> {
             if address == 0 && length == 0 {
                 break;
             }
+            contiguous(map, address, address + length)?;
             let new = map.map(address);
             if let Some(new_length) = map.map(address + length).checked_sub(new)
                 && (new, new_length) != (address, length)
@@ -1024,12 +1047,46 @@ fn rewrite_line_program(
         bytes: program,
         at: 0,
     };
-    // Address registers of the input's state machine and of the one being written.
+    // Address registers of the input's state machine and of the one being written, and the
+    // registers a sequence split must restore.
     let mut old_address = 0u64;
     let mut new_address = 0u64;
-    // Moves the written state to where the input's state maps; returns the advance.
-    let advance_to = |old: u64, new_address: &mut u64| -> Result<u64> {
+    let initial = Registers {
+        file: 1,
+        line: 1,
+        column: 0,
+        is_stmt: header.default_is_stmt(),
+        isa: 0,
+    };
+    let mut regs = initial;
+    let address_size = header.address_size() as usize;
+    // Moves the written state from where the input's was (`from`) to where `old` maps;
+    // returns the advance. Where a body between them moved out of order (heap-canary moves
+    // malloc to the end of the code), the sequence ends with the body `from` is in and a new
+    // one starts at `old`'s place with the same registers.
+    let advance_to = |from: u64,
+                      old: u64,
+                      new_address: &mut u64,
+                      regs: &Registers,
+                      out: &mut Vec<u8>|
+     -> Result<u64> {
         let target = map.map(old);
+        if let Some(end) = map.sequence_break(from, old) {
+            let delta = end
+                .checked_sub(*new_address)
+                .ok_or_else(|| anyhow!("addresses decrease within a sequence at {from:#x}"))?;
+            if delta != 0 {
+                push_advance_pc(out, delta, min_length)?;
+            }
+            out.extend_from_slice(&[0, 1, dw::DW_LNE_end_sequence.0]);
+            out.extend_from_slice(&[0, 1 + address_size as u8, dw::DW_LNE_set_address.0]);
+            let at = out.len();
+            out.resize(at + address_size, 0);
+            write_uint(&mut out[at..], target)?;
+            regs.restore(&initial, out);
+            *new_address = target;
+            return Ok(0);
+        }
         let delta = target
             .checked_sub(*new_address)
             .ok_or_else(|| anyhow!("addresses decrease within a sequence at {old:#x}"))?;
@@ -1039,11 +1096,13 @@ fn rewrite_line_program(
     while !r.is_empty() {
         let start = r.at;
         let opcode = r.u8()?;
+        let from = old_address;
         if opcode >= opcode_base {
             let adjusted = (opcode - opcode_base) as u64;
             let line_advance = line_base + (adjusted % line_range) as i64;
             old_address += adjusted / line_range * min_length;
-            let delta = advance_to(old_address, &mut new_address)?;
+            let delta = advance_to(from, old_address, &mut new_address, &regs, out)?;
+            regs.line = regs.line.wrapping_add(line_advance as u64);
             let special = |operation_advance: u64| {
                 let code = (line_advance - line_base) as u64
                     + line_range * operation_advance
@@ -1071,13 +1130,19 @@ fn rewrite_line_program(
                 )?;
                 match sub {
                     s if s == dw::DW_LNE_end_sequence.0 => {
-                        let delta = advance_to(old_address, &mut new_address)?;
+                        // The end of the last body a row is in, when the code after it moved.
+                        let end = map.sequence_break(from, old_address);
+                        let target = end.unwrap_or_else(|| map.map(old_address));
+                        let delta = target.checked_sub(new_address).ok_or_else(|| {
+                            anyhow!("addresses decrease within a sequence at {old_address:#x}")
+                        })?;
                         if delta != 0 {
                             push_advance_pc(out, delta, min_length)?;
                         }
                         out.extend_from_slice(&program[start..r.at]);
                         old_address = 0;
                         new_address = 0;
+                        regs = initial;
                     }
                     s if s == dw::DW_LNE_set_address.0 => {
                         let width = length - 1;
@@ -1085,17 +1150,32 @@ fn rewrite_line_program(
                             bail!("DW_LNE_set_address with a {width}-byte address");
                         }
                         old_address = read_uint(program, body + 1, width)?;
+                        // Jumping over a body that moved: end the sequence here (see
+                        // `advance_to`).
+                        let split = map.sequence_break(from, old_address);
+                        if let Some(end) = split {
+                            let delta = end.checked_sub(new_address).ok_or_else(|| {
+                                anyhow!("addresses decrease within a sequence at {from:#x}")
+                            })?;
+                            if delta != 0 {
+                                push_advance_pc(out, delta, min_length)?;
+                            }
+                            out.extend_from_slice(&[0, 1, dw::DW_LNE_end_sequence.0]);
+                        }
                         new_address = map.map(old_address);
                         out.extend_from_slice(&program[start..body + 1]);
                         let at = out.len();
                         out.extend_from_slice(&program[body + 1..r.at]);
                         write_uint(&mut out[at..], new_address)?;
+                        if split.is_some() {
+                            regs.restore(&initial, out);
+                        }
                     }
                     _ => out.extend_from_slice(&program[start..r.at]),
                 }
             }
             o if o == dw::DW_LNS_copy.0 => {
-                let delta = advance_to(old_address, &mut new_address)?;
+                let delta = advance_to(from, old_address, &mut new_address, &regs, out)?;
                 if delta != 0 {
                     push_advance_pc(out, delta, min_length)?;
                 }
@@ -1103,12 +1183,12 @@ fn rewrite_line_program(
             }
             o if o == dw::DW_LNS_advance_pc.0 => {
                 old_address += r.uleb()? * min_length;
-                let delta = advance_to(old_address, &mut new_address)?;
+                let delta = advance_to(from, old_address, &mut new_address, &regs, out)?;
                 push_advance_pc(out, delta, min_length)?;
             }
             o if o == dw::DW_LNS_const_add_pc.0 => {
                 old_address += const_add;
-                let delta = advance_to(old_address, &mut new_address)?;
+                let delta = advance_to(from, old_address, &mut new_address, &regs, out)?;
                 if delta == const_add {
                     out.push(opcode);
                 } else if delta != 0 {
@@ -1117,7 +1197,7 @@ fn rewrite_line_program(
             }
             o if o == dw::DW_LNS_fixed_advance_pc.0 => {
                 old_address += r.u16()? as u64;
-                let delta = advance_to(old_address, &mut new_address)?;
+                let delta = advance_to(from, old_address, &mut new_address, &regs, out)?;
                 match u16::try_from(delta) {
                     Ok(d) => {
                         out.push(opcode);
@@ -1127,7 +1207,7 @@ fn rewrite_line_program(
                 }
             }
             o if o == dw::DW_LNS_advance_line.0 => {
-                r.sleb()?;
+                regs.line = regs.line.wrapping_add(r.sleb()? as u64);
                 out.extend_from_slice(&program[start..r.at]);
             }
             _ => {
@@ -1135,14 +1215,71 @@ fn rewrite_line_program(
                 let operands = *standard_lengths
                     .get(opcode as usize - 1)
                     .ok_or_else(|| anyhow!("opcode {opcode} has no operand count"))?;
+                let mut first = None;
                 for _ in 0..operands {
-                    r.uleb()?;
+                    first.get_or_insert(r.uleb()?);
                 }
                 out.extend_from_slice(&program[start..r.at]);
+                match (opcode, first) {
+                    (o, Some(v)) if o == dw::DW_LNS_set_file.0 => regs.file = v,
+                    (o, Some(v)) if o == dw::DW_LNS_set_column.0 => regs.column = v,
+                    (o, Some(v)) if o == dw::DW_LNS_set_isa.0 => regs.isa = v,
+                    (o, _) if o == dw::DW_LNS_negate_stmt.0 => regs.is_stmt = !regs.is_stmt,
+                    _ => {}
+                }
             }
         }
     }
     Ok(())
+}
+
+/// The line state machine registers that hold from row to row (the others are reset after
+/// each row), for restarting a sequence where another one ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Registers {
+    file: u64,
+    line: u64,
+    column: u64,
+    is_stmt: bool,
+    isa: u64,
+}
+
+impl Registers {
+    /// Appends the opcodes that take a new sequence's registers (`initial`) to these.
+    fn restore(&self, initial: &Registers, out: &mut Vec<u8>) {
+        if self.file != initial.file {
+            out.push(dw::DW_LNS_set_file.0);
+            push_uleb(out, self.file);
+        }
+        if self.line != initial.line {
+            out.push(dw::DW_LNS_advance_line.0);
+            push_sleb(out, self.line.wrapping_sub(initial.line) as i64);
+        }
+        if self.column != initial.column {
+            out.push(dw::DW_LNS_set_column.0);
+            push_uleb(out, self.column);
+        }
+        if self.is_stmt != initial.is_stmt {
+            out.push(dw::DW_LNS_negate_stmt.0);
+        }
+        if self.isa != initial.isa {
+            out.push(dw::DW_LNS_set_isa.0);
+            push_uleb(out, self.isa);
+        }
+    }
+}
+
+fn push_sleb(out: &mut Vec<u8>, mut value: i64) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        let done = (value == 0 && byte & 0x40 == 0) || (value == -1 && byte & 0x40 != 0);
+        if done {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
 }
 
 fn push_advance_pc(out: &mut Vec<u8>, delta: u64, min_length: u64) -> Result<()> {
