@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """wasmfix benchmark: the figures the issues ask for, next to binaryen's wasm-opt, same inputs, same run.
 
-    python3 bench/bench.py [--sections core,fpcast,stack,ruby-sanity] [--modules ruby,yosys] [--repeat 3]
+    python3 bench/bench.py [--sections core,fpcast,stack,dwarf,ruby-sanity] [--modules ruby,yosys] [--repeat 3]
                            [--corpus DIR] [--no-build] [--json FILE] [--strict] [--keep DIR]
                            [--ruby-n 3] [--ruby-rounds 5] [--fpcast-n N] [--fpcast-runs 7]
                            [--stack-n N] [--stack-runs 7] [--max-load-wait 120]
@@ -16,7 +16,7 @@ Tools
   corpus     `../shared/corpus/fetch.sh CACHE` (CACHE: --corpus, default ../corpus-cache) prints
              `name<TAB>path<TAB>bytes` per module; --modules picks some of them (default: all).
 
-Sections (--sections, comma-separated, default core,fpcast,stack; --list shows them)
+Sections (--sections, comma-separated, default core,fpcast,stack,dwarf; --list shows them)
   core         round trip per module, median of --repeat runs each, runs interleaved:
                  wasmfix IN -o OUT --passes none       (OUT must be byte-identical to IN)
                  wasmfix IN -o OUT --passes producers
@@ -58,6 +58,14 @@ Sections (--sections, comma-separated, default core,fpcast,stack; --list shows t
                Size growth is checked on the larger of the whole-file figure and the figure without custom
                sections (the fixture is ~75% DWARF, which wasm-opt drops without -g); "vs own no-op" compares
                wasm-opt's output with its own no-pass round trip (wasmfix --passes none is the identity).
+  dwarf        issue 8, on ruby-debug (18 MB of DWARF): the default pipeline with DWARF handling (the default)
+               next to the same run with the hidden --no-dwarf-update (DWARF copied unchanged), --repeat runs
+               each, interleaved: wall s, peak RSS, ratio of medians and min/min. Then llvm-dwarfdump-19 --verify
+               on the input and on the output (skipped when not installed): error counts, and whether the errors
+               are the same ones (kind and DIE offsets; .debug_info keeps its layout), and wasmfix's --report
+               (debug_info.dwarf must be "updated").
+
+
   harden       issue 6, in one run: ruby.wasm under wasmfix --harden, --passes stack-canary and --passes
                heap-canary (a pass that cannot apply says why in the table; heap-canary refuses the
                stripped ruby.wasm) next to wasm-opt --safe-heap --detect-features: rewrite time, size growth and
@@ -150,6 +158,15 @@ STACK_THRESHOLDS = {
     "calls_output_identical": ("==", True),  # fixed stdout == original's
 }
 STACK_FIXTURE = "stack.O2.wasm"
+
+# dwarf (issue 8): (what, op, limit).
+DWARF_THRESHOLDS = {
+    "time_ratio": ("<=", 3.0),            # default pipeline on ruby-debug, with / without DWARF handling (medians)
+    "dwarf_updated": ("==", True),        # --report says debug_info.dwarf == "updated"
+    "verify_same_errors": ("==", True),   # llvm-dwarfdump-19 --verify: the output's errors are the input's
+}
+DWARF_MODULE = "ruby-debug"
+DWARFDUMP = "llvm-dwarfdump-19"
 LOAD_LIMIT = 1.5
 
 # Forks argv[2:], waits for it with wait4 and writes "status wall_s maxrss_kib utime_s stime_s" to
@@ -1565,6 +1582,109 @@ def section_stack(ctx):
     return fig
 
 
+def dwarf_verify_errors(path):
+    """llvm-dwarfdump-19 --verify on path: a Counter of (error line with numbers blanked, offsets of the DIEs
+    it shows), or None when the tool is missing. .debug_info keeps its layout, so DIE offsets compare."""
+    import collections
+    exe = shutil.which(DWARFDUMP)
+    if not exe:
+        return None
+    p = subprocess.run([exe, "--verify", path], capture_output=True, text=True)
+    lines = p.stdout.splitlines()
+    errors = collections.Counter()
+    for i, line in enumerate(lines):
+        if not line.startswith("error:"):
+            continue
+        dies = []
+        for nxt in lines[i + 1:i + 40]:
+            if nxt.startswith("error:") or len(dies) == 2:
+                break
+            m = re.match(r"\s*(0x[0-9a-f]+): DW_TAG", nxt)
+            if m:
+                dies.append(m.group(1))
+        errors[(re.sub(r"0x[0-9a-f]+", "X", line), tuple(dies))] += 1
+    return errors
+
+
+def dwarf_check(ctx, rows, key, what, value, shown):
+    op, limit = DWARF_THRESHOLDS[key]
+    ok = ctx.check("dwarf", what, value, op, limit)
+    lim = ("yes" if limit else "no") if isinstance(limit, bool) else "%g" % limit
+    rows.append([what, "-" if value is None else shown(value), op + " " + lim,
+                 {True: "PASS", False: "FAIL", None: "FAIL (no figure)"}[ok]])
+
+
+def section_dwarf(ctx):
+    """ruby-debug: default pipeline with vs without DWARF handling (time, peak); llvm-dwarfdump --verify before/after."""
+    wasmfix, repeat = ctx.wasmfix(), ctx.args.repeat
+    mod = ctx.module(DWARF_MODULE)
+    src, size = mod["path"], mod["bytes"]
+    warm(src)
+    out_with, out_without = ctx.out_path("dwarf.with.wasm"), ctx.out_path("dwarf.without.wasm")
+    report_path = ctx.out_path("dwarf.report.json")
+    runs = {"with": Measure([wasmfix, src, "-o", out_with, "-q", "--report", report_path]),
+            "without": Measure([wasmfix, src, "-o", out_without, "-q", "--no-dwarf-update"])}
+    load = wait_for_quiet(ctx, "dwarf timing")
+    for r in range(repeat):
+        log("dwarf: %s run %d/%d" % (DWARF_MODULE, r + 1, repeat))
+        for k in ("with", "without"):
+            ctx.measure(runs[k].cmd, runs[k])
+    for k, m in runs.items():
+        if not m.ok:
+            raise ToolError("wasmfix (%s DWARF handling) failed on %s: %s" % (k, DWARF_MODULE, last_error_line(m.err)))
+    with open(report_path) as f:
+        debug = json.load(f).get("debug_info", {})
+    w, wo = runs["with"], runs["without"]
+    ratio = w.time_s / wo.time_s if wo.time_s else None
+    min_ratio = min(w.times) / min(wo.times) if min(wo.times) else None
+
+    log("dwarf: %s --verify on the input and the output" % DWARFDUMP)
+    before, after = dwarf_verify_errors(src), dwarf_verify_errors(out_with)
+    same = None if before is None else before == after
+    count = lambda c: None if c is None else sum(c.values())
+    dwarf_bytes = None
+    summary = None
+    try:
+        r = subprocess.run([wasmfix, "inspect", "--json", src], capture_output=True, text=True)
+        dwarf_bytes = sum(n for _, n in json.loads(r.stdout)["debug_info"]["dwarf_sections"])
+    except (OSError, ValueError, KeyError):
+        pass
+    if not ctx.args.keep:
+        for path in (out_with, out_without, report_path):
+            if os.path.exists(path):
+                os.unlink(path)
+
+    print("\n== dwarf: %s (%.1f MB, %s MB of DWARF), default pipeline, median of %d interleaved runs ==" % (
+        DWARF_MODULE, size / MB, fmt(dwarf_bytes and dwarf_bytes / MB, ".1f"), repeat))
+    print(table(["run", "median s", "min s", "peak MB", "runs s"], [
+        ["with DWARF handling (default)", fmt(w.time_s, ".3f"), fmt(min(w.times), ".3f"), fmt(w.peak_mb, ".1f"),
+         " ".join("%.3f" % t for t in w.times)],
+        ["without (--no-dwarf-update)", fmt(wo.time_s, ".3f"), fmt(min(wo.times), ".3f"), fmt(wo.peak_mb, ".1f"),
+         " ".join("%.3f" % t for t in wo.times)]]))
+    print("ratio with / without: %s (min/min %s)" % (fmt(ratio, ".2f"), fmt(min_ratio, ".2f")))
+    update = debug.get("update") or {}
+    print("report: dwarf %s, %s units, %s addresses, %s line programs rewritten" % (
+        debug.get("dwarf"), update.get("units"), update.get("addresses"), update.get("line_programs")))
+    if before is None:
+        print("%s not installed: --verify skipped" % DWARFDUMP)
+    else:
+        print("%s --verify errors: input %d, output %d, same errors (kind and DIEs): %s" % (
+            DWARFDUMP, count(before), count(after), "yes" if same else "NO"))
+
+    checks = []
+    dwarf_check(ctx, checks, "time_ratio", "time with / without DWARF handling", ratio, lambda v: "%.2fx" % v)
+    dwarf_check(ctx, checks, "dwarf_updated", "report: DWARF updated", debug.get("dwarf") == "updated",
+                lambda v: "yes" if v else "NO")
+    dwarf_check(ctx, checks, "verify_same_errors", "--verify: same errors as the input", same,
+                lambda v: "yes" if v else "NO")
+    print("\n-- dwarf: acceptance thresholds (issue 8) --")
+    print(table(["check", "value", "threshold", "result"], checks))
+    return {"module": DWARF_MODULE, "input_bytes": size, "dwarf_bytes": dwarf_bytes, "load": load,
+            "with": w.to_json(size), "without": wo.to_json(size), "ratio": ratio, "min_ratio": min_ratio,
+            "report": debug, "verify_errors": {"input": count(before), "output": count(after), "same": same},
+            "thresholds": {k: {"op": op, "limit": lim} for k, (op, lim) in DWARF_THRESHOLDS.items()}}
+
+
 # ---- harden (issue 6) ----------------------------------------------------------------------------
 
 # harden (issue 6): (what, op, limit). Ratios are eval-time medians of interleaved runs.
@@ -1710,11 +1830,12 @@ SECTIONS = {
     "core": section_core,
     "fpcast": section_fpcast,
     "stack": section_stack,
+    "dwarf": section_dwarf,
     "harden": section_harden,
     "ruby-sanity": section_ruby_sanity,
 }
 # Sections that run wasmfix / wasm-opt: the header prints their versions and the RSS floor.
-TOOL_SECTIONS = ("core", "fpcast", "stack")
+TOOL_SECTIONS = ("core", "fpcast", "stack", "dwarf")
 
 
 def git_state():
@@ -1729,8 +1850,8 @@ def git_state():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="core,fpcast,stack",
-                    help="comma-separated, from: %s (default core,fpcast,stack)" % ",".join(SECTIONS))
+    ap.add_argument("--sections", default="core,fpcast,stack,dwarf",
+                    help="comma-separated, from: %s (default core,fpcast,stack,dwarf)" % ",".join(SECTIONS))
     ap.add_argument("--list", action="store_true", help="list the sections and exit")
     ap.add_argument("--modules", default="", help="comma-separated corpus module names (default all)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per command; the median is reported (default 3)")

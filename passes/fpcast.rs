@@ -167,6 +167,7 @@ impl Pass for Fpcast {
         }
 
         let index_global = cx.edits.add_i32_global(m, true, 0);
+        cx.edits.name_global(index_global, "wasmfix:fpcast_index");
         let diagnose = if cx.options.fpcast_diagnose {
             let d = Diagnose::new(cx, &plans);
             if d.is_none() {
@@ -396,6 +397,10 @@ fn build_table(
     let adapters_table = cx
         .edits
         .add_table(m, funcref_table(adapter_items.len() as u64), None);
+    cx.edits.name_table(
+        adapters_table,
+        format!("wasmfix:fpcast_adapters table {table}"),
+    );
     cx.edits.add_element(NewElement {
         table: adapters_table,
         offset: ConstExpr::i32_const(0),
@@ -409,6 +414,10 @@ fn build_table(
     let mut shadows = Vec::new();
     for (sig_t, ty_t) in &plan.targets {
         let shadow = cx.edits.add_table(m, funcref_table(size), None);
+        cx.edits.name_table(
+            shadow,
+            format!("wasmfix:fpcast_shadow {} table {table}", sig::show(sig_t)),
+        );
         shadows.push(shadow);
         sites.push(if plan.dynamic {
             let func = dispatch_function(cx, sig_t, *ty_t, table, shadow, index_global);
@@ -731,6 +740,7 @@ impl Diagnose {
             slot_maps.insert(plan.table.index, store_bytes(m, cx.edits, &bytes)?.1);
         }
         let caller_global = cx.edits.add_i32_global(m, true, 0);
+        cx.edits.name_global(caller_global, "wasmfix:fpcast_caller");
         // name_of(f): read record f into scratch; print the name, or `function f`.
         let tmp = RECORD_SCRATCH;
         let load = |offset| {

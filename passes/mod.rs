@@ -16,13 +16,18 @@ pub mod stack_first;
 pub mod stack_guard;
 mod trap_blocks;
 
-/// Options that reach passes from the command line.
+/// Options that reach passes (and the emitter) from the command line.
 #[derive(Debug, Clone, Default)]
 pub struct PassOptions {
     /// fpcast: calls that still trap on a non-castable mismatch first print what was called.
     pub fpcast_diagnose: bool,
     /// stack-first: the size of the relocated stack (default: the module's own stack size).
     pub stack_size: Option<u64>,
+    /// Copy DWARF unchanged even when bodies move (its code addresses are then stale). Only
+    /// for measuring what the update costs (the CLI's hidden `--no-dwarf-update`).
+    pub no_dwarf_update: bool,
+    /// Keep the old → new code map in the outcome, to rewrite a source map with it.
+    pub code_map: bool,
     /// `--harden`: a hardening pass that cannot establish what it needs warns and does nothing
     /// instead of refusing the module (alone, with `--passes`, it refuses).
     pub harden: bool,

@@ -68,6 +68,8 @@ impl Diagnostics {
             },
         );
         let pos = edits.add_i32_global(m, true, 0);
+        edits.name_data(data, "wasmfix:messages");
+        edits.name_global(pos, "wasmfix:msg_length");
         let store = |offset| MemArg {
             offset,
             align: 2,

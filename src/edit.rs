@@ -130,11 +130,22 @@ pub struct Edits<'m> {
     pub(crate) applied: serde_json::Map<String, serde_json::Value>,
     /// New limits for memories, by memory index.
     pub(crate) memory_types: BTreeMap<u32, wasm_encoder::MemoryType>,
+    /// Names of added tables, globals and data segments for the name section, by
+    /// (name subsection id, index); added functions carry their own (`NewFunction::name`).
+    pub(crate) item_names: BTreeMap<(u8, u32), String>,
     /// Exports pointed at another function, by export name.
     pub(crate) export_targets: BTreeMap<String, u32>,
     /// Defined functions given a new body in their original slot (see [`Edits::move_body`]).
     pub(crate) replaced_bodies: BTreeMap<u32, Function>,
+    /// Added functions holding a moved original body: new function index → original
+    /// function index (see [`Edits::move_body`]); the code map follows the moved code.
+    pub(crate) moved_bodies: BTreeMap<u32, u32>,
 }
+
+/// Name subsection ids (the extended name section) of the items passes can name.
+pub(crate) const TABLE_NAMES: u8 = 5;
+pub(crate) const GLOBAL_NAMES: u8 = 7;
+pub(crate) const DATA_NAMES: u8 = 9;
 
 impl<'m> Edits<'m> {
     /// Whether anything at all changes.
@@ -311,14 +322,16 @@ impl<'m> Edits<'m> {
                 .iter()
                 .copied(),
         );
-        self.add_function(
+        let new = self.add_function(
             module,
             NewFunction {
                 type_index: module.func_types[func as usize],
                 body: moved,
                 name: name.to_string(),
             },
-        )
+        );
+        self.moved_bodies.insert(new, func);
+        new
     }
 
     /// Gives defined function `func` the body `code` (ending with `End`) with `locals` after
@@ -350,6 +363,21 @@ impl<'m> Edits<'m> {
     /// Appends the custom section `section` at the end of the module.
     pub fn append_custom(&mut self, section: &impl Section) {
         self.custom_appended.push(encode_section(section));
+    }
+
+    /// Names added global `global` in the name section (`wasmfix:…`).
+    pub fn name_global(&mut self, global: u32, name: impl Into<String>) {
+        self.item_names.insert((GLOBAL_NAMES, global), name.into());
+    }
+
+    /// Names added table `table` in the name section (`wasmfix:…`).
+    pub fn name_table(&mut self, table: u32, name: impl Into<String>) {
+        self.item_names.insert((TABLE_NAMES, table), name.into());
+    }
+
+    /// Names added data segment `segment` in the name section (`wasmfix:…`).
+    pub fn name_data(&mut self, segment: u32, name: impl Into<String>) {
+        self.item_names.insert((DATA_NAMES, segment), name.into());
     }
 
     /// Names of the functions added so far, by output index.

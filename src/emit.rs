@@ -6,10 +6,16 @@
 //! `reencode::RoundtripReencoder` where it does not (types, functions, tables: small sections),
 //! then the new items. Function bodies that no rewriter wants are copied raw; the others are
 //! decoded once and streamed through every rewriter that wants them.
+//!
+//! When asked (`EmitOptions::code_map`), the Code section is written first and records where
+//! every original body and instruction went ([`CodeMap`]); DWARF sections are then updated
+//! with that map ([`crate::dwarf`]) before they are written in their original places.
 
+use crate::codemap::CodeMap;
 use crate::edit::{BodyCx, BodyRewriter, Edits};
 use crate::module::Module;
 use anyhow::{Context, Result, anyhow};
+use std::collections::BTreeMap;
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{
     CodeSection, DataCountSection, DataSection, ElementSection, Function, FunctionSection,
@@ -26,15 +32,33 @@ fn rank(id: u8) -> usize {
         .unwrap_or(usize::MAX)
 }
 
+/// What the emitter does besides writing the module.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmitOptions {
+    /// Build the old → new [`CodeMap`] when the Code section changes (debug info needs it).
+    pub code_map: bool,
+    /// Update the code addresses in DWARF with that map (else DWARF is copied unchanged).
+    pub update_dwarf: bool,
+}
+
 /// What the emitter did, for reports and for the validator.
 #[derive(Debug, Default)]
 pub struct Emitted {
     /// Defined functions (by function index) whose bodies were re-encoded.
     pub rewritten_functions: Vec<u32>,
+    /// Where the input's code went, when asked for and the Code section was rebuilt.
+    pub code_map: Option<CodeMap>,
+    /// What the DWARF update did, when it ran.
+    pub dwarf: Option<crate::dwarf::Updated>,
 }
 
 /// Writes the output module into `out`.
-pub fn emit(module: &Module<'_>, edits: &mut Edits<'_>, out: &mut Vec<u8>) -> Result<Emitted> {
+pub fn emit(
+    module: &Module<'_>,
+    edits: &mut Edits<'_>,
+    out: &mut Vec<u8>,
+    options: EmitOptions,
+) -> Result<Emitted> {
     let bytes = module.bytes;
     let mut emitted = Emitted::default();
     out.reserve(bytes.len() + bytes.len() / 8);
@@ -85,13 +109,42 @@ pub fn emit(module: &Module<'_>, edits: &mut Edits<'_>, out: &mut Vec<u8>) -> Re
     missing.sort_by_key(|&id| rank(id));
     let last_known = module.sections.iter().rposition(|s| s.id != 0);
 
-    let rename_functions = !edits.new_functions.is_empty() && module.custom("name").is_some();
+    // Names of what the passes add: merged into the name section, or a new one at the end
+    // (so backtraces through wasmfix's functions read well even in a stripped module).
+    let added = added_names(module, edits);
+    let input_names = module.custom("name").is_some();
+
+    // The Code section is built first: DWARF sections, wherever they are, need its map.
+    let mut code = None;
+    if changed.contains(&10) {
+        let (section, map) = build_code(module, edits, &mut emitted, options.code_map)?;
+        code = Some(section);
+        emitted.code_map = map;
+    } else if options.code_map {
+        // Copied as it is; only its place in the file may change (source maps count from
+        // the start of the file).
+        emitted.code_map = unmoved_code(module);
+    }
+    let mut dwarf_sections = std::collections::BTreeMap::new();
+    if let Some(map) = &emitted.code_map
+        && options.update_dwarf
+        && !map.is_identity()
+        && crate::dwarf::present(module)
+    {
+        let mut updated = crate::dwarf::update(module, map)?;
+        dwarf_sections = std::mem::take(&mut updated.sections);
+        emitted.dwarf = Some(updated);
+    }
+    let mut built = Built {
+        code,
+        emitted: &mut emitted,
+    };
 
     for (index, section) in module.sections.iter().enumerate() {
         if section.id != 0 {
             while let Some(&m) = missing.first() {
                 if rank(m) < rank(section.id) {
-                    build_section(module, edits, m, out, &mut emitted)?;
+                    build_section(module, edits, m, out, &mut built)?;
                     missing.remove(0);
                 } else {
                     break;
@@ -102,25 +155,48 @@ pub fn emit(module: &Module<'_>, edits: &mut Edits<'_>, out: &mut Vec<u8>) -> Re
             match edits.custom_replaced.get(&index) {
                 Some(None) => {}
                 Some(Some(encoded)) => out.extend_from_slice(encoded),
-                None if rename_functions && section.custom_name == Some("name") => {
-                    let names = name_section_with_new_functions(module, edits, section)?;
+                None if dwarf_sections.contains_key(&index) => {
+                    let data = dwarf_sections.remove(&index).expect("checked");
+                    let name = section
+                        .custom_name
+                        .expect("DWARF sections are custom sections");
+                    push_section(
+                        out,
+                        &wasm_encoder::CustomSection {
+                            name: name.into(),
+                            data: data.into(),
+                        },
+                    );
+                }
+                None if !added.is_empty() && section.custom_name == Some("name") => {
+                    let names = name_section_with_added(module, &added, Some(section))?;
                     push_section(out, &names);
                 }
                 None => out.extend_from_slice(&bytes[section.whole.clone()]),
             }
         } else if changed.contains(&section.id) {
-            build_section(module, edits, section.id, out, &mut emitted)?;
+            build_section(module, edits, section.id, out, &mut built)?;
         } else {
+            if section.id == 10
+                && let Some(map) = &mut built.emitted.code_map
+            {
+                map.new_code_start =
+                    (out.len() + section.contents.start - section.whole.start) as u64;
+                map.new_code_len = section.contents.len() as u64;
+            }
             out.extend_from_slice(&bytes[section.whole.clone()]);
         }
         if Some(index) == last_known {
             for m in missing.drain(..) {
-                build_section(module, edits, m, out, &mut emitted)?;
+                build_section(module, edits, m, out, &mut built)?;
             }
         }
     }
     for m in missing.drain(..) {
-        build_section(module, edits, m, out, &mut emitted)?;
+        build_section(module, edits, m, out, &mut built)?;
+    }
+    if !added.is_empty() && !input_names {
+        push_section(out, &name_section_with_added(module, &added, None)?);
     }
     for encoded in &edits.custom_appended {
         out.extend_from_slice(encoded);
@@ -151,12 +227,19 @@ fn encoding_error(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("cannot re-encode: {e}")
 }
 
+/// What `emit` built before writing sections in order.
+struct Built<'e> {
+    /// The Code section, until it is written.
+    code: Option<CodeSection>,
+    emitted: &'e mut Emitted,
+}
+
 fn build_section(
     module: &Module<'_>,
     edits: &mut Edits<'_>,
     id: u8,
     out: &mut Vec<u8>,
-    emitted: &mut Emitted,
+    built: &mut Built<'_>,
 ) -> Result<()> {
     let mut re = RoundtripReencoder;
     let start = |id| {
@@ -304,7 +387,14 @@ fn build_section(
             push_section(out, &data);
         }
         10 => {
-            let code = build_code(module, edits, emitted)?;
+            let code = built.code.take().expect("the Code section is built first");
+            if let Some(map) = &mut built.emitted.code_map {
+                // id, section size, then the contents (function count first).
+                let count = leb_len(code.len() as u64);
+                let size = count + code.byte_len();
+                map.new_code_start = (out.len() + 1 + leb_len(size as u64)) as u64;
+                map.new_code_len = size as u64;
+            }
             push_section(out, &code);
         }
         other => unreachable!("section {other} is never rebuilt"),
@@ -312,14 +402,31 @@ fn build_section(
     Ok(())
 }
 
+/// The Code section, and where the input's code went in it when `want_map`.
 fn build_code(
     module: &Module<'_>,
     edits: &mut Edits<'_>,
     emitted: &mut Emitted,
-) -> Result<CodeSection> {
+    want_map: bool,
+) -> Result<(CodeSection, Option<CodeMap>)> {
     let mut code = CodeSection::new();
     let mut active: Vec<usize> = Vec::new();
     let mut scratch = Rewriting::default();
+    // Code-relative offsets: the function count comes first, and its width is known now.
+    let count = module.bodies.len() + edits.new_functions.len();
+    let count_len = leb_len(count as u64) as u32;
+    let mut map = None;
+    let mut code_start = 0;
+    if want_map && let Some(section) = module.sections.iter().find(|s| s.id == 10) {
+        code_start = section.contents.start as u32;
+        map = Some(CodeMap::new(
+            code_start as u64,
+            section.contents.len() as u64,
+        ));
+    }
+    let mut offsets = Vec::new();
+    let moved_originals: std::collections::BTreeSet<u32> =
+        edits.moved_bodies.values().copied().collect();
     for (i, body) in module.bodies.iter().enumerate() {
         let func = module.imported_funcs + i as u32;
         active.clear();
@@ -331,26 +438,92 @@ fn build_code(
                 .filter(|(_, r)| r.wants(func))
                 .map(|(k, _)| k),
         );
-        // A body replaced by a pass (the original moved to a new function) is final as given.
+        let old = Module::body_range(body);
+        let old_rel = old.start as u32 - code_start..old.end as u32 - code_start;
+        // A body replaced by a pass is final as given. Its original code either moved to a
+        // new function (the map follows it there, below) or is gone (all of it maps to the
+        // replacement).
         if let Some(replacement) = edits.replaced_bodies.get(&func) {
+            if let Some(map) = &mut map
+                && !moved_originals.contains(&func)
+            {
+                let len = replacement.byte_len();
+                let start = count_len + (code.byte_len() + leb_len(len as u64)) as u32;
+                map.replaced(old_rel, start..start + len as u32);
+            }
             code.function(replacement);
             emitted.rewritten_functions.push(func);
             continue;
         }
         if active.is_empty() {
-            code.raw(&module.bytes[Module::body_range(body)]);
+            if let Some(map) = &mut map {
+                let start = count_len + (code.byte_len() + leb_len(old.len() as u64)) as u32;
+                map.copied(old_rel, start..start + old.len() as u32);
+            }
+            code.raw(&module.bytes[old]);
             continue;
         }
+        let want_offsets = map.is_some().then_some(&mut offsets);
         let f = scratch
-            .rewrite(module, func, body, &mut edits.rewriters, &active)
+            .rewrite(
+                module,
+                func,
+                body,
+                &mut edits.rewriters,
+                &active,
+                want_offsets,
+            )
             .with_context(|| format!("rewriting function {func}"))?;
+        if let Some(map) = &mut map {
+            let start = count_len + (code.byte_len() + leb_len(f.byte_len() as u64)) as u32;
+            map.reencoded(
+                old_rel,
+                start..start + f.byte_len() as u32,
+                offsets
+                    .drain(..)
+                    .map(|(old, new)| (old as u32 - code_start, start + new as u32)),
+            );
+        }
         code.function(&f);
         emitted.rewritten_functions.push(func);
     }
-    for f in &edits.new_functions {
+    let first_new = module.num_funcs();
+    for (k, f) in edits.new_functions.iter().enumerate() {
+        if let Some(map) = &mut map
+            && let Some(&original) = edits.moved_bodies.get(&(first_new + k as u32))
+        {
+            // The original code, byte for byte after its re-encoded local declarations.
+            let body = &module.bodies[(original - module.imported_funcs) as usize];
+            let old = Module::body_range(body);
+            let old = old.start as u32 - code_start..old.end as u32 - code_start;
+            let old_code = body.get_operators_reader()?.original_position() as u32 - code_start;
+            let len = f.body.byte_len() as u32;
+            let start = count_len + (code.byte_len() + leb_len(len as u64)) as u32;
+            let new = start..start + len;
+            let new_code = new.end - (old.end - old_code);
+            map.moved(old, new, (old_code, new_code));
+        }
         code.function(&f.body);
     }
-    Ok(code)
+    Ok((code, map))
+}
+
+/// The map of a Code section copied byte for byte: every body stays where it was.
+fn unmoved_code(module: &Module<'_>) -> Option<CodeMap> {
+    let section = module.sections.iter().find(|s| s.id == 10)?;
+    let start = section.contents.start;
+    let mut map = CodeMap::new(start as u64, section.contents.len() as u64);
+    for body in &module.bodies {
+        let r = Module::body_range(body);
+        let rel = (r.start - start) as u32..(r.end - start) as u32;
+        map.copied(rel.clone(), rel);
+    }
+    Some(map)
+}
+
+/// Bytes of the unsigned LEB128 encoding of `n`.
+fn leb_len(n: u64) -> usize {
+    (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Buffers reused across the functions of one module.
@@ -368,6 +541,7 @@ impl<'i> Rewriting<'i> {
         body: &wasmparser::FunctionBody<'i>,
         rewriters: &mut [Box<dyn BodyRewriter + '_>],
         active: &[usize],
+        offsets: Option<&mut Vec<(u64, usize)>>,
     ) -> Result<Function> {
         let mut re = RoundtripReencoder;
         let sig = module
@@ -398,6 +572,8 @@ impl<'i> Rewriting<'i> {
             all.append(&mut self.stage_in);
         }
 
+        // Where each original instruction's replacement starts in `all`.
+        let mut starts = Vec::new();
         let mut depth = 1u32;
         for (op, offset) in &original {
             match op {
@@ -420,14 +596,34 @@ impl<'i> Rewriting<'i> {
             self.stage_in
                 .push(re.instruction(op.clone()).map_err(encoding_error)?);
             self.run_stages(&mut cx, rewriters, active);
+            if offsets.is_some() {
+                starts.push(all.len());
+            }
             all.append(&mut self.stage_in);
         }
 
         let new_locals = cx.take_new_locals();
         locals.extend(new_locals.into_iter().map(|t| (1, t)));
         let mut f = Function::new(locals);
-        for ins in &all {
-            f.instruction(ins);
+        match offsets {
+            None => {
+                for ins in &all {
+                    f.instruction(ins);
+                }
+            }
+            Some(offsets) => {
+                // (input offset, offset in the new body) of each original instruction.
+                let mut next = starts.iter().zip(&original).peekable();
+                for (k, ins) in all.iter().enumerate() {
+                    while let Some((_, (_, old))) = next.next_if(|(start, _)| **start == k) {
+                        offsets.push((*old, f.byte_len()));
+                    }
+                    f.instruction(ins);
+                }
+                for (_, (_, old)) in next {
+                    offsets.push((*old, f.byte_len()));
+                }
+            }
         }
         Ok(f)
     }
@@ -449,17 +645,43 @@ impl<'i> Rewriting<'i> {
     }
 }
 
-/// The name section with the names of the added functions appended to its function names.
-/// Subsections other than function names are copied byte for byte.
-fn name_section_with_new_functions(
+/// Names of the items wasmfix adds, by name subsection id (functions, tables, globals, data).
+fn added_names(module: &Module<'_>, edits: &Edits<'_>) -> BTreeMap<u8, Vec<(u32, String)>> {
+    let mut added: BTreeMap<u8, Vec<(u32, String)>> = BTreeMap::new();
+    let functions: Vec<(u32, String)> = edits
+        .new_function_names(module)
+        .map(|(index, name)| (index, name.to_string()))
+        .collect();
+    if !functions.is_empty() {
+        added.insert(FUNCTION_NAMES, functions);
+    }
+    for (&(subsection, index), name) in &edits.item_names {
+        added
+            .entry(subsection)
+            .or_default()
+            .push((index, name.clone()));
+    }
+    added
+}
+
+/// Function names: the name subsection id that backtraces read.
+const FUNCTION_NAMES: u8 = 1;
+
+/// A name section: the input's (`section`, if any) with the `added` names appended to their
+/// subsections, which are created in subsection order where the input has none. Every other
+/// subsection is copied byte for byte.
+fn name_section_with_added(
     module: &Module<'_>,
-    edits: &Edits<'_>,
-    section: &crate::module::Section<'_>,
+    added: &BTreeMap<u8, Vec<(u32, String)>>,
+    section: Option<&crate::module::Section<'_>>,
 ) -> Result<NameSection> {
     let malformed = |e| anyhow!("malformed name section: {e}");
     let mut names = NameSection::new();
-    let mut functions_written = false;
-    let functions = |names: &mut NameSection, old: Option<wasmparser::BinaryReader<'_>>| {
+    let mut pending = added.iter().peekable();
+    let write = |names: &mut NameSection,
+                 id: u8,
+                 old: Option<wasmparser::BinaryReader<'_>>,
+                 new: &[(u32, String)]| {
         let mut map = NameMap::new();
         if let Some(r) = old {
             for naming in wasmparser::NameMap::new(r).map_err(malformed)? {
@@ -467,31 +689,37 @@ fn name_section_with_new_functions(
                 map.append(naming.index, naming.name);
             }
         }
-        for (idx, name) in edits.new_function_names(module) {
-            map.append(idx, name);
+        // Added items come after every original one, so the map stays sorted.
+        for (index, name) in new {
+            map.append(*index, name);
         }
-        names.functions(&map);
+        match id {
+            FUNCTION_NAMES => names.functions(&map),
+            crate::edit::TABLE_NAMES => names.tables(&map),
+            crate::edit::GLOBAL_NAMES => names.globals(&map),
+            crate::edit::DATA_NAMES => names.data(&map),
+            other => unreachable!("wasmfix names no items of name subsection {other}"),
+        }
         Ok::<(), anyhow::Error>(())
     };
-    let mut r = module.section_reader(section);
-    while !r.eof() {
-        let id = r.read_u8().map_err(malformed)?;
-        let len = r.read_var_u32().map_err(malformed)? as usize;
-        let pos = r.original_position();
-        let data = r.read_bytes(len).map_err(malformed)?;
-        if id == 1 {
-            functions(&mut names, Some(reader(data, pos as usize)))?;
-            functions_written = true;
-            continue;
+    if let Some(section) = section {
+        let mut r = module.section_reader(section);
+        while !r.eof() {
+            let id = r.read_u8().map_err(malformed)?;
+            let len = r.read_var_u32().map_err(malformed)? as usize;
+            let pos = r.original_position();
+            let data = r.read_bytes(len).map_err(malformed)?;
+            while let Some((&new_id, new)) = pending.next_if(|(new_id, _)| **new_id < id) {
+                write(&mut names, new_id, None, new)?;
+            }
+            match pending.next_if(|(new_id, _)| **new_id == id) {
+                Some((_, new)) => write(&mut names, id, Some(reader(data, pos as usize)), new)?,
+                None => names.raw(id, data),
+            }
         }
-        if id > 1 && !functions_written {
-            functions(&mut names, None)?;
-            functions_written = true;
-        }
-        names.raw(id, data);
     }
-    if !functions_written {
-        functions(&mut names, None)?;
+    for (&id, new) in pending {
+        write(&mut names, id, None, new)?;
     }
     Ok(names)
 }

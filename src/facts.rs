@@ -135,6 +135,7 @@ pub struct Facts {
     /// What an earlier wasmfix run applied (its `wasmfix` custom section), by pass.
     pub applied: serde_json::Map<String, serde_json::Value>,
     pub global_names: HashMap<u32, String>,
+    pub debug_info: DebugInfoFacts,
     code: OnceLock<CodeFacts>,
     indirect_calls: OnceLock<Vec<IndirectCallFacts>>,
 }
@@ -158,6 +159,7 @@ impl Facts {
             function_names,
             global_names,
             applied: applied(m),
+            debug_info: debug_info(m),
             code: OnceLock::new(),
             indirect_calls: OnceLock::new(),
         };
@@ -410,6 +412,52 @@ pub fn applied(m: &Module<'_>) -> serde_json::Map<String, serde_json::Value> {
     m.custom(APPLIED_SECTION)
         .and_then(|s| serde_json::from_slice(m.contents(s)).ok())
         .unwrap_or_default()
+}
+
+/// The debug info a module carries or points to.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DebugInfoFacts {
+    /// The `.debug_*` sections (DWARF) and their sizes, in module order.
+    pub dwarf_sections: Vec<(String, usize)>,
+    /// The URL of DWARF kept in a separate file (`external_debug_info` section).
+    pub external_debug_info: Option<String>,
+    /// The URL of the module's source map (`sourceMappingURL` section).
+    pub source_map_url: Option<String>,
+}
+
+impl DebugInfoFacts {
+    pub fn is_empty(&self) -> bool {
+        self.dwarf_sections.is_empty()
+            && self.external_debug_info.is_none()
+            && self.source_map_url.is_none()
+    }
+
+    pub fn dwarf_bytes(&self) -> usize {
+        self.dwarf_sections.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Finds DWARF sections and the `external_debug_info` and `sourceMappingURL` custom sections
+/// (each holds one string: a URL relative to the module).
+pub fn debug_info(m: &Module<'_>) -> DebugInfoFacts {
+    let url = |name: &str| {
+        let s = m.custom(name)?;
+        let mut r = m.section_reader(s);
+        let url = r.read_string().ok()?;
+        Some(url.to_string())
+    };
+    DebugInfoFacts {
+        dwarf_sections: m
+            .sections
+            .iter()
+            .filter_map(|s| {
+                let name = s.custom_name.filter(|n| n.starts_with(".debug_"))?;
+                Some((name.to_string(), s.contents.len()))
+            })
+            .collect(),
+        external_debug_info: url("external_debug_info"),
+        source_map_url: url("sourceMappingURL"),
+    }
 }
 
 /// FNV-1a of the module's bytes: a per-build value for canaries that needs no randomness.

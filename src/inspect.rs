@@ -104,6 +104,7 @@ pub fn json(m: &Module<'_>, facts: &Facts) -> Value {
             "why_not": r.matches_code.as_ref().err(),
         })),
         "producers": facts.producers,
+        "debug_info": facts.debug_info,
         "applied_by_wasmfix": facts.applied,
         "hazards": hazards(m, facts),
     })
@@ -113,6 +114,29 @@ fn result<T: serde::Serialize>(r: &Result<T, String>) -> Value {
     match r {
         Ok(v) => serde_json::to_value(v).expect("serializable"),
         Err(why) => json!({ "unknown": why }),
+    }
+}
+
+/// `DWARF in 6 sections (123,456 bytes); external DWARF: URL; source map: URL`, or `none`.
+pub fn debug_info_text(d: &crate::facts::DebugInfoFacts) -> String {
+    let mut parts = Vec::new();
+    if !d.dwarf_sections.is_empty() {
+        parts.push(format!(
+            "DWARF in {} sections ({} bytes)",
+            d.dwarf_sections.len(),
+            count(d.dwarf_bytes())
+        ));
+    }
+    if let Some(url) = &d.external_debug_info {
+        parts.push(format!("external DWARF: {url}"));
+    }
+    if let Some(url) = &d.source_map_url {
+        parts.push(format!("source map: {url}"));
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join("; ")
     }
 }
 
@@ -250,6 +274,7 @@ pub fn text(name: &str, m: &Module<'_>, facts: &Facts) -> String {
     if !facts.pic_markers.is_empty() {
         let _ = writeln!(w, "dynamic linking / PIC: {}", facts.pic_markers.join(", "));
     }
+    let _ = writeln!(w, "debug info: {}", debug_info_text(&facts.debug_info));
     for (what, detail) in &facts.applied {
         let _ = writeln!(w, "fixed by wasmfix: {what} {detail}");
     }

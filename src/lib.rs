@@ -5,7 +5,9 @@
 //! result with untouched parts copied byte for byte ([`emit`]), and validates it
 //! ([`validate`]). [`pipeline::run`] ties these together; the `wasmfix` binary is a thin CLI.
 
+pub mod codemap;
 pub mod diag;
+pub mod dwarf;
 pub mod edit;
 pub mod emit;
 pub mod facts;
@@ -15,4 +17,5 @@ pub mod module;
 pub mod passes;
 pub mod pipeline;
 pub mod sig;
+pub mod sourcemap;
 pub mod validate;

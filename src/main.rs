@@ -16,6 +16,13 @@ Examples:
   wasmfix --check app.wasm              exit 1 if the module has hazards (for a Makefile gate)
   wasmfix inspect app.wasm              stack layout, tables, indirect calls, hazards
   wasmfix passes                        list the passes
+  wasmfix app.wasm -o app.wasm --source-map app.wasm.map
+                                        also rewrite the module's source map in place
+
+Debug info: DWARF 4 and 5 (.debug_*) in the module is updated so every original instruction
+keeps its source location; DWARF wasmfix cannot update is refused (strip it with llvm-strip
+--strip-debug). A source map is rewritten only when given with --source-map. The name section
+names what wasmfix adds (wasmfix:adapt …, wasmfix:stack_overflow, …).
 
 Exit status: 0 done; 1 --check found hazards; 2 bad input, a pass refused the module, or a
 usage error (no output is written and the input is never modified); 3 internal error.";
@@ -61,6 +68,18 @@ struct Rewrite {
     /// stack-first: size in bytes of the relocated stack (default: the module's own).
     #[arg(long, value_name = "BYTES")]
     stack_size: Option<u64>,
+    /// The module's source map (v3, columns = byte offsets in the module): its offsets are
+    /// rewritten for the output and written to --source-map-out. (DWARF in the module is
+    /// always updated.)
+    #[arg(long, value_name = "IN.map")]
+    source_map: Option<PathBuf>,
+    /// Where to write the rewritten source map (default: OUT.map; may equal IN.map).
+    #[arg(long, value_name = "OUT.map", requires = "source_map")]
+    source_map_out: Option<PathBuf>,
+    /// Copy DWARF unchanged even when bodies move, leaving its code addresses stale (for
+    /// measuring what the update costs).
+    #[arg(long, hide = true)]
+    no_dwarf_update: bool,
     /// Analyze only: print hazards and exit 1 if any remain, 0 if none.
     #[arg(long)]
     check: bool,
@@ -214,10 +233,31 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
     if to_stdout && args.report.as_deref() == Some(Path::new("-")) {
         return Err(fail(2, "--report - and -o - both write standard output"));
     }
+    let source_map_out = match (&args.source_map, args.source_map_out) {
+        (None, _) => None,
+        (Some(_), Some(out)) => Some(out),
+        (Some(_), None) if to_stdout => {
+            return Err(fail(2, "--source-map with -o - needs --source-map-out"));
+        }
+        (Some(_), None) => {
+            let mut path = output.clone().into_os_string();
+            path.push(".map");
+            Some(PathBuf::from(path))
+        }
+    };
+    let source_map = match &args.source_map {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| fail(2, format!("{}: cannot read: {e}", path.display())))?,
+        ),
+        None => None,
+    };
     let bytes = read_input(&input)?;
     let options = PassOptions {
         fpcast_diagnose: args.fpcast_diagnose,
         stack_size: args.stack_size,
+        no_dwarf_update: args.no_dwarf_update,
+        code_map: source_map.is_some(),
         harden: args.harden,
     };
     let outcome = pipeline::run(&bytes, &passes, &options).map_err(|f| {
@@ -228,6 +268,13 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
         };
         fail(status, format!("{name}: {f}"))
     })?;
+    let rewritten_map = match (&source_map, &args.source_map) {
+        (Some(json), Some(path)) => Some(
+            wasmfix::sourcemap::rewrite(json, outcome.code_map.as_ref())
+                .map_err(|e| fail(2, format!("{}: {}", path.display(), pipeline::one_line(&e))))?,
+        ),
+        _ => None,
+    };
     for r in &outcome.reports {
         if args.verbose {
             eprintln!("wasmfix: {}: {}", r.pass, r.summary);
@@ -236,6 +283,23 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
             for w in &r.warnings {
                 eprintln!("wasmfix: {name}: {}: warning: {w}", r.pass);
             }
+        }
+    }
+    let debug = &outcome.debug_info;
+    if args.verbose {
+        if let Some(summary) = debug.summary() {
+            eprintln!("wasmfix: debug info: {summary}");
+        }
+        if let Some(m) = &rewritten_map {
+            eprintln!(
+                "wasmfix: debug info: source map rewritten: {} of {} mappings moved, {} outside the code dropped",
+                m.moved, m.segments, m.dropped
+            );
+        }
+    }
+    if !args.quiet {
+        for w in &debug.warnings {
+            eprintln!("wasmfix: {name}: debug info: warning: {w}");
         }
     }
     // The module is staged in a temporary file first and renamed into place only after the
@@ -248,6 +312,13 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
                 .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
         )
     };
+    let staged_map = match (&rewritten_map, &source_map_out) {
+        (Some(m), Some(path)) => Some(
+            Staged::write(path, &m.json)
+                .map_err(|e| fail(2, format!("{}: cannot write: {e}", path.display())))?,
+        ),
+        _ => None,
+    };
     if let Some(report) = &args.report {
         let json = serde_json::json!({
             "input": name,
@@ -256,6 +327,14 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
             "output_bytes": outcome.bytes.len(),
             "rewritten_functions": outcome.rewritten_functions,
             "passes": outcome.reports,
+            "debug_info": outcome.debug_info,
+            "source_map": rewritten_map.as_ref().map(|m| serde_json::json!({
+                "input": args.source_map.as_ref().map(|p| p.display().to_string()),
+                "output": source_map_out.as_ref().map(|p| p.display().to_string()),
+                "mappings": m.segments,
+                "moved": m.moved,
+                "dropped": m.dropped,
+            })),
         });
         let text = serde_json::to_string_pretty(&json).expect("serializable") + "\n";
         let written = if report == Path::new("-") {
@@ -264,6 +343,11 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
             std::fs::write(report, text)
         };
         written.map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
+    }
+    if let (Some(staged), Some(path)) = (staged_map, &source_map_out) {
+        staged
+            .commit()
+            .map_err(|e| fail(2, format!("{}: cannot write: {e}", path.display())))?;
     }
     match staged {
         Some(staged) => staged

@@ -47,6 +47,41 @@ pub struct Outcome {
     pub reports: Vec<PassReport>,
     /// Function bodies that were re-encoded.
     pub rewritten_functions: usize,
+    /// Where the input's code went, when the code moved and DWARF or `PassOptions::code_map`
+    /// asked for it.
+    pub code_map: Option<crate::codemap::CodeMap>,
+    /// What happened to the module's debug info (DWARF, external DWARF, source map).
+    pub debug_info: DebugInfoReport,
+}
+
+/// What happened to a module's debug info, for `--report` and warnings.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct DebugInfoReport {
+    /// `none`, `unchanged` (the code did not move), `updated`, or `stale` (copied unchanged
+    /// although the code moved: `--no-dwarf-update`).
+    pub dwarf: &'static str,
+    /// What the update changed, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update: Option<crate::dwarf::Updated>,
+    pub external_debug_info: Option<String>,
+    pub source_map_url: Option<String>,
+    /// What the user should know: debug info wasmfix could not update.
+    pub warnings: Vec<String>,
+}
+
+impl DebugInfoReport {
+    /// One line for `-v`, if there is debug info at all.
+    pub fn summary(&self) -> Option<String> {
+        match (self.dwarf, &self.update) {
+            ("none", _) => None,
+            ("updated", Some(u)) => Some(format!(
+                "DWARF updated: {} units, {} addresses, {} line programs rewritten",
+                u.units, u.addresses, u.line_programs
+            )),
+            ("unchanged", _) => Some("DWARF unchanged: the code did not move".into()),
+            (other, _) => Some(format!("DWARF {other}")),
+        }
+    }
 }
 
 /// Reads and validates `input`, or says why it is bad input.
@@ -115,7 +150,23 @@ pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<
         &patched_module
     };
     let mut bytes = Vec::new();
-    let emitted = emit::emit(source, &mut edits, &mut bytes).map_err(Failure::Internal)?;
+    let debug = crate::facts::debug_info(source);
+    let update_dwarf = !options.no_dwarf_update && !debug.dwarf_sections.is_empty();
+    // A map is built only when debug info needs one: modules without it pay nothing.
+    let emit_options = emit::EmitOptions {
+        code_map: update_dwarf || options.code_map || !debug.is_empty(),
+        update_dwarf,
+    };
+    let mut emitted = emit::emit(source, &mut edits, &mut bytes, emit_options).map_err(|e| {
+        if e.is::<crate::dwarf::CannotUpdate>() {
+            Failure::Refused {
+                pass: "dwarf",
+                error: e,
+            }
+        } else {
+            Failure::Internal(e)
+        }
+    })?;
 
     let defined = module.bodies.len() as u32;
     let mut check = vec![false; defined as usize];
@@ -136,9 +187,60 @@ pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<
     let must_check = |i: u32| i >= defined || check[i as usize];
     validate::validate(&bytes, Some(&must_check))
         .map_err(|e| Failure::Internal(e.context("the rewritten module does not validate")))?;
+    let debug_info = debug_info_report(debug, &mut emitted, options);
     Ok(Outcome {
         bytes,
         reports,
         rewritten_functions: emitted.rewritten_functions.len(),
+        code_map: emitted.code_map,
+        debug_info,
     })
+}
+
+fn debug_info_report(
+    facts: crate::facts::DebugInfoFacts,
+    emitted: &mut emit::Emitted,
+    options: &PassOptions,
+) -> DebugInfoReport {
+    let map = emitted.code_map.as_ref();
+    let code_moved = map.is_some_and(|m| !m.is_identity());
+    let file_offsets_moved =
+        map.is_some_and(|m| code_moved || m.old_code_start != m.new_code_start);
+    let mut warnings = Vec::new();
+    let dwarf = if facts.dwarf_sections.is_empty() {
+        "none"
+    } else if emitted.dwarf.is_some() {
+        "updated"
+    } else if code_moved {
+        warnings.push(
+            "DWARF copied unchanged (--no-dwarf-update): its code addresses no longer match"
+                .to_string(),
+        );
+        "stale"
+    } else {
+        "unchanged"
+    };
+    if let Some(url) = &facts.external_debug_info
+        && code_moved
+    {
+        warnings.push(format!(
+            "the module's DWARF is in a separate file ({url}), which wasmfix cannot update: \
+             its code addresses no longer match this module"
+        ));
+    }
+    if let Some(url) = &facts.source_map_url
+        && file_offsets_moved
+        && !options.code_map
+    {
+        warnings.push(format!(
+            "the module's source map ({url}) no longer matches: rewrite it with --source-map"
+        ));
+    }
+    DebugInfoReport {
+        dwarf,
+        update: emitted.dwarf.take(),
+        external_debug_info: facts.external_debug_info,
+        source_map_url: facts.source_map_url,
+        warnings,
+    }
 }

@@ -6,6 +6,8 @@
 //!   `"a,b"`).
 //! - [`run_wasi`]: runs a WASI preview1 command module (`_start`) in wasmtime and returns its
 //!   stdout, stderr and how it ended ([`Outcome::Exit`] or [`Outcome::Trap`]).
+//!   [`run_wasi_backtrace`] also returns a trap's frames with the source locations wasmtime
+//!   read from DWARF.
 //! - [`fixture`], [`fixtures`], [`wat`], [`wat_files`]: the test inputs.
 //! - [`validate`], [`print`], [`function_bodies`], [`custom_sections`]: looking at output.
 //! - [`corpus`]: the real modules from `../shared/corpus/fetch.sh`, when they are cached.
@@ -259,6 +261,18 @@ fn engine() -> &'static wasmtime::Engine {
     })
 }
 
+/// An engine like [`engine`] that also reads DWARF to name each frame's source location
+/// (`WASMTIME_BACKTRACE_DETAILS=1`).
+fn engine_with_backtrace_details() -> &'static wasmtime::Engine {
+    static ENGINE: OnceLock<wasmtime::Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(true);
+        config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
+        wasmtime::Engine::new(&config).expect("wasmtime engine")
+    })
+}
+
 /// Compiles `wasm`, reusing the compiled module when the same bytes were compiled before in
 /// this test process (tests run many cases of one fixture).
 fn compile(wasm: &[u8]) -> wasmtime::Module {
@@ -279,10 +293,37 @@ fn compile(wasm: &[u8]) -> wasmtime::Module {
 /// Panics when the module does not compile or cannot be instantiated for a reason other than a
 /// trap (a missing import, for example): that is a broken test, not an outcome.
 pub fn run_wasi(wasm: &[u8], args: &[&str]) -> Run {
+    run_module(engine(), &compile(wasm), args).0
+}
+
+/// One frame of a trap's backtrace, innermost first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub func_index: u32,
+    pub func_name: Option<String>,
+    /// Offset of the frame's instruction in the module file.
+    pub module_offset: Option<usize>,
+    /// Source locations from DWARF, innermost (inlined) first: (file, line).
+    pub symbols: Vec<(Option<String>, Option<u32>)>,
+}
+
+/// [`run_wasi`] in an engine that reads DWARF for backtraces; also returns the trap's frames
+/// (empty when the run did not trap). Not cached: each call compiles `wasm`.
+pub fn run_wasi_backtrace(wasm: &[u8], args: &[&str]) -> (Run, Vec<Frame>) {
+    let engine = engine_with_backtrace_details();
+    let module = wasmtime::Module::new(engine, wasm)
+        .unwrap_or_else(|e| panic!("wasmtime cannot compile the module: {e:?}"));
+    run_module(engine, &module, args)
+}
+
+fn run_module(
+    engine: &wasmtime::Engine,
+    module: &wasmtime::Module,
+    args: &[&str],
+) -> (Run, Vec<Frame>) {
     use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
     const CAPTURE: usize = 64 << 20;
-    let module = compile(wasm);
     let stdout = MemoryOutputPipe::new(CAPTURE);
     let stderr = MemoryOutputPipe::new(CAPTURE);
     let mut argv = vec!["prog"];
@@ -292,13 +333,13 @@ pub fn run_wasi(wasm: &[u8], args: &[&str]) -> Run {
         .stdout(stdout.clone())
         .stderr(stderr.clone())
         .build_p1();
-    let mut store = wasmtime::Store::new(engine(), wasi);
+    let mut store = wasmtime::Store::new(engine, wasi);
     store.set_fuel(FUEL).expect("fuel is enabled");
-    let mut linker = wasmtime::Linker::new(engine());
+    let mut linker = wasmtime::Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx).expect("WASI preview1 imports");
 
     let result = linker
-        .instantiate(&mut store, &module)
+        .instantiate(&mut store, module)
         .map_err(|e| {
             // A trap in a start function is an outcome; anything else is a broken test.
             if e.downcast_ref::<wasmtime::Trap>().is_none()
@@ -314,6 +355,27 @@ pub fn run_wasi(wasm: &[u8], args: &[&str]) -> Run {
                 .unwrap_or_else(|e| panic!("not a WASI command (no `_start`): {e:?}"));
             start.call(&mut store, ())
         });
+    let frames = match &result {
+        Err(e) => e
+            .downcast_ref::<wasmtime::WasmBacktrace>()
+            .map(|bt| {
+                bt.frames()
+                    .iter()
+                    .map(|f| Frame {
+                        func_index: f.func_index(),
+                        func_name: f.func_name().map(str::to_string),
+                        module_offset: f.module_offset(),
+                        symbols: f
+                            .symbols()
+                            .iter()
+                            .map(|s| (s.file().map(str::to_string), s.line()))
+                            .collect(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Ok(()) => Vec::new(),
+    };
     let outcome = match result {
         Ok(()) => Outcome::Exit(0),
         Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
@@ -329,9 +391,10 @@ pub fn run_wasi(wasm: &[u8], args: &[&str]) -> Run {
     };
     drop(store);
     let text = |pipe: MemoryOutputPipe| String::from_utf8_lossy(&pipe.contents()).into_owned();
-    Run {
+    let run = Run {
         stdout: text(stdout),
         stderr: text(stderr),
         outcome,
-    }
+    };
+    (run, frames)
 }
