@@ -1706,7 +1706,7 @@ def harden_ruby(ctx, checks, name="ruby", safe_heap=True):
     ruby = ctx.module(name)
     src, size = ruby["path"], ruby["bytes"]
     warm(src)
-    variants = [("%s-orig" % name, src)]
+    variants = [("orig", src)]
     fig = {"input_bytes": size, "variants": {}}
     for label, flags in (("harden", ["--harden"]), ("stack-canary", ["--passes", "stack-canary"]),
                          ("heap-canary", ["--passes", "heap-canary"])):

@@ -466,6 +466,18 @@ fn resolve_unit(
     // low_pc 0 with an end inside a function).
     for &(at, end, form, len, low) in &unit.lengths {
         let low = value(low)?;
+        // A range that wraps around the address space (ruby-debug has subprograms whose
+        // `high_pc` is 0, and one whose length is -6) describes no code: its end stays where
+        // it was, modulo the address space, as a non-wrapping end beyond the code does.
+        let limit = address_limit(width);
+        if low.checked_add(len).is_none_or(|end| end > limit) {
+            let new = low.wrapping_add(len).wrapping_sub(map.map(low)) & limit;
+            if new != len {
+                write_constant(&mut info[at..end], form, new).context("DW_AT_high_pc")?;
+                updated.addresses += 1;
+            }
+            continue;
+        }
         contiguous(map, low, low + len)?;
         if let Some(new) = map.map(low + len).checked_sub(map.map(low))
             && new != len
@@ -903,6 +915,15 @@ fn patch_list(
 /// moved to the end of the code between them): patched in place it would come out inverted
 /// or miss the moved body. Compilers give each function its own range; binaryen-written
 /// DWARF has one range per unit.
+/// The largest address of `width` bytes.
+fn address_limit(width: usize) -> u64 {
+    if width >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * width)) - 1
+    }
+}
+
 fn contiguous(map: &CodeMap, begin: u64, end: u64) -> Result<()> {
     if end > begin && map.sequence_break(begin, end - 1).is_some() {
         bail!(

@@ -1276,3 +1276,89 @@ fn dwarf_wasmfix_cannot_update_is_refused_in_one_line() {
     assert_eq!(String::from_utf8_lossy(&run.stderr).lines().count(), 1);
     assert!(!out.exists());
 }
+
+/// A subprogram whose `DW_AT_high_pc` length wraps around the 32-bit address space
+/// (ruby-debug has ones whose end is 0 and one with length -6) keeps its end modulo 2^32 when
+/// the code before it shrinks, while a well-formed one follows its code. (wasmfix once refused
+/// ruby-debug under heap-canary: "DW_AT_high_pc: 0x100001ded does not fit in 4 bytes".)
+#[test]
+fn a_range_wrapping_around_the_address_space_keeps_its_end() {
+    // heap-canary replaces the long `realloc` by a shorter wrapper: `after` moves down.
+    let module = wat::parse_str(format!(
+        r#"(module
+          (memory 1)
+          (global $top (mut i32) (i32.const 4096))
+          (func $malloc (export "malloc") (param $n i32) (result i32) (local $p i32)
+            global.get $top
+            local.tee $p
+            local.get $n
+            i32.add
+            global.set $top
+            local.get $p)
+          (func $free (export "free") (param i32))
+          (func $realloc (export "realloc") (param i32 i32) (result i32)
+            {}
+            local.get 1
+            call $malloc)
+          (func $after (export "after") (result i32)
+            i32.const 7))"#,
+        "nop\n".repeat(400)
+    ))
+    .unwrap();
+    let after = code(&module).bodies[3].range.clone();
+    let wrapping = 0xffff_fffa_u64;
+    // .debug_abbrev: 1 = compile unit with children, 2 = subprogram (low_pc addr, high_pc data4).
+    let abbrev = [
+        1, 0x11, 1, 0, 0, 2, 0x2e, 0, 0x11, 0x01, 0x12, 0x06, 0, 0, 0,
+    ];
+    let mut dies = vec![1u8];
+    for len in [after.end - after.start, wrapping] {
+        dies.push(2);
+        dies.extend((after.start as u32).to_le_bytes());
+        dies.extend((len as u32).to_le_bytes());
+    }
+    dies.push(0);
+    let mut info = Vec::new();
+    info.extend((2 + 4 + 1 + dies.len() as u32).to_le_bytes());
+    info.extend(4u16.to_le_bytes());
+    info.extend(0u32.to_le_bytes());
+    info.push(4);
+    info.extend(dies);
+    let mut input = module.clone();
+    for (name, data) in [(".debug_abbrev", &abbrev[..]), (".debug_info", &info)] {
+        let section = wasm_encoder::CustomSection {
+            name: name.into(),
+            data: data.into(),
+        };
+        wasm_encoder::Section::append_to(&section, &mut input);
+    }
+    let output = common::rewrite(&input, "heap-canary");
+    let moved = code(&output).bodies[3].range.clone();
+    assert!(moved.start < after.start, "{after:?} -> {moved:?}");
+    let sections = debug_sections(&output);
+    let dwarf = load(&sections);
+    let unit = dwarf.units().next().unwrap().unwrap();
+    let unit = dwarf.unit(unit).unwrap();
+    let mut entries = unit.entries();
+    let mut found = Vec::new();
+    while let Some(entry) = entries.next_dfs().unwrap() {
+        if entry.tag() != gimli::DW_TAG_subprogram {
+            continue;
+        }
+        let attr = |name| entry.attr_value(name).unwrap();
+        let low = match attr(gimli::DW_AT_low_pc) {
+            gimli::AttributeValue::Addr(a) => a,
+            other => panic!("{other:?}"),
+        };
+        let len = attr(gimli::DW_AT_high_pc).udata_value().unwrap();
+        found.push((low, (low + len) & 0xffff_ffff));
+    }
+    assert_eq!(
+        found,
+        [
+            (moved.start, moved.end),
+            (moved.start, (after.start + wrapping) & 0xffff_ffff)
+        ],
+        "`after` moved from {after:?} to {moved:?}"
+    );
+}
