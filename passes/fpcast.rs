@@ -52,7 +52,9 @@
 //!
 //! Limits: a replaced (not appended) entry of a table that changes at run time keeps the
 //! adapter of its original signature. Tables whose element segments have non-constant offsets
-//! (position-independent code) and 64-bit tables are left alone, with a warning.
+//! (position-independent code), 64-bit tables, tables whose segments write past their size
+//! (instantiation traps) and sparse tables (a few entries far apart, which would make the
+//! class map large) are left alone, with a warning.
 
 use super::{Pass, PassCx, PassReport};
 use crate::diag::{Message, RECORD_SCRATCH, store_bytes, store_text};
@@ -138,6 +140,27 @@ impl Pass for Fpcast {
                 warnings.push(format!(
                     "table {} holds {} rather than funcref: casts through it are not adapted",
                     t.index, t.element_type
+                ));
+                continue;
+            }
+            // The class map and the diagnostics' slot map cover every slot up to the last
+            // filled one: keep them proportional to the module's own element segments.
+            let slots = t.contents.keys().next_back().map_or(0, |&s| s + 1);
+            if slots > t.initial {
+                warnings.push(format!(
+                    "table {}: an element segment writes slot {} of a table declared with {} \
+                     slots: casts through it are not adapted",
+                    t.index,
+                    slots - 1,
+                    t.initial
+                ));
+                continue;
+            }
+            if slots > 4 * t.filled_slots as u64 + 4096 {
+                warnings.push(format!(
+                    "table {} is sparse ({} entries spread over {slots} slots): casts through it \
+                     are not adapted",
+                    t.index, t.filled_slots
                 ));
                 continue;
             }

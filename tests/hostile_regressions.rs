@@ -1,0 +1,72 @@
+//! Minimized regressions for what the hostile-input and differential fuzzers found (issue 7).
+//! Each test names the input shape, what went wrong before the fix, and what must hold now.
+
+mod common;
+
+/// A castable call site and a table whose element segment sits at `offset` in a table of
+/// `size` slots.
+fn table_module(size: u32, offset: u32) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+          (type $one (func (param i32) (result i32)))
+          (type $two (func (param i32 i32) (result i32)))
+          (table {size} funcref)
+          (elem (i32.const {offset}) $f)
+          (func $f (type $one) local.get 0)
+          (func (export "call") (param i32 i32 i32) (result i32)
+            local.get 0 local.get 1 local.get 2 call_indirect (type $two)))"#
+    ))
+    .unwrap()
+}
+
+fn fpcast_warnings(input: &[u8]) -> (Vec<u8>, Vec<String>) {
+    let outcome = wasmfix::pipeline::run(
+        input,
+        &common::passes("fpcast"),
+        &wasmfix::passes::PassOptions::default(),
+    )
+    .unwrap_or_else(|f| panic!("fpcast failed: {f}"));
+    common::validate(&outcome.bytes);
+    let warnings = outcome.reports[0].warnings.clone();
+    (outcome.bytes, warnings)
+}
+
+/// Found by fuzz_hostile: an element segment at offset 2^31 - 1 (valid; it traps at
+/// instantiation) made fpcast allocate a class map of 2^31 slots and panic in wasm-encoder
+/// (`br_table` with more than 2^32 bytes of targets).
+#[test]
+fn fpcast_leaves_alone_a_table_whose_segment_lies_past_its_end() {
+    let input = table_module(2, 0x7fff_ffff);
+    let (output, warnings) = fpcast_warnings(&input);
+    assert!(
+        output.len() < 2 * input.len(),
+        "output grew to {} bytes",
+        output.len()
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("writes slot 2147483647")),
+        "{warnings:?}"
+    );
+}
+
+/// The same in bounds: one entry at the end of a declared 10,000,000-slot table would make the
+/// class map (and the output) a thousand times the input.
+#[test]
+fn fpcast_leaves_alone_a_sparse_table() {
+    let input = table_module(10_000_000, 9_999_999);
+    let (output, warnings) = fpcast_warnings(&input);
+    assert!(
+        output.len() < 2 * input.len(),
+        "output grew to {} bytes",
+        output.len()
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("sparse")),
+        "{warnings:?}"
+    );
+    // A dense table of the same shape is still adapted.
+    let (_, warnings) = fpcast_warnings(&table_module(2, 1));
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
