@@ -100,8 +100,11 @@ pub fn emit(module: &Module<'_>, edits: &mut Edits<'_>, out: &mut Vec<u8>) -> Re
                 Some(None) => {}
                 Some(Some(encoded)) => out.extend_from_slice(encoded),
                 None if rename_functions && section.custom_name == Some("name") => {
-                    let names = name_section_with_new_functions(module, edits, section)?;
-                    push_section(out, &names);
+                    // Custom sections are not validated: a malformed one is kept as it is.
+                    match name_section_with_new_functions(module, edits, section) {
+                        Ok(names) => push_section(out, &names),
+                        Err(_) => out.extend_from_slice(&bytes[section.whole.clone()]),
+                    }
                 }
                 None => out.extend_from_slice(&bytes[section.whole.clone()]),
             }

@@ -70,3 +70,38 @@ fn fpcast_leaves_alone_a_sparse_table() {
     let (_, warnings) = fpcast_warnings(&table_module(2, 1));
     assert!(warnings.is_empty(), "{warnings:?}");
 }
+
+/// Found by fuzz_hostile: a malformed `name` section (custom sections are not validated, so the
+/// module is valid) made every pass that adds functions fail with "internal error (a wasmfix
+/// bug)", exit 3. The section is now kept byte for byte.
+#[test]
+fn a_malformed_name_section_is_kept_as_it_is() {
+    let mut input = wat::parse_str(
+        r#"(module
+          (memory 1)
+          (global (export "__stack_pointer") (mut i32) (i32.const 4096))
+          (data (i32.const 16) "x")
+          (func (export "f")
+            global.get 0 i32.const 16 i32.sub global.set 0
+            global.get 0 i32.const 16 i32.add global.set 0))"#,
+    )
+    .unwrap();
+    // `name`: a function-names subsection that claims 5 bytes and holds 2.
+    let name = [0x00, 0x08, 0x04, b'n', b'a', b'm', b'e', 0x01, 0x05, 0x01];
+    input.extend_from_slice(&name);
+    common::validate(&input);
+    for passes in ["stack-guard", "fpcast,stack-guard,producers"] {
+        let output = common::try_rewrite(&input, passes)
+            .unwrap_or_else(|e| panic!("--passes {passes}: {e}"));
+        common::validate(&output);
+        let names: Vec<_> = common::custom_sections(&output)
+            .into_iter()
+            .filter(|(n, _)| n == "name")
+            .collect();
+        assert_eq!(names.len(), 1);
+        assert_eq!(
+            names[0].1, name,
+            "--passes {passes}: the name section changed"
+        );
+    }
+}
