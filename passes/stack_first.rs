@@ -65,6 +65,9 @@ pub fn cannot_relocate(cx: &PassCx<'_, '_, '_>) -> Option<String> {
             }
         }
     }
+    if let Some(why) = misdirected_relocations(m) {
+        return Some(format!("{why}; relocations are stale"));
+    }
     if !facts.pic_markers.is_empty() {
         return Some(format!(
             "position-independent module ({})",
@@ -82,6 +85,33 @@ pub fn cannot_relocate(cx: &PassCx<'_, '_, '_>) -> Option<String> {
         .any(|d| matches!(d.kind, wasmparser::DataKind::Passive))
     {
         return Some("passive data segments: the code that copies them has no relocations".into());
+    }
+    None
+}
+
+/// A `reloc.X` section names its target by position among all sections; after a tool moved,
+/// added or removed a section, that position no longer holds `X` (the code for `reloc.CODE`,
+/// the data for `reloc.DATA`, the custom section `X` otherwise).
+fn misdirected_relocations(m: &crate::module::Module<'_>) -> Option<String> {
+    for s in &m.sections {
+        let Some(kind) = s.custom_name.and_then(|n| n.strip_prefix("reloc.")) else {
+            continue;
+        };
+        let Ok(reader) = wasmparser::RelocSectionReader::new(m.section_reader(s)) else {
+            return Some(format!("reloc.{kind} is malformed"));
+        };
+        let index = reader.section_index();
+        let target = m.sections.get(index as usize);
+        let right = target.is_some_and(|t| match kind {
+            "CODE" => t.id == 10,
+            "DATA" => t.id == 11,
+            name => t.custom_name == Some(name),
+        });
+        if !right {
+            return Some(format!(
+                "reloc.{kind} targets section {index}, which is not the {kind} section"
+            ));
+        }
     }
     None
 }

@@ -105,3 +105,44 @@ fn a_malformed_name_section_is_kept_as_it_is() {
         );
     }
 }
+
+/// `module` with a custom section inserted after its first section, which moves every later
+/// section one position on.
+fn with_custom_section_up_front(module: &[u8]) -> Vec<u8> {
+    let first = common::sections(module)[0].bytes.len();
+    let mut out = module[..8 + first].to_vec();
+    out.extend_from_slice(&[0x00, 0x04, 0x03, b'p', b'a', b'd']);
+    out.extend_from_slice(&module[8 + first..]);
+    out
+}
+
+/// Found by fuzz_hostile: a custom section inserted before the code section (as a tool that
+/// adds one up front does) leaves `reloc.CODE` naming the section before the code. stack-first
+/// patched "relocated addresses" into that section and produced an invalid module, reported
+/// as an internal error (exit 3). It now refuses (stale relocations), and `stack` guards.
+#[test]
+fn relocations_that_name_the_wrong_section_are_stale() {
+    let input = with_custom_section_up_front(&common::fixture("stack.O2.relocs.wasm"));
+    common::validate(&input);
+    let refusal = common::try_rewrite(&input, "stack-first").unwrap_err();
+    assert!(
+        refusal.contains("reloc.CODE targets section") && refusal.contains("stale"),
+        "{refusal}"
+    );
+    assert!(!refusal.contains('\n'));
+    let outcome = wasmfix::pipeline::run(
+        &input,
+        &common::passes("stack"),
+        &wasmfix::passes::PassOptions::default(),
+    )
+    .unwrap_or_else(|f| panic!("stack: {f}"));
+    common::validate(&outcome.bytes);
+    assert!(
+        outcome.reports[0].summary.contains("not relocated"),
+        "{}",
+        outcome.reports[0].summary
+    );
+    // Untouched, the same fixture still relocates.
+    let fixture = common::fixture("stack.O2.relocs.wasm");
+    assert!(common::try_rewrite(&fixture, "stack-first").is_ok());
+}
