@@ -20,6 +20,7 @@
 //! call must do after a rewrite: the same as before, the C-semantics value of a castable
 //! mismatch (computed by a model of the adapted arguments), or an overflow (computed from the
 //! frame sizes) that a guarded module stops and a relocated one traps on.
+#![allow(dead_code)] // shared by test files that each use part of it
 
 use super::diff::{Arg, Call, Expect, PLAN_SECTION, Plan};
 use arbitrary::Unstructured;

@@ -27,6 +27,7 @@
 //! Fuel: the original gets [`FUEL`] per call; the rewritten module ten times that (its guards and
 //! adapters cost instructions). An original that runs out of fuel, or of native stack, makes the
 //! rest of its session inconclusive.
+#![allow(dead_code)] // shared by test files that each use part of it
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
