@@ -332,6 +332,13 @@ impl Facts {
                         // __data_end; zero-initialized data (.bss) lies between the last data
                         // segment and the stack. Stack sizes are powers of two in practice
                         // (64 KiB by default, 8 MiB for CPython).
+                        if d.high > high {
+                            return Err(format!(
+                                "the data [{}, {}) extends above the initial stack pointer \
+                                 {high} and no __data_end says where the stack ends",
+                                d.low, d.high
+                            ));
+                        }
                         let gap = high - d.high;
                         let size = if gap == 0 {
                             0

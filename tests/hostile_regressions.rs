@@ -146,3 +146,35 @@ fn relocations_that_name_the_wrong_section_are_stale() {
     let fixture = common::fixture("stack.O2.relocs.wasm");
     assert!(common::try_rewrite(&fixture, "stack-first").is_ok());
 }
+
+/// Found by reading facts.rs while writing the hostile-input fuzzer (the fuzzer runs release
+/// builds, where the overflow wraps silently): data on both sides of the initial stack pointer,
+/// mostly below it and without `__data_end`, made the stack-size estimate subtract past zero:
+/// a panic in debug builds, a nonsense stack region in release builds (every write trapped).
+/// The region is now unknown, so the guard refuses and `stack` says why it did nothing.
+#[test]
+fn data_across_the_initial_stack_pointer_has_no_stack_region() {
+    let input = wat::parse_str(
+        r#"(module
+          (memory 1)
+          (global (export "__stack_pointer") (mut i32) (i32.const 2000))
+          (data (i32.const 1000) "data below and above the stack pointer")
+          (data (i32.const 1100) "x")
+          (data (i32.const 2099) "y")
+          (func (export "f")
+            global.get 0 i32.const 16 i32.sub global.set 0
+            global.get 0 i32.const 16 i32.add global.set 0))"#,
+    )
+    .unwrap();
+    let refusal = common::try_rewrite(&input, "stack-guard").unwrap_err();
+    assert!(
+        refusal.contains("extends above the initial stack pointer 2000"),
+        "{refusal}"
+    );
+    for passes in ["stack", "fpcast,stack,producers"] {
+        match common::try_rewrite(&input, passes) {
+            Ok(output) => common::validate(&output),
+            Err(e) => assert!(!e.contains('\n') && e.contains("stack pointer"), "{e}"),
+        }
+    }
+}
