@@ -20,7 +20,7 @@
 //! Refuses: a module without relocations ("relink with -Wl,--emit-relocs"), with stale ones
 //! (re-encoded after linking, e.g. by wasm-opt: immediates are no longer padded), a relocated
 //! value outside memory, passive data segments (their copy code has no relocations),
-//! position-independent or 64-bit modules.
+//! position-independent or 64-bit modules, a memory of custom (non-64 KiB) pages.
 
 use super::{Pass, PassCx, PassReport};
 use crate::facts::StackLayout;
@@ -151,6 +151,12 @@ pub fn relocate(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassR
         * 16;
     let shift = size;
     let memory = m.memories[0];
+    if let Some(log2) = memory.page_size_log2.filter(|&l| l != 16) {
+        bail!(
+            "memory 0 has {}-byte pages (custom-page-sizes); stack-first grows memories of 64 KiB pages only",
+            1u64 << log2
+        );
+    }
     let memory_bytes = memory.initial * 65536;
     let pages = shift.div_ceil(65536);
     if memory.maximum.is_some_and(|max| max + pages > 65536) {

@@ -46,6 +46,8 @@ pub const INSTANTIATE_FUEL: u64 = 2_000_000;
 const MEMORY_LIMIT: usize = 16 << 20;
 const TABLE_LIMIT: usize = 100_000;
 
+const STACK_MESSAGE: &[u8] = b"wasmfix: stack overflow in ";
+
 /// Name of the custom section in which the C-like generator stores its call plan.
 pub const PLAN_SECTION: &str = "wasmfix-fuzz-plan";
 
@@ -274,7 +276,11 @@ pub fn check_module(input: &[u8], stats: &mut Stats) -> Result<(), Finding> {
             stats.not_executable += 1;
             break;
         };
-        let meta = Meta::of(&input_shape, &shape, pipeline.options.fpcast_diagnose);
+        let mut meta = Meta::of(&input_shape, &shape, pipeline.options.fpcast_diagnose);
+        // Messages are written only when wasmfix could add its message writer.
+        meta.writes_stderr = bytes
+            .windows(STACK_MESSAGE.len())
+            .any(|w| w == STACK_MESSAGE);
         let rewritten =
             run(&bytes, &plan, Side::Rewritten(meta.extra_memory)).ok_or_else(|| {
                 finding(
@@ -647,6 +653,7 @@ fn config(side: Side) -> Config {
         .relaxed_simd_deterministic(true)
         .parallel_compilation(false)
         .wasm_threads(true)
+        .shared_memory(true)
         .wasm_simd(true)
         .wasm_relaxed_simd(true)
         .wasm_bulk_memory(true)
@@ -976,6 +983,21 @@ fn compare(
         .zip(&rewritten.sessions)
         .enumerate()
     {
+        if std::env::var_os("WASMFIX_FUZZ_DEBUG").is_some() {
+            eprintln!(
+                "session {k}: {:?} / {:?}: {} steps",
+                inst_a.event,
+                inst_b.event,
+                steps_a.len()
+            );
+        }
+        // Not a trap: the engine cannot instantiate it (a limit, an unsupported feature).
+        if inst_a.event.same_as(&inst_b.event)
+            && matches!(inst_a.event, Event::Trap { trap: None, .. })
+        {
+            stats.not_executable += 1;
+            continue;
+        }
         // A start function runs at instantiation, under the same contracts as a call.
         match judge(inst_a, inst_b, Expect::Any, meta, stats) {
             Verdict::Same => {}
@@ -1170,6 +1192,77 @@ pub fn smith_module(data: &[u8], traps: bool) -> Option<Vec<u8>> {
     if name_sp {
         name_a_stack_pointer(&mut bytes);
     }
+    Some(bytes)
+}
+
+/// A wasm-smith module with the MVP and `feature` (a wasmparser feature name) enabled.
+pub fn smith_feature_module(data: &[u8], feature: &str) -> Option<Vec<u8>> {
+    let mut u = arbitrary::Unstructured::new(data);
+    let mut config = wasm_smith::Config {
+        simd_enabled: false,
+        relaxed_simd_enabled: false,
+        threads_enabled: false,
+        bulk_memory_enabled: false,
+        reference_types_enabled: false,
+        multi_value_enabled: false,
+        tail_call_enabled: false,
+        exceptions_enabled: false,
+        memory64_enabled: false,
+        gc_enabled: false,
+        extended_const_enabled: false,
+        wide_arithmetic_enabled: false,
+        custom_page_sizes_enabled: false,
+        compact_imports_enabled: false,
+        saturating_float_to_int_enabled: true,
+        sign_extension_ops_enabled: true,
+        max_memories: 1,
+        max_tables: 1,
+        max_memory32_bytes: 4 << 16,
+        max_memory64_bytes: 4 << 16,
+        max_table_elements: 1000,
+        min_funcs: 1,
+        max_funcs: 20,
+        max_types: 10,
+        max_instructions: 150,
+        max_imports: 4,
+        max_type_size: 200,
+        export_everything: true,
+        ..wasm_smith::Config::default()
+    };
+    match feature {
+        "simd" => config.simd_enabled = true,
+        "threads" => {
+            config.threads_enabled = true;
+            config.bulk_memory_enabled = true;
+        }
+        "bulk-memory" => config.bulk_memory_enabled = true,
+        "reference-types" => {
+            config.bulk_memory_enabled = true;
+            config.reference_types_enabled = true;
+            config.max_tables = 3;
+        }
+        "multi-value" => config.multi_value_enabled = true,
+        "tail-call" => config.tail_call_enabled = true,
+        "exceptions" => {
+            config.exceptions_enabled = true;
+            config.reference_types_enabled = true;
+            config.bulk_memory_enabled = true;
+        }
+        "memory64" => config.memory64_enabled = true,
+        "multi-memory" => config.max_memories = 3,
+        "gc" => {
+            config.gc_enabled = true;
+            config.reference_types_enabled = true;
+            config.bulk_memory_enabled = true;
+            config.multi_value_enabled = true;
+        }
+        "extended-const" => config.extended_const_enabled = true,
+        "wide-arithmetic" => config.wide_arithmetic_enabled = true,
+        "custom-page-sizes" => config.custom_page_sizes_enabled = true,
+        other => panic!("unknown feature {other}"),
+    }
+    let mut bytes = wasm_smith::Module::new(config, &mut u).ok()?.to_bytes();
+    name_a_stack_pointer(&mut bytes);
     Some(bytes)
 }
 
