@@ -58,6 +58,14 @@ Sections (--sections, comma-separated, default core,fpcast,stack; --list shows t
                Size growth is checked on the larger of the whole-file figure and the figure without custom
                sections (the fixture is ~75% DWARF, which wasm-opt drops without -g); "vs own no-op" compares
                wasm-opt's output with its own no-pass round trip (wasmfix --passes none is the identity).
+  harden       issue 6, in one run: ruby.wasm under wasmfix --harden, --passes stack-canary and --passes
+               heap-canary (a pass that cannot apply says why in the table; heap-canary refuses the
+               stripped ruby.wasm) next to wasm-opt --safe-heap --detect-features: rewrite time, size growth and
+               the run_ruby.py workload (interleaved, eval-time ratios to the original; run_ruby.py provides
+               the env imports --safe-heap adds). Then tests/fixtures/wasm/harden.O2.wasm `hash 200000`
+               (malloc/strdup/realloc/free heavy) and `sort 300000` under the python wasmtime package for the
+               original, --harden and each pass alone (--stack-runs interleaved runs, medians, only _start
+               timed), with size growth. Not in the default sections: run --sections harden.
   ruby-sanity  run_ruby.py on the original ruby.wasm only; prints its JSON (proves the run helper).
 
 Measuring: every command runs under a small launcher process that forks it, waits with os.wait4 and
@@ -1089,16 +1097,22 @@ def count_binaryen_checks(path, base, limit):
     return len(found), sum(len(x) for x in found)
 
 
-def count_wasmfix_checks(path, size_global):
-    """wasmfix stack-guard's checks in path's code, inserted before each checked `global.set $sp`
-    (passes/stack_guard.rs): `local.tee t; [i32.const low; i32.sub;] global.get size; i32.gt_u; if;
-    i32.const f; local.get t; (i32.const off; i32.const len; call handler | call handler_unnamed);
-    unreachable; end; local.get t`. Returns (count, bytes of those sequences)."""
-    pat = (rb"\x22" + LEB_RE + rb"(?:\x41" + LEB_RE + rb"\x6b)?" + re.escape(b"\x23" + leb_u(size_global))
-           + rb"\x4b\x04\x40\x41" + LEB_RE + rb"\x20" + LEB_RE
-           + rb"(?:\x41" + LEB_RE + rb"\x41" + LEB_RE + rb"\x10" + LEB_RE + rb"|\x10" + LEB_RE + rb")\x00\x0b\x20" + LEB_RE)
-    found = re.findall(pat, code_section(path))
-    return len(found), sum(len(x) for x in found)
+def count_wasmfix_checks(path, sp, size_global):
+    """wasmfix stack-guard's checks in path's code (passes/stack_guard.rs), each right after a checked
+    `global.set $sp`: `global.get sp; (i32.const low; i32.lt_u | [i32.const low; i32.sub;] global.get size;
+    i32.gt_u)`, then `br_if $trap` to the function's trap block or `if <trap code> end`. A trap block adds
+    `block; block (result)` at the body's start and `end; return; end; <trap code>` at its end; trap code is
+    `i32.const f; <frame>; (i32.const off; i32.const len; call handler | call handler_unnamed); unreachable`.
+    Returns (checks, bytes of the checks, trap blocks and trap code)."""
+    leb, sp_b, size_b = LEB_RE, re.escape(leb_u(sp)), re.escape(leb_u(size_global))
+    frame = rb"(?:\x20" + leb + rb"(?:\x41" + leb + rb"\x6a)?\x23" + sp_b + rb"\x6b|\x41" + leb + rb")"
+    trap = (rb"\x41" + leb + frame + rb"(?:\x41" + leb + rb"\x41" + leb + rb"\x10" + leb + rb"|\x10" + leb
+            + rb")\x00")
+    test = (rb"\x23" + sp_b + rb"(?:\x41" + leb + rb"\x49|(?:\x41" + leb + rb"\x6b)?\x23" + size_b + rb"\x4b)")
+    code = code_section(path)
+    sites = re.findall(rb"\x24" + sp_b + rb"(" + test + rb"(?:\x0d" + leb + rb"|\x04\x40" + trap + rb"\x0b))", code)
+    tails = re.findall(rb"\x0b\x0f\x0b" + trap, code)
+    return len(sites), sum(len(x) for x in sites) + sum(len(x) + 4 for x in tails)
 
 
 def code_body_sizes(path):
@@ -1208,7 +1222,8 @@ def stack_wasmfix_facts(orig, path, report):
         added = [k for k, (vt, mutable, v) in enumerate(s.get("global_defs", []))
                  if k >= orig["globals"] and vt == 0x7F and not mutable and v == size]
         if added:
-            checks, check_bytes = count_wasmfix_checks(path, s["imported"]["global"] + added[-1])
+            checks, check_bytes = count_wasmfix_checks(path, d["stack_pointer"],
+                                                       s["imported"]["global"] + added[-1])
     return s, {"summary": p.get("summary"), "details": d, "checks": checks, "check_bytes": check_bytes,
                "estimate": added_bytes_estimate(orig, s, path, check_bytes),
                "guarded": bool(d.get("guarded_functions")) and "moved" not in d,
@@ -1549,12 +1564,144 @@ def section_stack(ctx):
     return fig
 
 
+# ---- harden (issue 6) ----------------------------------------------------------------------------
+
+# harden (issue 6): (what, op, limit). Ratios are eval-time medians of interleaved runs.
+HARDEN_THRESHOLDS = {
+    "ruby_harden_ratio": ("<=", 1.5),          # ruby workload, --harden / original (binaryen --safe-heap: 4.6x)
+    "ruby_stack_canary_ratio": ("<=", 1.05),   # --passes stack-canary / original
+    "ruby_heap_canary_ratio": ("<=", 1.10),    # --passes heap-canary / original (None: refused on ruby.wasm)
+    "fixture_heap_canary_ratio": ("<=", 1.10), # harden.O2.wasm `hash N` (malloc/free heavy), heap-canary / original
+}
+HARDEN_FIXTURE = "harden.O2.wasm"
+
+
+def harden_ruby(ctx, checks):
+    """ruby.wasm: --harden, --passes stack-canary, --passes heap-canary (each may refuse or skip: the
+    report says why) next to wasm-opt --safe-heap; sizes and the run_ruby.py workload, interleaved."""
+    wasmfix, wasm_opt = ctx.wasmfix(), ctx.wasm_opt()
+    ruby = ctx.module("ruby")
+    src, size = ruby["path"], ruby["bytes"]
+    warm(src)
+    variants = [("ruby-orig", src)]
+    fig = {"input_bytes": size, "variants": {}}
+    for label, flags in (("harden", ["--harden"]), ("stack-canary", ["--passes", "stack-canary"]),
+                         ("heap-canary", ["--passes", "heap-canary"])):
+        out, rep = ctx.out_path("ruby.%s.wasm" % label), ctx.out_path("ruby.%s.report.json" % label)
+        log("harden: ruby wasmfix %s" % " ".join(flags))
+        m = ctx.measure([wasmfix, src, "-o", out, "--report", rep] + flags)
+        entry = {"rewrite_s": m.times[-1], "ok": m.ok}
+        if m.ok:
+            with open(rep) as f:
+                entry["summaries"] = {p["pass"]: p["summary"] for p in json.load(f)["passes"]}
+            entry["bytes"] = os.path.getsize(out)
+            entry["size_growth_pct"] = round(growth_pct(entry["bytes"], size), 3)
+            variants.append((label, out))
+        else:
+            entry["refused"] = last_error_line(m.err)
+            log("harden: wasmfix %s refused ruby.wasm: %s" % (" ".join(flags), entry["refused"]))
+        fig["variants"][label] = entry
+    out_wo = ctx.out_path("ruby.safe-heap.wasm")
+    log("harden: ruby wasm-opt --safe-heap --detect-features (binaryen.js: slow)")
+    wo = ctx.measure([wasm_opt, src, "-o", out_wo, "--safe-heap", "--detect-features"])
+    fig["variants"]["safe-heap"] = {"rewrite_s": wo.times[-1], "ok": wo.ok}
+    if wo.ok:
+        fig["variants"]["safe-heap"].update(bytes=os.path.getsize(out_wo),
+                                            size_growth_pct=round(growth_pct(os.path.getsize(out_wo), size), 3))
+        variants.append(("safe-heap", out_wo))
+    else:
+        fig["variants"]["safe-heap"]["error"] = last_error_line(wo.err)
+    wait_for_quiet(ctx, "ruby harden workload")
+    work = run_ruby_variants(ctx, variants)
+    print_ruby_variants("harden: ruby.wasm workload", work)
+    for label, v in work["variants"].items():
+        if label in fig["variants"]:
+            fig["variants"][label].update(eval_s=v["eval_s"], ratio=v["ratio"], pair_ratios=v["pair_ratios"],
+                                          output_ok=v["output_ok"])
+    fig["orig_eval_s"] = work["variants"]["ruby-orig"]["eval_s"]
+    print("\n== harden: ruby.wasm %.1f MB: what each variant did ==" % (size / MB))
+    rows = []
+    for label, e in fig["variants"].items():
+        what = e.get("refused") or e.get("error") or "; ".join(
+            "%s: %s" % (k, v[:150]) for k, v in e.get("summaries", {}).items()
+            if k in ("stack-canary", "heap-canary", "bounds")) or "-"
+        rows.append([label, fmt(e.get("rewrite_s"), ".2f"), fmt(e.get("size_growth_pct"), "+.3f"),
+                     fmt(e.get("ratio"), ".3f"), {True: "yes", False: "NO", None: "-"}[e.get("output_ok")], what])
+    print(table(["variant", "rewrite s", "size %", "eval ratio", "output ok", "what it did"], rows))
+    for key, label in (("ruby_harden_ratio", "harden"), ("ruby_stack_canary_ratio", "stack-canary"),
+                       ("ruby_heap_canary_ratio", "heap-canary")):
+        op, lim = HARDEN_THRESHOLDS[key]
+        v = fig["variants"].get(label, {}).get("ratio")
+        ok = ctx.check("harden", key, v, op, lim)
+        checks.append([key, fmt(v, ".3f") if v is not None else "n/a (%s)" % (fig["variants"][label].get("refused") or "?")[:80],
+                       "%s %s" % (op, lim), {True: "PASS", False: "FAIL", None: "N/A"}[ok]])
+    return fig
+
+
+def harden_fixture(ctx, checks):
+    """harden.O2.wasm `hash N` (malloc/strdup/realloc/free heavy) and `sort N`: original vs each pass vs
+    --harden, under the python wasmtime package: compiled once, fresh instance per run, only _start timed."""
+    import wasmtime
+    orig = os.path.join(FPCAST_FIXTURES, HARDEN_FIXTURE)
+    paths = {"orig": orig}
+    for label, flags in (("harden", ["--harden"]), ("stack-canary", ["--passes", "stack-canary"]),
+                         ("heap-canary", ["--passes", "heap-canary"]), ("bounds", ["--passes", "bounds"])):
+        out = ctx.out_path("harden.O2.%s.wasm" % label)
+        m = ctx.measure([ctx.wasmfix(), orig, "-o", out] + flags)
+        if not m.ok:
+            raise ToolError("wasmfix %s failed on %s: %s" % (" ".join(flags), orig, m.err[-600:]))
+        paths[label] = out
+    engine = wasmtime.Engine(wasmtime.Config())
+    mods = {k: wasmtime.Module.from_file(engine, p) for k, p in paths.items()}
+    outf = ctx.out_path("harden-fixture.stdout")
+    fig = {}
+    wait_for_quiet(ctx, "harden fixture loops")
+    for case, n in (("hash", 200000), ("sort", 300000)):
+        times = {k: [] for k in mods}
+        outs = {}
+        for r in range(ctx.args.stack_runs):
+            for k in mods:
+                t, out, outcome = time_start(engine, mods[k], ["prog", case, str(n)], outf)
+                times[k].append(t)
+                outs[k] = (out, outcome)
+        med = {k: median(v) for k, v in times.items()}
+        fig[case] = {k: {"median_s": round(med[k], 4), "min_s": round(min(times[k]), 4),
+                         "ratio": round(med[k] / med["orig"], 4), "min_ratio": round(min(times[k]) / min(times["orig"]), 4),
+                         "output_identical": outs[k] == outs["orig"]} for k in mods}
+        print("\n== harden: %s `%s %d` (%d interleaved runs, wasmtime; ratio = median / original median) ==" %
+              (HARDEN_FIXTURE, case, n, ctx.args.stack_runs))
+        print(table(["variant", "median s", "ratio", "min ratio", "output identical"],
+                    [[k, "%.4f" % v["median_s"], "%.3f" % v["ratio"], "%.3f" % v["min_ratio"],
+                      "yes" if v["output_identical"] else "NO"] for k, v in fig[case].items()]))
+        for k in mods:
+            p = paths[k]
+            fig[case][k]["size_growth_pct"] = round(growth_pct(os.path.getsize(p), os.path.getsize(orig)), 3)
+    v = fig["hash"]["heap-canary"]["ratio"]
+    op, lim = HARDEN_THRESHOLDS["fixture_heap_canary_ratio"]
+    ok = ctx.check("harden", "fixture_heap_canary_ratio", v, op, lim)
+    checks.append(["fixture_heap_canary_ratio (hash)", "%.3f" % v, "%s %s" % (op, lim), "PASS" if ok else "FAIL"])
+    print("\n== harden: %s size growth (%%): %s ==" % (HARDEN_FIXTURE, ", ".join(
+        "%s %+.2f" % (k, fig["hash"][k]["size_growth_pct"]) for k in mods if k != "orig")))
+    return fig
+
+
+def section_harden(ctx):
+    """--harden and each of its passes on ruby.wasm next to wasm-opt --safe-heap, and on harden.O2.wasm."""
+    checks = []
+    fig = {"thresholds": {k: {"op": op, "limit": lim} for k, (op, lim) in HARDEN_THRESHOLDS.items()}}
+    fig["ruby"] = harden_ruby(ctx, checks)
+    fig["fixture"] = harden_fixture(ctx, checks)
+    print("\n-- harden: acceptance thresholds (issue 6) --")
+    print(table(["check", "value", "threshold", "result"], checks))
+    return fig
+
+
 SECTIONS = {
     "core": section_core,
     "fpcast": section_fpcast,
     "stack": section_stack,
+    "harden": section_harden,
     "ruby-sanity": section_ruby_sanity,
-    # Later: "harden" (vs wasm-opt --safe-heap).
 }
 # Sections that run wasmfix / wasm-opt: the header prints their versions and the RSS floor.
 TOOL_SECTIONS = ("core", "fpcast", "stack")

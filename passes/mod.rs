@@ -7,10 +7,14 @@ use crate::facts::Facts;
 use crate::module::Module;
 use serde_json::Value;
 
+pub mod bounds;
 pub mod fpcast;
+pub mod heap_canary;
 pub mod producers;
+pub mod stack_canary;
 pub mod stack_first;
 pub mod stack_guard;
+mod trap_blocks;
 
 /// Options that reach passes from the command line.
 #[derive(Debug, Clone, Default)]
@@ -19,6 +23,9 @@ pub struct PassOptions {
     pub fpcast_diagnose: bool,
     /// stack-first: the size of the relocated stack (default: the module's own stack size).
     pub stack_size: Option<u64>,
+    /// `--harden`: a hardening pass that cannot establish what it needs warns and does nothing
+    /// instead of refusing the module (alone, with `--passes`, it refuses).
+    pub harden: bool,
 }
 
 /// What a pass sees: the input, its facts, and the edits collected so far.
@@ -61,12 +68,51 @@ pub static REGISTRY: &[&dyn Pass] = &[
     &stack_guard::Stack,
     &stack_first::StackFirst,
     &stack_guard::StackGuard,
+    &heap_canary::HeapCanary,
+    &bounds::Bounds,
+    &stack_canary::StackCanary,
     &producers::Producers,
 ];
 
 /// The passes run when `--passes` is not given.
 pub const DEFAULT_PIPELINE: &[&str] = &["fpcast", "stack", "producers"];
 
+/// `--harden`: the default pipeline and [`HARDEN_PASSES`], in registry order.
+pub fn harden_pipeline() -> Vec<&'static str> {
+    REGISTRY
+        .iter()
+        .map(|p| p.name())
+        .filter(|n| DEFAULT_PIPELINE.contains(n) || HARDEN_PASSES.contains(n))
+        .collect()
+}
+
 pub fn find(name: &str) -> Option<&'static dyn Pass> {
     REGISTRY.iter().copied().find(|p| p.name() == name)
+}
+
+/// The `--harden` passes, added to the default pipeline by `--harden`.
+pub const HARDEN_PASSES: &[&str] = &["heap-canary", "bounds", "stack-canary"];
+
+/// Refuses memory64, shared and multiple memories: the hardening passes address memory 0 with
+/// 32-bit offsets, and threads keep their stacks and heaps where the checks cannot see them.
+pub fn refuse_unusual_memory(m: &Module<'_>) -> anyhow::Result<()> {
+    match m.memories.as_slice() {
+        [] => Ok(()),
+        [mem] if mem.memory64 => anyhow::bail!("memory is 64-bit (memory64): not supported"),
+        [mem] if mem.shared => anyhow::bail!(
+            "memory is shared (threads): per-thread stacks and heaps are not supported"
+        ),
+        [_] => Ok(()),
+        more => anyhow::bail!("the module has {} memories: not supported", more.len()),
+    }
+}
+
+/// A 32-bit aligned access to memory 0 at `offset`.
+pub fn word(offset: u64) -> wasm_encoder::MemArg {
+    wasm_encoder::MemArg {
+        offset,
+        align: 2,
+        target: wasm_encoder::MemArgTarget::Memory(0),
+        ordering: None,
+    }
 }

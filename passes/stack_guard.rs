@@ -4,21 +4,31 @@
 //! it: a deep recursion or one big frame silently overwrites globals and the heap. This pass
 //! checks every write of the stack pointer (`global.set $sp`: function prologues, epilogues,
 //! `alloca`, variable-length arrays) against the stack region `[low, high)` from the module
-//! facts, before the write. Out of range (below `low`, or above `high`, which also catches a
-//! subtraction that wrapped around zero) it calls one handler that prints
+//! facts, right after the write and before anything can store below the new pointer. Out of
+//! range (below `low`, or above `high`, which also catches a subtraction that wrapped around
+//! zero) it calls one handler that prints
 //! `wasmfix: stack overflow in <function> (frame N bytes, stack [low, high))` to stderr when
 //! the module imports WASI `fd_write`, then traps. No import or export is added and the host
 //! does nothing: the limits are constants from the module's own layout.
 //!
-//! Inserted per write, before the original `global.set`: `local.tee t; [i32.const low;
-//! i32.sub;] global.get size; i32.gt_u; if (call handler) end; local.get t` (the subtraction
-//! is left out when `low` is 0; `size` is an immutable global holding `high - low`, which
-//! encodes shorter than the constant).
+//! Inserted after each checked write: `global.get sp; [i32.const low; i32.sub;] global.get
+//! size; i32.gt_u; br_if $trap` (7 bytes when `low` is 0; `size` is an immutable global holding
+//! `high - low`, which encodes shorter than the constant). A function with two or more checked
+//! writes gets one trap block: its body is wrapped as `block $trap (block (result R) <body>)
+//! return end <trap code>`, so branches to the function's own label land on the inner block and
+//! return as before. A function with one checked write (or several results) puts the trap
+//! code in an `if` after it instead. The trap code passes the function and its frame to the
+//! handler: the entry stack pointer minus the current one when a local holds the entry pointer
+//! at every checked write, else the constant of the only prologue-shaped write, else unknown.
+//! Checking after the write is as strong as before it: a `global.set` touches no memory, and
+//! neither the check nor the handler (which builds its message at a fixed address) uses the
+//! stack pointer.
+//!
 //! Executions that never move the stack pointer outside its region run the same instructions
 //! as before plus a comparison that is false, so their results are unchanged. A write that
 //! leaves the region is exactly the overflow (or corruption) this pass exists to stop. The
 //! only writes left unchecked are epilogues that provably write back the stack pointer the
-//! function was entered with (see `entry_restores` for the argument). Leaf functions without
+//! function was entered with (see `analyse` for the argument). Leaf functions without
 //! a frame never write the pointer, so a red zone would save nothing more.
 //!
 //! Refuses: a module whose stack pointer or stack region cannot be established (no name, no
@@ -36,7 +46,8 @@ use crate::edit::{BodyCx, BodyRewriter};
 use crate::facts::StackLayout;
 use anyhow::{Result, bail};
 use std::collections::HashMap;
-use wasm_encoder::{BlockType, Instruction, ValType};
+use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
+use wasm_encoder::{BlockType, Instruction};
 
 /// `stack-guard`: check every stack-pointer write, whatever the layout.
 pub struct StackGuard;
@@ -172,16 +183,28 @@ fn guard(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassReport> 
     body.push(Instruction::Else);
     body.extend(unnamed);
     body.push(Instruction::End);
-    let frame = vec![
-        Instruction::GlobalGet(sp.value),
+    // The frame: `local 1` holds it, or -1 when the function's entry pointer is not known.
+    let known = Message::new()
+        .text(m, edits, " (frame ")
+        .number(m, edits, vec![Instruction::LocalGet(1)])
+        .text(m, edits, " bytes")
+        .instructions;
+    let unknown = Message::new()
+        .text(m, edits, " (frame size unknown")
+        .instructions;
+    body.extend([
         Instruction::LocalGet(1),
-        Instruction::I32Sub,
-    ];
+        Instruction::I32Const(-1),
+        Instruction::I32Ne,
+        Instruction::If(BlockType::Empty),
+    ]);
+    body.extend(known);
+    body.push(Instruction::Else);
+    body.extend(unknown);
+    body.push(Instruction::End);
     body.extend(
         Message::new()
-            .text(m, edits, " (frame ")
-            .number(m, edits, frame)
-            .text(m, edits, &format!(" bytes, stack [{low}, {high}))\n"))
+            .text(m, edits, &format!(", stack [{low}, {high}))\n"))
             .trap(m, edits),
     );
     body.push(Instruction::End);
@@ -221,8 +244,7 @@ fn guard(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassReport> 
         handler_unnamed,
         names,
         writers: writers.clone(),
-        tmp: None,
-        restores: Vec::new(),
+        plan: Plan::default(),
     }));
     Ok(PassReport {
         pass,
@@ -251,66 +273,125 @@ struct Guard {
     names: HashMap<u32, (u32, u32)>,
     /// Functions that write the stack pointer, ascending.
     writers: Vec<u32>,
-    /// The scratch local of the function being rewritten.
-    tmp: Option<u32>,
-    /// Input offsets of the writes that provably restore the entry stack pointer.
-    restores: Vec<u64>,
+    /// How the function being rewritten is guarded.
+    plan: Plan,
 }
 
-/// Input offsets of the `global.set sp` that write back the stack pointer the function was
-/// entered with, either as `local.get y` where `y` was set from `global.get sp`, or as
-/// `local.get x; i32.const n; i32.add` where `x` was set from `global.get sp; i32.const n;
-/// i32.sub` (the usual prologue and epilogue).
+/// How the checks of the function being rewritten reach the handler.
+#[derive(Default)]
+struct Plan {
+    /// Input offsets of the writes left unchecked: entry restores (see `analyse`).
+    restores: Vec<u64>,
+    /// Input offsets of the prologue-shaped writes of frames no larger than `low`: the new
+    /// pointer can only fall below `low`, never wrap around (see `instruction`).
+    small_prologues: Vec<u64>,
+    /// The checks branch to one trap block at the end of the function (two or more checked
+    /// writes, at most one result) instead of each carrying its own `if`.
+    trap_block: bool,
+    /// Constructs opened and not yet closed in the instructions this rewriter has seen.
+    nest: u32,
+    /// Instructions leaving the frame size (or -1) for the handler.
+    frame: Vec<Instruction<'static>>,
+}
+
+/// What the guard learns from one function's input body before rewriting it.
+#[derive(Debug, Default, PartialEq)]
+struct Analysis {
+    /// Input offsets of the `global.set sp` that write back the entry stack pointer.
+    restores: Vec<u64>,
+    /// Number of the other writes, the checked ones.
+    checked: usize,
+    /// Input offsets and frame sizes of the checked writes of the prologue shape
+    /// (`global.get sp; i32.const n; i32.sub; [local.tee x;] global.set sp`).
+    prologues: Vec<(u64, i32)>,
+    /// How the handler reports the frame, whichever checked write fails.
+    frame: Frame,
+}
+
+#[derive(Debug, Default, PartialEq)]
+enum Frame {
+    /// A local holds, at every checked write, the entry stack pointer minus a constant (`None`:
+    /// the entry pointer itself): the frame is the entry pointer minus the new one.
+    Entry(u32, Option<i32>),
+    /// One checked write allocates a constant frame (`global.get sp; i32.const n; i32.sub`);
+    /// the others have the shape of restores, which free it.
+    Constant(i32),
+    #[default]
+    Unknown,
+}
+
+/// Finds the writes of `sp` that restore the entry stack pointer, either as `local.get y` where
+/// `y` was set from `global.get sp`, or as `local.get x; i32.const n; i32.add` where `x` was set
+/// from `global.get sp; i32.const n; i32.sub` (the usual prologue and epilogue), and a local
+/// from which the frame can be reported.
 ///
-/// Why that is sound: `x` (or `y`) is written exactly once in the function, and that write
-/// dominates the restore. In structured control flow a write dominates a later instruction
-/// when the write's chain of enclosing constructs is a prefix of the later one's (an `else` or
-/// `catch` starts a new construct): control cannot enter the later position's constructs
-/// without passing the write, because branches only leave constructs or restart loops. So the
-/// value written back is the entry stack pointer, which the caller wrote through a checked
-/// write or a restore like this one: by induction over the writes it lies in the region.
-/// Rewriters never write original locals (they add their own), so the input body is the truth.
-fn entry_restores(ops: &[(wasmparser::Operator<'_>, u64)], sp: u32) -> Vec<u64> {
+/// Why leaving the restores unchecked is sound: `x` (or `y`) is written exactly once in the
+/// function, and that write dominates the restore. In structured control flow a write
+/// dominates a later instruction when the write's chain of enclosing constructs is a prefix of
+/// the later one's (an `else` or `catch` starts a new construct): control cannot enter the
+/// later position's constructs without passing the write, because branches only leave
+/// constructs or restart loops. So the value written back is the entry stack pointer, which
+/// the caller wrote through a checked write or a restore like this one: by induction over the
+/// writes it lies in the region. Rewriters never write original locals (they add their own), so
+/// the input body is the truth.
+fn analyse(ops: &[(wasmparser::Operator<'_>, u64)], sp: u32) -> Analysis {
     use wasmparser::Operator as O;
     let mut writes: HashMap<u32, u32> = HashMap::new();
-    // local → (frame size or None for the entry pointer itself, path, order of the write)
-    let mut defs: HashMap<u32, (Option<i32>, Vec<u32>)> = HashMap::new();
-    let mut uses: Vec<(u64, u32, Option<i32>, Vec<u32>)> = Vec::new();
+    // local → (frame size or None for the entry pointer itself, path, offset of the write)
+    let mut defs: HashMap<u32, (Option<i32>, Vec<u32>, u64)> = HashMap::new();
+    // every write of sp: (offset, path, restored local and frame, if it has the restore shape,
+    // allocated constant frame, if it has the prologue shape)
+    type Restore = Option<(u32, Option<i32>)>;
+    let mut sets: Vec<(u64, Vec<u32>, Restore, Option<i32>)> = Vec::new();
 
     let mut path: Vec<u32> = Vec::new();
     let mut next_id = 0u32;
-    let mut window: [Option<&O<'_>>; 3] = [None, None, None];
+    let mut window: [Option<&O<'_>>; 4] = [None; 4];
     for (op, offset) in ops {
         let offset = *offset;
         match op {
             O::LocalSet { local_index } | O::LocalTee { local_index } => {
                 *writes.entry(*local_index).or_default() += 1;
-                match (&window[0], &window[1], &window[2]) {
+                match (&window[1], &window[2], &window[3]) {
                     (_, _, Some(O::GlobalGet { global_index })) if *global_index == sp => {
-                        defs.insert(*local_index, (None, path.clone()));
+                        defs.insert(*local_index, (None, path.clone(), offset));
                     }
                     (
                         Some(O::GlobalGet { global_index }),
                         Some(O::I32Const { value }),
                         Some(O::I32Sub),
                     ) if *global_index == sp => {
-                        defs.insert(*local_index, (Some(*value), path.clone()));
+                        defs.insert(*local_index, (Some(*value), path.clone(), offset));
                     }
                     _ => {}
                 }
             }
             O::GlobalSet { global_index } if *global_index == sp => {
-                match (&window[0], &window[1], &window[2]) {
+                let restore = match (&window[1], &window[2], &window[3]) {
                     (
                         Some(O::LocalGet { local_index }),
                         Some(O::I32Const { value }),
                         Some(O::I32Add),
-                    ) => uses.push((offset, *local_index, Some(*value), path.clone())),
-                    (_, _, Some(O::LocalGet { local_index })) => {
-                        uses.push((offset, *local_index, None, path.clone()))
-                    }
-                    _ => {}
-                }
+                    ) => Some((*local_index, Some(*value))),
+                    (_, _, Some(O::LocalGet { local_index })) => Some((*local_index, None)),
+                    _ => None,
+                };
+                let prologue = match window {
+                    [
+                        _,
+                        Some(O::GlobalGet { global_index }),
+                        Some(O::I32Const { value }),
+                        Some(O::I32Sub),
+                    ]
+                    | [
+                        Some(O::GlobalGet { global_index }),
+                        Some(O::I32Const { value }),
+                        Some(O::I32Sub),
+                        Some(O::LocalTee { .. }),
+                    ] if *global_index == sp => Some(*value),
+                    _ => None,
+                };
+                sets.push((offset, path.clone(), restore, prologue));
             }
             O::Block { .. }
             | O::Loop { .. }
@@ -330,56 +411,54 @@ fn entry_restores(ops: &[(wasmparser::Operator<'_>, u64)], sp: u32) -> Vec<u64> 
             }
             _ => {}
         }
-        window = [window[1], window[2], Some(op)];
+        window = [window[1], window[2], window[3], Some(op)];
     }
-    uses.into_iter()
-        .filter(|(_, local, frame, use_path)| {
-            writes.get(local) == Some(&1)
-                && defs.get(local).is_some_and(|(def_frame, def_path)| {
-                    def_frame == frame && use_path.starts_with(def_path)
+    // A def of `local` that holds at the instruction at (`offset`, `path`).
+    let holds = |local: u32, frame: Option<i32>, offset: u64, path: &[u32]| {
+        writes.get(&local) == Some(&1)
+            && defs
+                .get(&local)
+                .is_some_and(|(def_frame, def_path, def_offset)| {
+                    *def_frame == frame && *def_offset < offset && path.starts_with(def_path)
                 })
-        })
-        .map(|(offset, ..)| offset)
-        .collect()
+    };
+    let mut analysis = Analysis::default();
+    let mut checked = Vec::new();
+    for (offset, set_path, restore, prologue) in &sets {
+        match restore {
+            Some((local, frame)) if holds(*local, *frame, *offset, set_path) => {
+                analysis.restores.push(*offset)
+            }
+            _ => checked.push((*offset, set_path, restore.is_some(), *prologue)),
+        }
+    }
+    analysis.checked = checked.len();
+    analysis.prologues = checked
+        .iter()
+        .filter_map(|&(offset, _, _, n)| Some((offset, n?)))
+        .collect();
+    let mut candidates: Vec<_> = defs.iter().collect();
+    candidates.sort_by_key(|(_, (_, _, offset))| *offset);
+    let entry = candidates.into_iter().find(|(local, (frame, ..))| {
+        checked
+            .iter()
+            .all(|(offset, set_path, ..)| holds(**local, *frame, *offset, set_path))
+    });
+    let prologues: Vec<i32> = checked.iter().filter_map(|c| c.3).collect();
+    analysis.frame = match (entry, prologues.as_slice()) {
+        (Some((local, (frame, ..))), _) => Frame::Entry(*local, *frame),
+        (None, [n]) if checked.iter().all(|c| c.2 || c.3.is_some()) => Frame::Constant(*n),
+        _ => Frame::Unknown,
+    };
+    analysis
 }
 
-impl BodyRewriter for Guard {
-    fn wants(&self, func: u32) -> bool {
-        self.writers.binary_search(&func).is_ok()
-    }
-
-    fn prologue(&mut self, cx: &mut BodyCx<'_>, _out: &mut Vec<Instruction<'static>>) {
-        self.tmp = None;
-        self.restores = entry_restores(cx.original, self.sp);
-    }
-
-    fn instruction<'i>(
-        &mut self,
-        cx: &mut BodyCx<'_>,
-        ins: Instruction<'i>,
-        out: &mut Vec<Instruction<'i>>,
-    ) {
-        if !matches!(ins, Instruction::GlobalSet(g) if g == self.sp) {
-            return out.push(ins);
-        }
-        // Restoring the entry stack pointer (see `entry_restores`): in the region already.
-        if let Some(k) = self.restores.iter().position(|&o| o == cx.offset) {
-            self.restores.swap_remove(k);
-            return out.push(ins);
-        }
-        let t = *self.tmp.get_or_insert_with(|| cx.add_local(ValType::I32));
-        out.push(Instruction::LocalTee(t));
-        if self.low != 0 {
-            out.extend([Instruction::I32Const(self.low as i32), Instruction::I32Sub]);
-        }
-        out.extend([
-            Instruction::GlobalGet(self.size_global),
-            Instruction::I32GtU,
-            Instruction::If(BlockType::Empty),
-            Instruction::I32Const(cx.func as i32),
-            Instruction::LocalGet(t),
-        ]);
-        match self.names.get(&cx.func) {
+impl Guard {
+    /// The trap code: report this function's overflow and trap.
+    fn trap<'i>(&self, func: u32, out: &mut Vec<Instruction<'i>>) {
+        out.push(Instruction::I32Const(func as i32));
+        out.extend(self.plan.frame.iter().cloned());
+        match self.names.get(&func) {
             Some(&(offset, len)) => out.extend([
                 Instruction::I32Const(offset as i32),
                 Instruction::I32Const(len as i32),
@@ -389,11 +468,207 @@ impl BodyRewriter for Guard {
         }
         // The handler never returns; saying so lets the engine keep nothing alive across the
         // call (measured on the Ruby workload: 1.043x without, 1.001x with).
-        out.extend([
-            Instruction::Unreachable,
-            Instruction::End,
-            Instruction::LocalGet(t),
-            ins,
-        ]);
+        out.push(Instruction::Unreachable);
+    }
+}
+
+impl BodyRewriter for Guard {
+    fn wants(&self, func: u32) -> bool {
+        self.writers.binary_search(&func).is_ok()
+    }
+
+    fn prologue(&mut self, cx: &mut BodyCx<'_>, out: &mut Vec<Instruction<'static>>) {
+        let analysis = analyse(cx.original, self.sp);
+        let frame = match analysis.frame {
+            Frame::Entry(local, frame) => {
+                let mut ins = vec![Instruction::LocalGet(local)];
+                if let Some(n) = frame {
+                    ins.extend([Instruction::I32Const(n), Instruction::I32Add]);
+                }
+                ins.extend([Instruction::GlobalGet(self.sp), Instruction::I32Sub]);
+                ins
+            }
+            Frame::Constant(n) => vec![Instruction::I32Const(n)],
+            Frame::Unknown => vec![Instruction::I32Const(-1)],
+        };
+        let results = match cx.sig.results() {
+            [] => Some(BlockType::Empty),
+            [t] => RoundtripReencoder.val_type(*t).ok().map(BlockType::Result),
+            _ => None,
+        };
+        let trap_block = analysis.checked >= 2 && results.is_some();
+        if let (true, Some(results)) = (trap_block, results) {
+            out.extend([
+                Instruction::Block(BlockType::Empty),
+                Instruction::Block(results),
+            ]);
+        }
+        let low = self.low;
+        self.plan = Plan {
+            small_prologues: (analysis.prologues.iter())
+                .filter(|&&(_, n)| n >= 0 && n as u32 <= low && low != 0)
+                .map(|&(offset, _)| offset)
+                .collect(),
+            restores: analysis.restores,
+            trap_block,
+            nest: 0,
+            frame,
+        };
+    }
+
+    fn instruction<'i>(
+        &mut self,
+        cx: &mut BodyCx<'_>,
+        ins: Instruction<'i>,
+        out: &mut Vec<Instruction<'i>>,
+    ) {
+        match ins {
+            Instruction::Block(_)
+            | Instruction::Loop(_)
+            | Instruction::If(_)
+            | Instruction::Try(_)
+            | Instruction::TryTable(..) => self.plan.nest += 1,
+            Instruction::End | Instruction::Delegate(_) if self.plan.nest > 0 => {
+                self.plan.nest -= 1
+            }
+            // The end of the function: close the result and trap blocks, then the trap code.
+            Instruction::End if self.plan.trap_block => {
+                out.extend([Instruction::End, Instruction::Return, Instruction::End]);
+                self.trap(cx.func, out);
+            }
+            Instruction::GlobalSet(g) if g == self.sp => {}
+            _ => return out.push(ins),
+        }
+        let is_write = matches!(ins, Instruction::GlobalSet(g) if g == self.sp);
+        out.push(ins);
+        if !is_write {
+            return;
+        }
+        // Restoring the entry stack pointer (see `analyse`): in the region already.
+        if let Some(k) = self.plan.restores.iter().position(|&o| o == cx.offset) {
+            self.plan.restores.swap_remove(k);
+            return;
+        }
+        // After the write, before anything can store below it: the new pointer, minus `low`,
+        // must not exceed `high - low` (unsigned, so a pointer below `low` fails too). A
+        // prologue `sp - n` with `0 <= n <= low` only needs `sp >= low`: the old pointer was
+        // in `[low, high]` (every write is checked or restores an entry pointer), so the new
+        // one lies in `[low - n, high]`, which neither wraps nor exceeds `high`. That is the
+        // common case and saves a subtraction and a load.
+        out.push(Instruction::GlobalGet(self.sp));
+        if self.plan.small_prologues.contains(&cx.offset) {
+            out.extend([Instruction::I32Const(self.low as i32), Instruction::I32LtU]);
+        } else {
+            if self.low != 0 {
+                out.extend([Instruction::I32Const(self.low as i32), Instruction::I32Sub]);
+            }
+            out.extend([
+                Instruction::GlobalGet(self.size_global),
+                Instruction::I32GtU,
+            ]);
+        }
+        if self.plan.trap_block {
+            // Inside the `nest` open constructs: the result block, then the trap block.
+            out.push(Instruction::BrIf(self.plan.nest + 1));
+        } else {
+            out.push(Instruction::If(BlockType::Empty));
+            self.trap(cx.func, out);
+            out.push(Instruction::End);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Analysis, Frame, analyse};
+
+    /// `analyse` on a function with `params` (and locals) and `body` in text form; `$sp` is
+    /// global 0.
+    fn analysis(params: &str, body: &str) -> Analysis {
+        let wasm = wat::parse_str(format!(
+            "(module (global $sp (mut i32) (i32.const 1024)) (memory 1) (func $memset (param i32) (result i32) local.get 0) (func {params} {body}))"
+        ))
+        .unwrap();
+        let mut bodies =
+            wasmparser::Parser::new(0)
+                .parse_all(&wasm)
+                .filter_map(|p| match p.unwrap() {
+                    wasmparser::Payload::CodeSectionEntry(b) => Some(b),
+                    _ => None,
+                });
+        let body = bodies.nth(1).unwrap();
+        let mut reader = body.get_operators_reader().unwrap();
+        let mut ops = Vec::new();
+        while !reader.eof() {
+            ops.push(reader.read_with_offset().unwrap());
+        }
+        analyse(&ops, 0)
+    }
+
+    #[test]
+    fn the_usual_epilogue_is_a_restore_and_the_frame_comes_from_its_local() {
+        let a = analysis(
+            "(local $x i32)",
+            "global.get $sp i32.const 32 i32.sub local.tee $x global.set $sp
+             local.get $x i32.const 32 i32.add global.set $sp",
+        );
+        assert_eq!(a.restores.len(), 1);
+        assert_eq!(a.checked, 1);
+        assert_eq!(a.frame, Frame::Entry(0, Some(32)));
+    }
+
+    #[test]
+    fn a_rewritten_frame_local_proves_nothing_but_the_prologue_constant_is_reported() {
+        // clang reuses the frame local for memset's result: written twice, no proof.
+        let a = analysis(
+            "(local $x i32)",
+            "global.get $sp i32.const 80 i32.sub local.tee $x global.set $sp
+             local.get $x call $memset local.set $x
+             local.get $x i32.const 80 i32.add global.set $sp",
+        );
+        assert!(a.restores.is_empty());
+        assert_eq!(a.checked, 2);
+        assert_eq!(a.frame, Frame::Constant(80));
+    }
+
+    #[test]
+    fn a_restore_not_dominated_by_its_definition_is_checked() {
+        // The entry pointer is saved inside an `if`: the restore after it may read a zero.
+        let a = analysis(
+            "(param $c i32) (local $y i32)",
+            "local.get $c if global.get $sp local.set $y end
+             global.get $sp i32.const 16 i32.sub global.set $sp
+             local.get $y global.set $sp",
+        );
+        assert!(a.restores.is_empty());
+        assert_eq!(a.checked, 2);
+        assert_eq!(a.frame, Frame::Constant(16));
+    }
+
+    #[test]
+    fn variable_length_arrays_report_the_frame_from_the_entry_pointer() {
+        // -O0 shape: the entry pointer saved, a fixed frame, then a dynamic allocation.
+        let a = analysis(
+            "(param $n i32) (local $e i32) (local $f i32)",
+            "global.get $sp local.set $e
+             local.get $e i32.const 16 i32.sub local.tee $f global.set $sp
+             global.get $sp local.get $n i32.sub global.set $sp
+             local.get $e global.set $sp",
+        );
+        assert_eq!(a.restores.len(), 1);
+        assert_eq!(a.checked, 2);
+        assert_eq!(a.frame, Frame::Entry(1, None));
+    }
+
+    #[test]
+    fn two_dynamic_allocations_without_an_entry_local_report_no_frame() {
+        let a = analysis(
+            "(param $n i32)",
+            "global.get $sp local.get $n i32.sub global.set $sp
+             global.get $sp local.get $n i32.sub global.set $sp",
+        );
+        assert!(a.restores.is_empty());
+        assert_eq!(a.checked, 2);
+        assert_eq!(a.frame, Frame::Unknown);
     }
 }

@@ -27,6 +27,10 @@ pub struct Diagnostics {
     msg_str: u32,
     msg_u32: u32,
     msg_end: u32,
+    /// `wasmfix:msg_hex(x)`, added on first use.
+    msg_hex: Option<u32>,
+    /// The message length so far.
+    pos: u32,
 }
 
 /// Instructions that write a message and trap, built piece by piece.
@@ -204,7 +208,99 @@ impl Diagnostics {
             msg_str,
             msg_u32,
             msg_end,
+            msg_hex: None,
+            pos,
         })
+    }
+}
+
+impl Diagnostics {
+    /// msg_hex(x): the hexadecimal digits of x without leading zeros (at least one), written
+    /// from the last one back like `msg_u32`.
+    fn msg_hex(m: &Module<'_>, edits: &mut Edits<'_>) -> Option<u32> {
+        let d = Diagnostics::get(m, edits)?;
+        if let Some(f) = d.msg_hex {
+            return Some(f);
+        }
+        let pos = d.pos;
+        let byte = MemArg {
+            offset: SCRATCH as u64,
+            align: 0,
+            target: MemArgTarget::Memory(0),
+            ordering: None,
+        };
+        let (x, n, i) = (0, 1, 2);
+        let f = edits.add_helper(
+            m,
+            "wasmfix:msg_hex",
+            (&[wasmparser::ValType::I32], &[]),
+            &[(2, ValType::I32)],
+            &[
+                // n = number of digits
+                Instruction::I32Const(1),
+                Instruction::LocalSet(n),
+                Instruction::LocalGet(x),
+                Instruction::LocalSet(i),
+                Instruction::Block(BlockType::Empty),
+                Instruction::Loop(BlockType::Empty),
+                Instruction::LocalGet(i),
+                Instruction::I32Const(4),
+                Instruction::I32ShrU,
+                Instruction::LocalTee(i),
+                Instruction::I32Eqz,
+                Instruction::BrIf(1),
+                Instruction::LocalGet(n),
+                Instruction::I32Const(1),
+                Instruction::I32Add,
+                Instruction::LocalSet(n),
+                Instruction::Br(0),
+                Instruction::End,
+                Instruction::End,
+                Instruction::GlobalGet(pos),
+                Instruction::I32Const(MAX_MESSAGE - 10),
+                Instruction::I32LeU,
+                Instruction::If(BlockType::Empty),
+                Instruction::LocalGet(n),
+                Instruction::LocalSet(i),
+                Instruction::Loop(BlockType::Empty),
+                Instruction::GlobalGet(pos),
+                Instruction::LocalGet(i),
+                Instruction::I32Const(1),
+                Instruction::I32Sub,
+                Instruction::LocalTee(i),
+                Instruction::I32Add,
+                // digit d = x & 15: '0' + d, plus 39 more when d > 9 ('a' - '0' - 10)
+                Instruction::LocalGet(x),
+                Instruction::I32Const(15),
+                Instruction::I32And,
+                Instruction::I32Const(b'0' as i32),
+                Instruction::I32Add,
+                Instruction::LocalGet(x),
+                Instruction::I32Const(15),
+                Instruction::I32And,
+                Instruction::I32Const(9),
+                Instruction::I32GtU,
+                Instruction::I32Const(39),
+                Instruction::I32Mul,
+                Instruction::I32Add,
+                Instruction::I32Store8(byte),
+                Instruction::LocalGet(x),
+                Instruction::I32Const(4),
+                Instruction::I32ShrU,
+                Instruction::LocalSet(x),
+                Instruction::LocalGet(i),
+                Instruction::BrIf(0),
+                Instruction::End,
+                Instruction::GlobalGet(pos),
+                Instruction::LocalGet(n),
+                Instruction::I32Add,
+                Instruction::GlobalSet(pos),
+                Instruction::End,
+                Instruction::End,
+            ],
+        );
+        edits.diagnostics.as_mut()?.msg_hex = Some(f);
+        Some(f)
     }
 }
 
@@ -258,6 +354,22 @@ impl Message {
             let msg_u32 = d.msg_u32;
             self.instructions.extend(value);
             self.instructions.push(Instruction::Call(msg_u32));
+        }
+        self
+    }
+
+    /// Appends `0x` and the lowercase hexadecimal value that `value` (instructions leaving one
+    /// i32) computes.
+    pub fn hex(
+        mut self,
+        m: &Module<'_>,
+        edits: &mut Edits<'_>,
+        value: Vec<Instruction<'static>>,
+    ) -> Message {
+        self = self.text(m, edits, "0x");
+        if let Some(msg_hex) = Diagnostics::msg_hex(m, edits) {
+            self.instructions.extend(value);
+            self.instructions.push(Instruction::Call(msg_hex));
         }
         self
     }

@@ -4,6 +4,7 @@
 
 use crate::module::Module;
 use std::collections::BTreeMap;
+use wasm_encoder::reencode::Reencode;
 use wasm_encoder::{
     ConstExpr, Function, GlobalType, Instruction, RefType, Section, TableType, ValType,
 };
@@ -129,6 +130,10 @@ pub struct Edits<'m> {
     pub(crate) applied: serde_json::Map<String, serde_json::Value>,
     /// New limits for memories, by memory index.
     pub(crate) memory_types: BTreeMap<u32, wasm_encoder::MemoryType>,
+    /// Exports pointed at another function, by export name.
+    pub(crate) export_targets: BTreeMap<String, u32>,
+    /// Defined functions given a new body in their original slot (see [`Edits::move_body`]).
+    pub(crate) replaced_bodies: BTreeMap<u32, Function>,
 }
 
 impl<'m> Edits<'m> {
@@ -146,6 +151,8 @@ impl<'m> Edits<'m> {
             && self.global_inits.is_empty()
             && self.data_offsets.is_empty()
             && self.memory_types.is_empty()
+            && self.export_targets.is_empty()
+            && self.replaced_bodies.is_empty()
             && self.custom_replaced.is_empty()
             && self.custom_appended.is_empty()
     }
@@ -274,6 +281,54 @@ impl<'m> Edits<'m> {
     /// Moves active data segment `segment` to `offset`.
     pub fn set_data_offset(&mut self, segment: u32, offset: ConstExpr) {
         self.data_offsets.insert(segment, offset);
+    }
+
+    /// Points the function export `name` at `func` (a start-up wrapper that calls the original).
+    pub fn redirect_export(&mut self, name: &str, func: u32) {
+        self.export_targets.insert(name.to_string(), func);
+    }
+
+    /// Moves the body of defined function `func`, byte for byte, to a new function of the same
+    /// type named `name`, and returns the new function's index. Give `func` its new body with
+    /// [`Edits::replace_body`]: every call, export and table entry keeps reaching `func`, so
+    /// the new body wraps the moved one for all of them. Rewriters do not see the moved body.
+    pub fn move_body(&mut self, module: &Module<'_>, func: u32, name: &str) -> u32 {
+        let body = &module.bodies[(func - module.imported_funcs) as usize];
+        // The locals are re-encoded (the same declarations); the code is copied byte for byte.
+        let mut locals = Vec::new();
+        let mut reader = body.get_locals_reader().expect("validated input");
+        for _ in 0..reader.get_count() {
+            let (n, ty) = reader.read().expect("validated input");
+            let ty = wasm_encoder::reencode::RoundtripReencoder
+                .val_type(ty)
+                .expect("validated input");
+            locals.push((n, ty));
+        }
+        let code_start = reader.original_position() as usize;
+        let mut moved = Function::new(locals);
+        moved.raw(
+            module.bytes[code_start..body.range().end as usize]
+                .iter()
+                .copied(),
+        );
+        self.add_function(
+            module,
+            NewFunction {
+                type_index: module.func_types[func as usize],
+                body: moved,
+                name: name.to_string(),
+            },
+        )
+    }
+
+    /// Gives defined function `func` the body `code` (ending with `End`) with `locals` after
+    /// its parameters, in its original slot.
+    pub fn replace_body(&mut self, func: u32, locals: &[(u32, ValType)], code: &[Instruction<'_>]) {
+        let mut body = Function::new(locals.iter().copied());
+        for ins in code {
+            body.instruction(ins);
+        }
+        self.replaced_bodies.insert(func, body);
     }
 
     /// Gives memory `memory` new limits.

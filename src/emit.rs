@@ -50,8 +50,11 @@ pub fn emit(module: &Module<'_>, edits: &mut Edits<'_>, out: &mut Vec<u8>) -> Re
     mark(3, !edits.new_functions.is_empty());
     mark(
         10,
-        !edits.new_functions.is_empty() || !edits.rewriters.is_empty(),
+        !edits.new_functions.is_empty()
+            || !edits.rewriters.is_empty()
+            || !edits.replaced_bodies.is_empty(),
     );
+    mark(7, !edits.export_targets.is_empty());
     mark(4, !edits.new_tables.is_empty());
     mark(6, !edits.new_globals.is_empty());
     mark(9, !edits.new_elements.is_empty());
@@ -256,6 +259,20 @@ fn build_section(
             }
             push_section(out, &memories);
         }
+        7 => {
+            let mut exports = wasm_encoder::ExportSection::new();
+            for e in &module.exports {
+                let kind = RoundtripReencoder
+                    .export_kind(e.kind)
+                    .map_err(encoding_error)?;
+                let index = match (e.kind, edits.export_targets.get(e.name)) {
+                    (wasmparser::ExternalKind::Func, Some(&f)) => f,
+                    _ => e.index,
+                };
+                exports.export(e.name, kind, index);
+            }
+            push_section(out, &exports);
+        }
         8 => {
             let function_index = edits
                 .new_start
@@ -317,6 +334,12 @@ fn build_code(
                 .filter(|(_, r)| r.wants(func))
                 .map(|(k, _)| k),
         );
+        // A body replaced by a pass (the original moved to a new function) is final as given.
+        if let Some(replacement) = edits.replaced_bodies.get(&func) {
+            code.function(replacement);
+            emitted.rewritten_functions.push(func);
+            continue;
+        }
         if active.is_empty() {
             code.raw(&module.bytes[Module::body_range(body)]);
             continue;

@@ -419,6 +419,15 @@ pub fn applied(m: &Module<'_>) -> serde_json::Map<String, serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// FNV-1a of the module's bytes: a per-build value for canaries that needs no randomness.
+pub fn module_hash(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in bytes {
+        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
 /// Name of the custom section that records what wasmfix applied.
 pub const APPLIED_SECTION: &str = "wasmfix";
 

@@ -12,6 +12,7 @@ const AFTER_HELP: &str = "\
 Examples:
   wasmfix app.wasm -o app.wasm          rewrite in place with the default pipeline
   wasmfix app.wasm -o fixed.wasm -v     say what each pass did
+  wasmfix app.wasm -o app.wasm --harden also add stack canaries, heap redzones, null/rodata checks
   wasmfix --check app.wasm              exit 1 if the module has hazards (for a Makefile gate)
   wasmfix inspect app.wasm              stack layout, tables, indirect calls, hazards
   wasmfix passes                        list the passes
@@ -44,6 +45,12 @@ struct Rewrite {
     /// Comma-separated passes to run instead of the default pipeline; `none` runs none.
     #[arg(long, value_name = "LIST")]
     passes: Option<String>,
+    /// Also stop memory bugs where they happen: the default pipeline plus stack-canary
+    /// (canaries above stack frames), heap-canary (redzones around malloc blocks, checked at
+    /// free/realloc, double frees) and bounds (null-page and read-only-data accesses). A
+    /// hit prints `wasmfix: …` to stderr (when the module imports WASI fd_write) and traps.
+    #[arg(long, conflicts_with = "passes")]
+    harden: bool,
     /// Write a JSON report of what each pass did to FILE (`-`: standard output).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -112,10 +119,12 @@ fn main() -> ExitCode {
 }
 
 fn list_passes() {
-    println!("passes (in pipeline order; * = default):");
+    println!("passes (in pipeline order; * = default, h = added by --harden):");
     for p in passes::REGISTRY {
         let mark = if DEFAULT_PIPELINE.contains(&p.name()) {
             "*"
+        } else if passes::HARDEN_PASSES.contains(&p.name()) {
+            "h"
         } else {
             " "
         };
@@ -152,8 +161,9 @@ fn inspect(input: &Path, json: bool) -> Result<u8, Exit> {
     Ok(0)
 }
 
-fn select_passes(list: Option<&str>) -> Result<Vec<&'static dyn Pass>, Exit> {
+fn select_passes(list: Option<&str>, harden: bool) -> Result<Vec<&'static dyn Pass>, Exit> {
     let names: Vec<&str> = match list {
+        None if harden => passes::harden_pipeline(),
         None => DEFAULT_PIPELINE.to_vec(),
         Some("none") | Some("") => Vec::new(),
         Some(list) => list
@@ -199,7 +209,7 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
             format!("{name}: no output given: add -o OUT (-o {name} rewrites in place)"),
         ));
     };
-    let passes = select_passes(args.passes.as_deref())?;
+    let passes = select_passes(args.passes.as_deref(), args.harden)?;
     let to_stdout = output == Path::new("-");
     if to_stdout && args.report.as_deref() == Some(Path::new("-")) {
         return Err(fail(2, "--report - and -o - both write standard output"));
@@ -208,6 +218,7 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
     let options = PassOptions {
         fpcast_diagnose: args.fpcast_diagnose,
         stack_size: args.stack_size,
+        harden: args.harden,
     };
     let outcome = pipeline::run(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {

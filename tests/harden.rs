@@ -1,0 +1,393 @@
+//! `--harden` on the C fixtures (tests/fixtures/c/harden.c), every build: each memory bug that
+//! the original runs silently (exit 0, wrong output) stops with its message, a trap and no
+//! wrong output; each correct program prints exactly what the original prints.
+
+mod common;
+
+use common::{Outcome, Run, fixture, run_wasi};
+
+const VARIANTS: &[&str] = &["O0", "O2", "O0.wasmopt", "O2.wasmopt", "O2.stripped"];
+
+/// The fixture build `variant` rewritten by the `--harden` pipeline.
+fn hardened(variant: &str) -> (Vec<u8>, Vec<u8>, Vec<wasmfix::passes::PassReport>) {
+    let original = fixture(&format!("harden.{variant}.wasm"));
+    let passes: Vec<_> = wasmfix::passes::harden_pipeline()
+        .into_iter()
+        .map(|n| wasmfix::passes::find(n).unwrap())
+        .collect();
+    let options = wasmfix::passes::PassOptions {
+        harden: true,
+        ..Default::default()
+    };
+    let out = wasmfix::pipeline::run(&original, &passes, &options)
+        .unwrap_or_else(|f| panic!("{variant}: --harden failed: {f}"));
+    (original, out.bytes, out.reports)
+}
+
+/// Only `pass` over the build `variant`.
+fn only(variant: &str, pass: &str) -> Vec<u8> {
+    common::rewrite(&fixture(&format!("harden.{variant}.wasm")), pass)
+}
+
+fn long_name() -> String {
+    "A".repeat(48)
+}
+
+/// A run that stopped: trapped, printed nothing on stdout, and `message` on stderr.
+fn assert_stopped(run: &Run, message: &str, what: &str) {
+    assert!(
+        matches!(run.outcome, Outcome::Trap(_)),
+        "{what}: should trap: {run:?}"
+    );
+    assert!(run.stdout.is_empty(), "{what}: wrong output: {run:?}");
+    assert!(
+        run.stderr.starts_with(message),
+        "{what}: expected `{message}…` on stderr: {run:?}"
+    );
+}
+
+#[test]
+fn correct_programs_behave_identically() {
+    for variant in VARIANTS {
+        let (original, fixed, _) = hardened(variant);
+        for args in [
+            &["sort", "3000"][..],
+            &["hash", "3000"],
+            &["recurse", "300"],
+            &["aligned"],
+            &["login", "bob"],
+            &["login", "admin"],
+            &["heap", "16"],
+        ] {
+            let before = run_wasi(&original, args);
+            assert_eq!(before.outcome, Outcome::Exit(0), "{variant} {args:?}");
+            assert_eq!(before, run_wasi(&fixed, args), "{variant} {args:?}");
+        }
+    }
+}
+
+#[test]
+fn stack_buffer_overflow_stops_in_the_overflowing_function() {
+    let name = long_name();
+    for variant in VARIANTS {
+        let original = fixture(&format!("harden.{variant}.wasm"));
+        let before = run_wasi(&original, &["login", &name]);
+        assert_eq!(before.outcome, Outcome::Exit(0), "{variant}");
+        assert_eq!(
+            before.stdout, "ACCESS GRANTED\n",
+            "{variant}: the wrong decision"
+        );
+        // Without names the function is reported by its index.
+        let function = if *variant == "O2.stripped" {
+            "function "
+        } else {
+            "check_user"
+        };
+        let message = format!("wasmfix: stack buffer overflow in {function}");
+        for (what, fixed) in [
+            ("--harden", hardened(variant).1),
+            ("stack-canary", only(variant, "stack-canary")),
+        ] {
+            let after = run_wasi(&fixed, &["login", &name]);
+            assert_stopped(&after, &message, &format!("{variant} {what}"));
+        }
+    }
+}
+
+/// A frame overrun that stays inside the frame (a shorter name) is not the canary's business:
+/// the program is unchanged, whatever it does.
+#[test]
+fn overruns_inside_the_frame_do_not_trip_the_canary() {
+    for variant in ["O2", "O2.wasmopt"] {
+        let original = fixture(&format!("harden.{variant}.wasm"));
+        let fixed = only(variant, "stack-canary");
+        let args = ["login", "AAAAAAAAAAAAAAA"];
+        assert_eq!(run_wasi(&original, &args), run_wasi(&fixed, &args));
+    }
+}
+
+#[test]
+fn a_second_run_changes_nothing() {
+    let (_, fixed, _) = hardened("O2");
+    let passes: Vec<_> = wasmfix::passes::harden_pipeline()
+        .into_iter()
+        .map(|n| wasmfix::passes::find(n).unwrap())
+        .collect();
+    let options = wasmfix::passes::PassOptions {
+        harden: true,
+        ..Default::default()
+    };
+    let again = wasmfix::pipeline::run(&fixed, &passes, &options).unwrap();
+    assert_eq!(again.rewritten_functions, 0);
+    for r in &again.reports {
+        if wasmfix::passes::HARDEN_PASSES.contains(&r.pass) {
+            assert!(r.summary.contains("already applied"), "{}", r.summary);
+        }
+    }
+}
+
+/// The builds that keep their names: heap-canary finds the allocator there.
+const NAMED: &[&str] = &["O0", "O2", "O0.wasmopt", "O2.wasmopt"];
+
+#[test]
+fn heap_overflows_stop_at_free_with_the_block_size() {
+    for variant in NAMED {
+        let original = fixture(&format!("harden.{variant}.wasm"));
+        // 28 bytes stay inside the allocator's slack: only a redzone at the exact size sees them.
+        for n in ["28", "32", "48"] {
+            let before = run_wasi(&original, &["heap", n]);
+            assert_eq!(before.outcome, Outcome::Exit(0), "{variant} heap {n}");
+            assert_eq!(before.stdout, "heap ok\n", "{variant} heap {n}");
+            for (what, fixed) in [
+                ("--harden", hardened(variant).1),
+                ("heap-canary", only(variant, "heap-canary")),
+            ] {
+                let after = run_wasi(&fixed, &["heap", n]);
+                assert_stopped(
+                    &after,
+                    "wasmfix: heap buffer overflow: block of 16 bytes at 0x",
+                    &format!("{variant} {what} heap {n}"),
+                );
+                assert!(
+                    after.stderr.contains(" written past its end\n"),
+                    "{after:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn double_free_is_reported() {
+    for variant in NAMED {
+        let original = fixture(&format!("harden.{variant}.wasm"));
+        let before = run_wasi(&original, &["doublefree"]);
+        assert_eq!(before.stdout, "double free accepted\n", "{variant}");
+        let after = run_wasi(&hardened(variant).1, &["doublefree"]);
+        assert_stopped(&after, "wasmfix: double free of block at 0x", variant);
+    }
+}
+
+/// Without a name section the allocator cannot be found: `heap-canary` alone refuses with the
+/// reason (exit 2, nothing written), `--harden` warns and applies the other passes.
+#[test]
+fn stripped_modules_are_refused_by_heap_canary_and_warned_about_by_harden() {
+    let path = common::repo().join("tests/fixtures/wasm/harden.O2.stripped.wasm");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.wasm");
+    let refused = common::wasmfix()
+        .arg(&path)
+        .args(["--passes", "heap-canary", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("heap-canary: cannot find `malloc`") && stderr.contains("name section"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+
+    let hardened = common::wasmfix()
+        .arg(&path)
+        .args(["--harden", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(hardened.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&hardened.stderr);
+    assert!(
+        stderr.contains("heap-canary: warning: heap blocks are not checked: cannot find `malloc`"),
+        "{stderr}"
+    );
+    let fixed = std::fs::read(&out).unwrap();
+    let after = run_wasi(&fixed, &["heap", "48"]);
+    assert_eq!(
+        after.stdout, "heap ok\n",
+        "not checked, as the warning says"
+    );
+}
+
+#[test]
+fn null_writes_and_literal_writes_stop_at_the_access() {
+    for variant in VARIANTS {
+        let original = fixture(&format!("harden.{variant}.wasm"));
+        let before = run_wasi(&original, &["null"]);
+        assert_eq!(
+            before.stdout, "wrote through null, read back 42\n",
+            "{variant}"
+        );
+        let before = run_wasi(&original, &["literal"]);
+        assert_eq!(before.stdout, "Jello\n", "{variant}");
+        for (what, fixed) in [
+            ("--harden", hardened(variant).1),
+            ("bounds", only(variant, "bounds")),
+        ] {
+            let after = run_wasi(&fixed, &["null"]);
+            assert_stopped(
+                &after,
+                "wasmfix: null pointer dereference at address 0x8 in ",
+                &format!("{variant} {what} null"),
+            );
+            let after = run_wasi(&fixed, &["literal"]);
+            if *variant == "O2.stripped" {
+                // No data segment names: read-only data is unknown and not checked.
+                assert_eq!(after.stdout, "Jello\n", "{variant} {what}");
+            } else {
+                assert_stopped(
+                    &after,
+                    "wasmfix: write to read-only data at address 0x",
+                    &format!("{variant} {what} literal"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bounds_says_what_it_cannot_check() {
+    let out = wasmfix::pipeline::run(
+        &fixture("harden.O2.stripped.wasm"),
+        &common::passes("bounds"),
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(
+        out.reports[0]
+            .summary
+            .contains("read-only data not checked: no name section"),
+        "{}",
+        out.reports[0].summary
+    );
+    // A stack-first module has no null page, and without names nothing is left to check.
+    let out = wasmfix::pipeline::run(
+        &fixture("layout.stackfirst.wasm"),
+        &common::passes("bounds"),
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(
+        out.reports[0]
+            .summary
+            .contains("no null page: the stack lies at address 0"),
+        "{}",
+        out.reports[0].summary
+    );
+}
+
+/// A module whose heap was recorded by a memory snapshot (Wizer, as ruby.wasm is): the
+/// blocks its initializer allocated lie in the data past `__heap_base` and have no header.
+/// `case` is the body of `_start`, which exits with 0 when the allocator saw what it should.
+fn snapshot_module(case: &str) -> Vec<u8> {
+    // The block at 1040 (its allocator chunk at 1024) holds "hello", as the snapshot left it.
+    let mut data = "\\00".repeat(16);
+    data.push_str("hello");
+    data.push_str(&"\\00".repeat(300));
+    let text = format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 1)
+          (global $heap_base (export "__heap_base") i32 (i32.const 1024))
+          (global $top (mut i32) (i32.const 2048))
+          ;; one free chunk, handed out again by the next malloc: the real allocator also
+          ;; reuses freed snapshot memory
+          (global $reuse (mut i32) (i32.const 0))
+          (func $malloc (export "malloc") (param $n i32) (result i32) (local $p i32)
+            global.get $reuse
+            if
+              global.get $reuse
+              i32.const 0
+              global.set $reuse
+              return
+            end
+            global.get $top
+            local.tee $p
+            local.get $n
+            i32.const 15
+            i32.add
+            i32.const -16
+            i32.and
+            i32.add
+            global.set $top
+            local.get $p)
+          (func $free (export "free") (param $p i32)
+            local.get $p
+            global.set $reuse)
+          (func $realloc (export "realloc") (param $q i32) (param $n i32) (result i32)
+            (local $p i32)
+            local.get $n
+            call $malloc
+            local.tee $p
+            local.get $q
+            local.get $n
+            memory.copy
+            local.get $q
+            call $free
+            local.get $p)
+          (func (export "_start") (local $p i32)
+            {case})
+          (data (i32.const 1024) "{data}"))"#
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+#[test]
+fn snapshot_blocks_pass_through_and_reused_snapshot_memory_is_still_checked() {
+    // (case, what the rewritten module must do: None = exit 0 like the original, Some(message))
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        (
+            "free of a snapshot block reaches the real free with its address",
+            "i32.const 1040  call $free
+             global.get $reuse  i32.const 1040  i32.ne  call $exit",
+            None,
+        ),
+        (
+            "realloc of a snapshot block copies its contents and frees it",
+            "i32.const 1040  i32.const 8  call $realloc  local.tee $p
+             i32.load  i32.const 0x6c6c6568  i32.ne
+             global.get $reuse  i32.const 1040  i32.ne  i32.or
+             local.get $p  i32.eqz  i32.or  call $exit",
+            None,
+        ),
+        (
+            "a wrapped block placed in freed snapshot memory is freed normally",
+            "i32.const 1040  call $free
+             i32.const 16  call $malloc  local.tee $p
+             i32.const 7  i32.store offset=12
+             local.get $p  call $free
+             local.get $p  i32.const 1324  i32.ge_u  call $exit",
+            None,
+        ),
+        (
+            "an overflow of a wrapped block in freed snapshot memory is caught",
+            "i32.const 1040  call $free
+             i32.const 16  call $malloc  local.tee $p
+             i32.const 7  i32.store offset=16
+             local.get $p  call $free
+             local.get $p  i32.const 1324  i32.ge_u  call $exit",
+            Some("wasmfix: heap buffer overflow: block of 16 bytes at 0x"),
+        ),
+        (
+            "a free of static data below __heap_base is still reported",
+            "i32.const 512  call $free  i32.const 0  call $exit",
+            Some("wasmfix: heap buffer overflow or invalid free: the header of block 0x200 "),
+        ),
+    ];
+    for (what, case, expected) in cases {
+        let original = snapshot_module(case);
+        let before = run_wasi(&original, &[]);
+        assert_eq!(
+            before.outcome,
+            Outcome::Exit(0),
+            "{what}: original {before:?}"
+        );
+        let after = run_wasi(&common::rewrite(&original, "heap-canary"), &[]);
+        match expected {
+            None => assert_eq!(after, before, "{what}"),
+            Some(message) => assert_stopped(&after, message, what),
+        }
+    }
+}
