@@ -261,6 +261,7 @@ pub fn relocate(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassR
     );
     cx.edits
         .record_applied("stack", serde_json::json!({ "relocated": [0, size] }));
+    cx.edits.stack_relocated = Some(shift);
     for (index, s) in m.sections.iter().enumerate() {
         if s.custom_name
             .is_some_and(|n| n == "linking" || n.starts_with("reloc."))

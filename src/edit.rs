@@ -4,7 +4,6 @@
 
 use crate::module::Module;
 use std::collections::BTreeMap;
-use wasm_encoder::reencode::Reencode;
 use wasm_encoder::{
     ConstExpr, Function, GlobalType, Instruction, RefType, Section, TableType, ValType,
 };
@@ -126,12 +125,20 @@ pub struct Edits<'m> {
     pub(crate) global_inits: BTreeMap<u32, ConstExpr>,
     /// New offsets for active data segments, by segment index.
     pub(crate) data_offsets: BTreeMap<u32, ConstExpr>,
+    /// Set by stack-first when it moved the stack earlier in this pipeline: the stack now lies
+    /// at `[0, n)` and every data address moved up by `n`. Passes that run after it work on
+    /// addresses (bounds, heap-canary) and must see the new layout, not the input's facts.
+    pub stack_relocated: Option<u64>,
     /// What each pass applied, recorded in the `wasmfix` custom section (see `record_applied`).
     pub(crate) applied: serde_json::Map<String, serde_json::Value>,
     /// New limits for memories, by memory index.
     pub(crate) memory_types: BTreeMap<u32, wasm_encoder::MemoryType>,
     /// Exports pointed at another function, by export name.
     pub(crate) export_targets: BTreeMap<String, u32>,
+    /// New functions (by position in `new_functions`) whose body is a defined function's
+    /// original body (by function index), copied byte for byte when the module is emitted,
+    /// after same-length patches: a relocated immediate in a moved body stays relocated.
+    pub(crate) moved_bodies: BTreeMap<usize, u32>,
     /// Defined functions given a new body in their original slot (see [`Edits::move_body`]).
     pub(crate) replaced_bodies: BTreeMap<u32, Function>,
 }
@@ -293,29 +300,14 @@ impl<'m> Edits<'m> {
     /// [`Edits::replace_body`]: every call, export and table entry keeps reaching `func`, so
     /// the new body wraps the moved one for all of them. Rewriters do not see the moved body.
     pub fn move_body(&mut self, module: &Module<'_>, func: u32, name: &str) -> u32 {
-        let body = &module.bodies[(func - module.imported_funcs) as usize];
-        // The locals are re-encoded (the same declarations); the code is copied byte for byte.
-        let mut locals = Vec::new();
-        let mut reader = body.get_locals_reader().expect("validated input");
-        for _ in 0..reader.get_count() {
-            let (n, ty) = reader.read().expect("validated input");
-            let ty = wasm_encoder::reencode::RoundtripReencoder
-                .val_type(ty)
-                .expect("validated input");
-            locals.push((n, ty));
-        }
-        let code_start = reader.original_position() as usize;
-        let mut moved = Function::new(locals);
-        moved.raw(
-            module.bytes[code_start..body.range().end as usize]
-                .iter()
-                .copied(),
-        );
+        // The body is copied when the module is emitted (see `moved_bodies`); this one is a
+        // placeholder.
+        self.moved_bodies.insert(self.new_functions.len(), func);
         self.add_function(
             module,
             NewFunction {
                 type_index: module.func_types[func as usize],
-                body: moved,
+                body: Function::new([]),
                 name: name.to_string(),
             },
         )

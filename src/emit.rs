@@ -350,8 +350,17 @@ fn build_code(
         code.function(&f);
         emitted.rewritten_functions.push(func);
     }
-    for f in &edits.new_functions {
-        code.function(&f.body);
+    for (i, f) in edits.new_functions.iter().enumerate() {
+        match edits.moved_bodies.get(&i) {
+            // `module` is the patched input: relocated immediates move with the body.
+            Some(&from) => {
+                let body = &module.bodies[(from - module.imported_funcs) as usize];
+                code.raw(&module.bytes[Module::body_range(body)]);
+            }
+            None => {
+                code.function(&f.body);
+            }
+        }
     }
     Ok(code)
 }

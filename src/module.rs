@@ -259,6 +259,10 @@ impl<'a> Module<'a> {
         self.func_types.len() as u32
     }
 
+    pub fn num_globals(&self) -> u32 {
+        self.imported_globals + self.defined_globals.len() as u32
+    }
+
     /// The first custom section called `name`.
     pub fn custom(&self, name: &str) -> Option<&Section<'a>> {
         self.sections.iter().find(|s| s.custom_name == Some(name))

@@ -216,6 +216,10 @@ fn long_run() {
         total.relocated_overflow_traps,
         total.inconclusive
     );
+    eprintln!(
+        "  --harden contract events: bounds stops {}, heap/stack canary stops {}, unguarded overflows over a changed layout {}",
+        total.bounds_stops, total.canary_stops, total.overflow_layout_changed
+    );
     eprintln!("  findings: {} {:?}", findings.len(), classes);
     assert!(
         findings.is_empty(),

@@ -178,3 +178,38 @@ fn data_across_the_initial_stack_pointer_has_no_stack_region() {
         }
     }
 }
+
+/// The name section is not validated: hostile input 3299 named a function index past the last
+/// function `malloc`, and heap-canary panicked looking up its type (`--harden`). A name for a
+/// function that does not exist names nothing.
+#[test]
+fn a_name_for_a_function_that_does_not_exist_is_ignored() {
+    let mut input = wat::parse_str(
+        r#"(module
+          (memory (export "memory") 1)
+          (func (export "free") (param i32))
+          (func (export "f") (result i32) i32.const 0))"#,
+    )
+    .unwrap();
+    // `name`: function 7 (of 2) is called `malloc`.
+    let name = [
+        0x00, 0x10, 0x04, b'n', b'a', b'm', b'e', 0x01, 0x09, 0x01, 0x07, 0x06, b'm', b'a', b'l',
+        b'l', b'o', b'c',
+    ];
+    input.extend_from_slice(&name);
+    common::validate(&input);
+    let refusal = common::try_rewrite(&input, "heap-canary").unwrap_err();
+    assert!(refusal.contains("cannot find `malloc`"), "{refusal}");
+    let passes = wasmfix::passes::harden_pipeline();
+    let passes: Vec<_> = passes
+        .iter()
+        .map(|n| wasmfix::passes::find(n).unwrap())
+        .collect();
+    let options = wasmfix::passes::PassOptions {
+        harden: true,
+        ..Default::default()
+    };
+    let outcome = wasmfix::pipeline::run(&input, &passes, &options)
+        .unwrap_or_else(|f| panic!("--harden failed: {f}"));
+    common::validate(&outcome.bytes);
+}

@@ -687,7 +687,7 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
         b.ins(&[I::End]);
         bodies.push(b);
     }
-    // heap(n): n allocations of varying size, every third freed; returns the sum of what was
+    // heap(n): n allocations of varying size (4 to 203 bytes), every third freed; returns the sum of what was
     // stored, the byte the string pointer points at, and the bytes of one data segment.
     {
         let (n, i, p, sum) = (0, 1, 2, 3);
@@ -705,7 +705,8 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
             I::I32Mul,
             I::I32Const(200),
             I::I32RemU,
-            I::I32Const(1),
+            // At least the 4 bytes stored: a C program without heap overflows.
+            I::I32Const(4),
             I::I32Add,
             I::Call(f_malloc),
             I::LocalTee(p),
@@ -782,6 +783,9 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
             })
             .sum()
     };
+    // stack-canary pushes a 16-byte slot above each worker's frame.
+    let fits_with_canary =
+        |k: usize, d: u32| frames_used(k, d) + 16 * (d as u64 + 1) <= stack_size as u64;
     for k in 0..n_workers {
         let fits = |d: u32| frames_used(k, d) <= stack_size as u64;
         let deepest = (0..200).take_while(|&d| fits(d)).last();
@@ -797,8 +801,10 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
                 args: vec![Arg::I64(d as i64)],
                 expect,
             };
-            if fits(d) {
+            if fits_with_canary(k, d) {
                 exact.push(call(Expect::Exact));
+            } else if fits(d) {
+                contract.push(vec![call(Expect::ExactUnlessCanary)]);
             } else {
                 contract.push(vec![call(Expect::Overflow)]);
             }
@@ -835,6 +841,7 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
     }
     plan.sessions.push(exact);
     plan.sessions.extend(contract);
+    plan.stack = Some((stack_low as u64, stack_high as u64));
 
     // ---- sections ----
     let mut module = Module::new();

@@ -1,9 +1,9 @@
 //! The differential harness (issue 7): one module through every pipeline, each output checked
 //! for validity, determinism and fidelity, then run beside the original in wasmtime.
 //!
-//! Pipelines come from the registry: `none`, the default pipeline, every registered pass alone,
-//! and `fpcast` with `--fpcast-diagnose`, so a pass added to `passes::REGISTRY` joins the
-//! harness without a change here (`--harden` joins through its passes when it lands).
+//! Pipelines come from the registry: `none`, the default pipeline, `--harden`, every registered
+//! pass alone, and `fpcast` with `--fpcast-diagnose`, so a pass added to `passes::REGISTRY`
+//! joins the harness without a change here.
 //!
 //! What must hold for every pipeline:
 //! - the pipeline does not panic; a refusal is one line; valid input is never "bad input";
@@ -21,6 +21,23 @@
 //!     the handler wasmfix added (and prints `wasmfix: stack overflow in` when it can write);
 //!     with an oracle this must happen exactly on the calls that overflow;
 //!   - stack-first: with an oracle, an overflow now traps (it runs off address 0).
+//!   - heap-canary (alone or in `--harden`): each block gets 16 header and 4 redzone bytes, so
+//!     allocation addresses differ. Memory (the allocator's state and the blocks) is compared
+//!     by size only; results, globals and table sizes exactly (the C-like generator's results
+//!     do not depend on addresses, and wasm-smith modules have no `malloc`/`free` to wrap). A
+//!     heap overflow or double free the original survived may now stop with its message;
+//!   - stack-canary: each protected frame takes 16 more bytes of stack, so the stack region's
+//!     dead bytes are not compared, a call that fit only without them is an overflow (the
+//!     plan's `ExactUnlessCanary`), a trap ends the session (the stack pointer stays lower),
+//!     and a clobbered canary may stop the program with its message;
+//!   - bounds: a null-page access or a write to read-only data the original survived may now
+//!     stop, with a message naming an address inside the ranges the pass recorded;
+//!   - an overflow neither guarded nor relocated corrupts memory in the original: under
+//!     heap-canary or stack-canary, whose layouts differ, its outcome is inconclusive, and
+//!     bounds may stop it when it reaches the null page.
+//!
+//! Under an exact expectation (the C-like plan: correct C code) none of these stops is
+//! accepted.
 //!
 //! After a contract event the states differ, so the session stops there.
 //!
@@ -74,6 +91,17 @@ pub fn pipelines() -> Vec<Pipeline> {
                 .collect(),
             options: PassOptions::default(),
         },
+        Pipeline {
+            name: "--harden".into(),
+            passes: passes::harden_pipeline()
+                .iter()
+                .map(|n| passes::find(n).expect("harden passes are registered"))
+                .collect(),
+            options: PassOptions {
+                harden: true,
+                ..Default::default()
+            },
+        },
     ];
     for p in passes::REGISTRY {
         out.push(Pipeline {
@@ -110,6 +138,14 @@ pub struct Stats {
     pub cast_checked_value: u64,
     pub guard_stops: u64,
     pub relocated_overflow_traps: u64,
+    /// An overflow neither guarded nor relocated, under stack-canary (16 more bytes per frame)
+    /// or heap-canary (other heap addresses): it runs into the data as in the original, but
+    /// at another depth or over other contents; inconclusive.
+    pub overflow_layout_changed: u64,
+    /// bounds stopped a null-page access or a write to read-only data the original survived.
+    pub bounds_stops: u64,
+    /// heap-canary or stack-canary stopped a corruption the original survived.
+    pub canary_stops: u64,
     pub inconclusive: u64,
 }
 
@@ -125,6 +161,9 @@ impl Stats {
         self.cast_checked_value += o.cast_checked_value;
         self.guard_stops += o.guard_stops;
         self.relocated_overflow_traps += o.relocated_overflow_traps;
+        self.overflow_layout_changed += o.overflow_layout_changed;
+        self.bounds_stops += o.bounds_stops;
+        self.canary_stops += o.canary_stops;
         self.inconclusive += o.inconclusive;
     }
 }
@@ -281,6 +320,16 @@ pub fn check_module(input: &[u8], stats: &mut Stats) -> Result<(), Finding> {
         meta.writes_stderr = bytes
             .windows(STACK_MESSAGE.len())
             .any(|w| w == STACK_MESSAGE);
+        meta.messages = MESSAGES
+            .iter()
+            .copied()
+            .filter(|m| bytes.windows(m.len()).any(|w| w == m.as_bytes()))
+            .collect();
+        meta.stack_region = plan.stack.or_else(|| {
+            let m = wasmfix::module::Module::parse(input).ok()?;
+            let region = wasmfix::facts::Facts::new(&m).stack.ok()?;
+            Some((region.low, region.high))
+        });
         let rewritten =
             run(&bytes, &plan, Side::Rewritten(meta.extra_memory)).ok_or_else(|| {
                 finding(
@@ -437,7 +486,27 @@ struct Meta {
     /// fpcast's diagnose reporters trap on `unreachable` in an added function.
     diagnose: bool,
     extra_memory: usize,
+    /// stack-canary protected frames: each takes 16 more bytes of stack.
+    canary: bool,
+    /// The input's stack region `[low, high)` (the plan's, else wasmfix's facts).
+    stack_region: Option<(u64, u64)>,
+    /// heap-canary wrapped the allocator: allocation addresses differ.
+    heap_wrapped: bool,
+    /// bounds checks: the address ranges it stops accesses to.
+    bounds: Option<Vec<(u64, u64)>>,
+    /// The wasmfix messages the rewritten module can write (their text is in its data).
+    messages: Vec<&'static str>,
 }
+
+/// The messages with which added code stops a program.
+const MESSAGES: &[&str] = &[
+    "wasmfix: stack overflow in ",
+    "wasmfix: null pointer dereference at address ",
+    "wasmfix: write to read-only data at address ",
+    "wasmfix: double free of block at ",
+    "wasmfix: heap buffer overflow",
+    "wasmfix: stack buffer overflow in ",
+];
 
 impl Meta {
     fn of(before: &Shape, after: &Shape, diagnose: bool) -> Meta {
@@ -450,6 +519,23 @@ impl Meta {
             original_funcs: before.funcs,
             writes_stderr: before.writes_stderr,
             diagnose,
+            canary: after.applied.contains_key("stack-canary") && !had("stack-canary"),
+            stack_region: None,
+            heap_wrapped: after.applied.contains_key("heap-canary") && !had("heap-canary"),
+            bounds: after
+                .applied
+                .get("bounds")
+                .filter(|_| !had("bounds"))
+                .map(|b| {
+                    ["null", "read_only"]
+                        .iter()
+                        .filter_map(|k| {
+                            let r = b.get(k)?.as_array()?;
+                            Some((r.first()?.as_u64()?, r.get(1)?.as_u64()?))
+                        })
+                        .collect()
+                }),
+            messages: Vec::new(),
             extra_memory: after
                 .memory0_min
                 .zip(before.memory0_min)
@@ -483,6 +569,9 @@ pub enum Expect {
     Cast(Option<i64>),
     /// The call overflows the stack: guarded modules stop it, relocated ones trap.
     Overflow,
+    /// The call fits the stack, but not with stack-canary's 16 more bytes per frame: exactly
+    /// what the original does, unless stack-canary applied; then an overflow.
+    ExactUnlessCanary,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -498,6 +587,9 @@ pub struct Call {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub sessions: Vec<Vec<Call>>,
+    /// The stack region `[low, high)`, when the generator knows it.
+    #[serde(default)]
+    pub stack: Option<(u64, u64)>,
 }
 
 impl Plan {
@@ -575,6 +667,7 @@ impl Plan {
         session.truncate(24);
         Plan {
             sessions: vec![session],
+            stack: None,
         }
     }
 }
@@ -733,10 +826,16 @@ impl Event {
 #[derive(Debug, Clone)]
 struct Step {
     event: Event,
-    /// Hash of the exported globals, memories and table sizes after the call.
+    /// Hash of the exported globals, memory sizes and table sizes after the call.
     state: u64,
+    /// Per exported memory (in export order), a hash of each [`CHUNK`] bytes after the call.
+    memories: Vec<Vec<u64>>,
     stderr: String,
 }
+
+/// Memory contents are compared in chunks of this many bytes, so that a region a contract lets
+/// differ (the stack under stack-canary) can be left out.
+const CHUNK: usize = 64;
 
 /// Per session: how instantiation ended (with what it wrote), then one step per call (fewer
 /// when a step stopped it).
@@ -797,9 +896,11 @@ fn to_val(arg: &Arg, ty: &ValType) -> Option<Val> {
     })
 }
 
-/// Hash of what the module exports besides functions, after a call.
-fn state(store: &mut Store<Host>, instance: &Instance) -> u64 {
+/// Hash of what the module exports besides functions and memory contents, and the memory
+/// contents by chunk, after a call.
+fn state(store: &mut Store<Host>, instance: &Instance) -> (u64, Vec<Vec<u64>>) {
     let mut h = DefaultHasher::new();
+    let mut memories = Vec::new();
     let exports: Vec<(String, Extern)> = instance
         .exports(&mut *store)
         .map(|e| (e.name().to_string(), e.into_extern()))
@@ -808,13 +909,17 @@ fn state(store: &mut Store<Host>, instance: &Instance) -> u64 {
         name.hash(&mut h);
         match ext {
             Extern::Global(g) => show(&g.get(&mut *store)).hash(&mut h),
-            Extern::Memory(m) => m.data(&*store).hash(&mut h),
+            Extern::Memory(m) => {
+                let data = m.data(&*store);
+                data.len().hash(&mut h);
+                memories.push(data.chunks(CHUNK).map(hash).collect());
+            }
             Extern::SharedMemory(m) => m.data_size().hash(&mut h),
             Extern::Table(t) => t.size(&*store).hash(&mut h),
             _ => {}
         }
     }
-    h.finish()
+    (h.finish(), memories)
 }
 
 /// fd_write(fd, iovs, iovs_len, nwritten) for the messages of the rewritten module: records
@@ -902,6 +1007,7 @@ fn run(bytes: &[u8], plan: &Plan, side: Side) -> Option<Trace> {
                 let step = Step {
                     event: event_of(&e),
                     state: 0,
+                    memories: Vec::new(),
                     stderr: String::from_utf8_lossy(&store.data().stderr).into_owned(),
                 };
                 sessions.push((step, Vec::new()));
@@ -938,10 +1044,11 @@ fn run(bytes: &[u8], plan: &Plan, side: Side) -> Option<Trace> {
                 Err(e) => event_of(&e),
             };
             let stop = matches!(event, Event::Trap { .. });
-            let state = state(&mut store, &instance);
+            let (state, memories) = state(&mut store, &instance);
             steps.push(Step {
                 event,
                 state,
+                memories,
                 stderr: String::from_utf8_lossy(&store.data().stderr).into_owned(),
             });
             // A trap can leave a module half-updated; the next call still runs, as a host
@@ -953,6 +1060,7 @@ fn run(bytes: &[u8], plan: &Plan, side: Side) -> Option<Trace> {
         let instantiated = Step {
             event: Event::Values(Vec::new()),
             state: 0,
+            memories: Vec::new(),
             stderr: String::new(),
         };
         sessions.push((instantiated, steps));
@@ -1015,8 +1123,11 @@ fn compare(
             let at = || format!("session {k} call {i} `{}`{:?}", call.export, call.args);
             stats.calls_compared += 1;
             match judge(a, b, call.expect, meta, stats) {
+                // A trap leaves the stack pointer where the trapping frame put it, 16 bytes
+                // lower per protected frame under stack-canary: the session ends there.
+                Verdict::Same if meta.canary && matches!(a.event, Event::Trap { .. }) => break,
                 Verdict::Same => {
-                    if !meta.relocated && a.state != b.state {
+                    if !meta.relocated && !same_state(a, b, meta) {
                         return Err(format!(
                             "{}: same result {:?} but the exported state differs",
                             at(),
@@ -1040,6 +1151,32 @@ fn compare(
     Ok(())
 }
 
+/// Whether the exported state after a call is the same, except where a contract lets it differ:
+/// heap-canary changes every allocation's address (16 header and 4 redzone bytes per block), so
+/// memory, which holds the allocator's state and the blocks, is compared by size only;
+/// stack-canary gives each frame 16 more bytes, so the stack region's dead bytes (below the
+/// stack pointer, which is back at its start after a call) may differ.
+fn same_state(a: &Step, b: &Step, meta: &Meta) -> bool {
+    if a.state != b.state || a.memories.len() != b.memories.len() {
+        return false;
+    }
+    if meta.heap_wrapped {
+        return true;
+    }
+    let stack = if meta.canary { meta.stack_region } else { None };
+    a.memories
+        .iter()
+        .zip(&b.memories)
+        .enumerate()
+        .all(|(k, (x, y))| {
+            x.len() == y.len()
+                && x.iter().zip(y).enumerate().all(|(i, (p, q))| {
+                    let (lo, hi) = ((i * CHUNK) as u64, ((i + 1) * CHUNK) as u64);
+                    p == q || (k == 0 && stack.is_some_and(|(low, high)| lo < high && hi > low))
+                })
+        })
+}
+
 enum Verdict {
     Same,
     /// A contract exception or an inconclusive original: the rest of the session says nothing.
@@ -1052,13 +1189,51 @@ fn guard_stop(b: &Step, meta: &Meta) -> bool {
         && (!meta.writes_stderr || b.stderr.contains("wasmfix: stack overflow in "))
 }
 
+/// The rewritten module stopped in code wasmfix added (`unreachable` in an added function),
+/// with one of `messages` on stderr when it can write them.
+fn wasmfix_stop(b: &Step, meta: &Meta, messages: &[&str]) -> bool {
+    let writes = messages.iter().any(|m| meta.messages.contains(m));
+    matches!(b.event, Event::Trap { trap: Some(Trap::UnreachableCodeReached), top: Some(f), .. } if f >= meta.original_funcs)
+        && (!writes || messages.iter().any(|m| b.stderr.contains(m)))
+}
+
+/// A bounds stop: its message, when written, names an address inside a checked range.
+fn bounds_stop(b: &Step, meta: &Meta) -> bool {
+    let Some(ranges) = &meta.bounds else {
+        return false;
+    };
+    let messages = &MESSAGES[1..3];
+    if !wasmfix_stop(b, meta, messages) {
+        return false;
+    }
+    let Some(at) = b.stderr.split(" at address 0x").nth(1) else {
+        return !messages.iter().any(|m| meta.messages.contains(m));
+    };
+    let hex: String = at.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+    u64::from_str_radix(&hex, 16)
+        .is_ok_and(|address| ranges.iter().any(|&(lo, hi)| lo <= address && address < hi))
+}
+
 fn judge(a: &Step, b: &Step, expect: Expect, meta: &Meta, stats: &mut Stats) -> Verdict {
     if a.event.exhausted() {
         stats.inconclusive += 1;
         return Verdict::Stop;
     }
+    let overflows = match expect {
+        Expect::Overflow => true,
+        Expect::ExactUnlessCanary => meta.canary,
+        _ => false,
+    };
     match expect {
-        Expect::Overflow if meta.guarded => {
+        _ if overflows
+            && !meta.guarded
+            && !meta.relocated
+            && (meta.canary || meta.heap_wrapped) =>
+        {
+            stats.overflow_layout_changed += 1;
+            return Verdict::Stop;
+        }
+        _ if overflows && meta.guarded => {
             return if guard_stop(b, meta) {
                 stats.guard_stops += 1;
                 Verdict::Stop
@@ -1066,7 +1241,7 @@ fn judge(a: &Step, b: &Step, expect: Expect, meta: &Meta, stats: &mut Stats) -> 
                 Verdict::Differ("an overflow was not stopped by the guard")
             };
         }
-        Expect::Overflow if meta.relocated => {
+        _ if overflows && meta.relocated => {
             return if matches!(b.event, Event::Trap { trap: Some(_), .. }) {
                 stats.relocated_overflow_traps += 1;
                 Verdict::Stop
@@ -1121,6 +1296,21 @@ fn judge(a: &Step, b: &Step, expect: Expect, meta: &Meta, stats: &mut Stats) -> 
         }
         if meta.guarded && guard_stop(b, meta) {
             stats.guard_stops += 1;
+            return Verdict::Stop;
+        }
+    }
+    // An overflow the original survived ran its stack into the data and the null page.
+    if expect == Expect::Any || overflows {
+        // --harden: a null-page access, a write to read-only data, a heap overflow or double
+        // free, or a clobbered stack canary that the original survived now stops the program.
+        if bounds_stop(b, meta) {
+            stats.bounds_stops += 1;
+            return Verdict::Stop;
+        }
+        if (meta.heap_wrapped && wasmfix_stop(b, meta, &MESSAGES[3..5]))
+            || (meta.canary && wasmfix_stop(b, meta, &MESSAGES[5..6]))
+        {
+            stats.canary_stops += 1;
             return Verdict::Stop;
         }
     }
