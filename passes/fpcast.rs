@@ -53,8 +53,10 @@
 //! Limits: a replaced (not appended) entry of a table that changes at run time keeps the
 //! adapter of its original signature. Tables whose element segments have non-constant offsets
 //! (position-independent code), 64-bit tables, tables whose segments write past their size
-//! (instantiation traps) and sparse tables (a few entries far apart, which would make the
-//! class map large) are left alone, with a warning.
+//! (instantiation traps), sparse tables (a few entries far apart, which would make the
+//! class map large) and tables with more (entry signature, call signature) pairs than
+//! [`pair_budget`] allows for the module's size (the adapters grow with their product, so a
+//! small hostile module could make a huge output) are left alone, with a warning.
 
 use super::{Pass, PassCx, PassReport};
 use crate::diag::{Message, RECORD_SCRATCH, store_bytes, store_text};
@@ -119,6 +121,7 @@ impl Pass for Fpcast {
         let code = facts.code(m);
         let mut warnings = Vec::new();
         let mut plans = Vec::new();
+        let mut pairs_total = 0;
         for t in &facts.tables {
             let site_types: Vec<(u32, usize)> = code
                 .indirect_sites
@@ -174,6 +177,19 @@ impl Pass for Fpcast {
             let diagnose = cx.options.fpcast_diagnose;
             if let Some(plan) = plan_table(m, t, &site_types, t.changes_at_run_time(code), diagnose)
             {
+                let pairs = plan.targets.len() * (plan.classes.len() + 1);
+                if pairs_total + pairs > pair_budget(m) {
+                    warnings.push(format!(
+                        "table {}: {} call signatures x {} entry signatures to adapt, more than the {} pairs allowed for a module of {} bytes: casts through it are not adapted",
+                        t.index,
+                        plan.targets.len(),
+                        plan.classes.len() + 1,
+                        pair_budget(m),
+                        m.bytes.len()
+                    ));
+                    continue;
+                }
+                pairs_total += pairs;
                 plans.push(plan);
             }
         }
@@ -307,6 +323,14 @@ fn erased_cast_targets(
         erased.len(),
         names.join(", ")
     ))
+}
+
+/// How many (entry signature, call signature) pairs fpcast adapts in a module: each pair costs
+/// an adapter or a table item, so the output and the memory to build it stay proportional to
+/// the input. Real modules stay far below it (CPython and Ruby have a few thousand castable
+/// pairs in modules of several MB); a 64 KiB module may have 1,024.
+fn pair_budget(m: &Module<'_>) -> usize {
+    (m.bytes.len() / 64).max(1024)
 }
 
 fn plan_table<'f>(

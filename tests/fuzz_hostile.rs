@@ -57,6 +57,19 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// Bounds per input in the long run (sizes floored at 64 KiB): time per MB, and heap growth
+/// as a multiple of the input, for every pipeline and `inspect` together.
+const MAX_S_PER_MB: f64 = 10.0;
+const MAX_HEAP_RATIO: f64 = 64.0;
+
+/// Inputs `WASMFIX_HOSTILE_FROM..WASMFIX_HOSTILE_CASES` only (to rerun part of a long run).
+fn first_input() -> u64 {
+    std::env::var("WASMFIX_HOSTILE_FROM")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Valid modules to mutate: the fixtures, the .wat tests, the saved regressions and generated
 /// modules of every generator.
 fn seeds() -> Vec<Vec<u8>> {
@@ -352,7 +365,7 @@ fn long_run() {
     let floor = |len: usize| len.max(64 << 10) as f64;
     let (mut max_s_per_mb, mut max_mem_ratio, mut max_mem) = (0f64, 0f64, 0usize);
     let mut largest = 0usize;
-    for n in 0..cases {
+    for n in first_input()..cases {
         let bytes = input(&seeds, seed, n);
         largest = largest.max(bytes.len());
         let base = IN_USE.load(Ordering::Relaxed);
@@ -367,6 +380,21 @@ fn long_run() {
         max_s_per_mb = max_s_per_mb.max(secs / (floor(bytes.len()) / 1e6));
         max_mem = max_mem.max(grown);
         max_mem_ratio = max_mem_ratio.max(grown as f64 / floor(bytes.len()));
+        // An input over the time or memory bound is a finding of its own, saved like the others.
+        let ratio = grown as f64 / floor(bytes.len());
+        let s_per_mb = secs / (floor(bytes.len()) / 1e6);
+        let result = result.and_then(|v| {
+            if ratio >= MAX_HEAP_RATIO {
+                Err(format!(
+                    "heap grew {ratio:.1}x the input ({} KiB)",
+                    grown >> 10
+                ))
+            } else if s_per_mb >= MAX_S_PER_MB {
+                Err(format!("{s_per_mb:.2} s per MB"))
+            } else {
+                Ok(v)
+            }
+        });
         match result {
             Ok(v) => valid += v as u64,
             Err(e) => {
@@ -401,8 +429,11 @@ fn long_run() {
         max_mem_ratio
     );
     assert!(findings.is_empty(), "{} findings", findings.len());
-    assert!(max_s_per_mb < 10.0, "{max_s_per_mb} s per MB");
-    assert!(max_mem_ratio < 64.0, "heap grew {max_mem_ratio}x the input");
+    assert!(max_s_per_mb < MAX_S_PER_MB, "{max_s_per_mb} s per MB");
+    assert!(
+        max_mem_ratio < MAX_HEAP_RATIO,
+        "heap grew {max_mem_ratio}x the input"
+    );
 }
 
 /// The real binary on hostile input: exit 2, one line on stderr, no output file, no temporary

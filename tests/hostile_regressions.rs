@@ -213,3 +213,48 @@ fn a_name_for_a_function_that_does_not_exist_is_ignored() {
         .unwrap_or_else(|f| panic!("--harden failed: {f}"));
     common::validate(&outcome.bytes);
 }
+
+/// `n` functions of `n` signatures (0 to n-1 i32 parameters, all castable to each other) in one
+/// table, and a call site of each signature: `n * n` signature pairs to adapt.
+fn every_pair_castable(n: usize) -> Vec<u8> {
+    let mut text = String::from("(module\n");
+    for k in 0..n {
+        text += &format!(
+            "(type $t{k} (func (param {}) (result i32)))\n",
+            "i32 ".repeat(k)
+        );
+    }
+    text += &format!("(table {} funcref)\n(elem (i32.const 1) func", n + 1);
+    for k in 0..n {
+        text += &format!(" $f{k}");
+    }
+    text += ")\n";
+    for k in 0..n {
+        text += &format!("(func $f{k} (type $t{k}) i32.const {k})\n");
+        text += &format!(
+            "(func (export \"s{k}\") (param i32) (result i32) {} local.get 0 call_indirect (type $t{k}))\n",
+            "i32.const 1 ".repeat(k)
+        );
+    }
+    wat::parse_str(text + ")").unwrap()
+}
+
+/// The hostile long run's heap bound (64x the input) failed: fpcast builds an adapter per
+/// (entry signature, call signature) pair, so 150 signatures in a 38 KB module made 22,350
+/// adapters, a 3.7 MB output and about 70 MB of heap. Now a table with more pairs than the
+/// module's size allows is left alone with a warning, and the output stays near the input.
+#[test]
+fn fpcast_leaves_alone_a_table_with_more_signature_pairs_than_the_module_size_allows() {
+    let input = every_pair_castable(150);
+    let (output, warnings) = fpcast_warnings(&input);
+    assert!(
+        warnings.iter().any(|w| w.contains("pairs allowed")),
+        "{warnings:?}"
+    );
+    assert!(output.len() < 2 * input.len(), "{} bytes", output.len());
+    // A module within the budget is still adapted.
+    let small = every_pair_castable(20);
+    let (output, warnings) = fpcast_warnings(&small);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(output.len() > small.len());
+}
