@@ -258,3 +258,33 @@ fn fpcast_leaves_alone_a_table_with_more_signature_pairs_than_the_module_size_al
     assert!(warnings.is_empty(), "{warnings:?}");
     assert!(output.len() > small.len());
 }
+
+/// The hostile long run's heap bound failed on a 660-byte file: its type section opens a rec
+/// group that declares 646,444 types, and wasmparser reserves room for all of them (60 MB)
+/// before it finds the first one malformed. Now a section or rec group that declares more
+/// entries than it has bytes is refused before anything reads it, as bad input in one line.
+#[test]
+fn a_rec_group_that_declares_more_types_than_it_has_bytes_is_refused_first() {
+    // type section: 1 rec group of 0x27_1d2c types, then one byte.
+    let input = [
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x06, 0x01, 0x4e, 0xac, 0xba, 0x27,
+        0xd3,
+    ];
+    let failure = wasmfix::pipeline::load(&input).err().expect("refused");
+    let message = failure.to_string();
+    assert!(
+        matches!(failure, wasmfix::pipeline::Failure::BadInput(_)),
+        "{message}"
+    );
+    assert!(message.contains("rec group"), "{message}");
+    assert!(message.contains("declares 646444 entries"), "{message}");
+    // A section count past the section's end, too.
+    let globals = [
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x06, 0x04, 0xff, 0xff, 0x3f, 0x7f,
+    ];
+    let message = wasmfix::pipeline::load(&globals)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(message.contains("global section"), "{message}");
+}
