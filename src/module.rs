@@ -350,7 +350,7 @@ fn plausible_counts(bytes: &[u8]) -> Result<()> {
                         let (Ok(_), Ok(n)) = (group.read_u8(), group.read_var_u32()) else {
                             break;
                         };
-                        check("rec group", n, group.original_position() as u64..range.end)?;
+                        check("rec group", n, group.original_position()..range.end)?;
                     }
                     if b.read::<wasmparser::RecGroup>().is_err() {
                         break;
