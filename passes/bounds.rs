@@ -74,12 +74,20 @@ impl Pass for Bounds {
             return Ok(nothing("no memory: nothing to check".into()));
         }
         super::refuse_unusual_memory(m)?;
-        let stack_first = matches!(&facts.stack, Ok(r) if r.layout == StackLayout::StackFirst);
+        // stack-first may have moved the stack to address 0 and the data up earlier in this
+        // pipeline: the checks address the output's layout.
+        let shift = cx.edits.stack_relocated;
+        let stack_first =
+            shift.is_some() || matches!(&facts.stack, Ok(r) if r.layout == StackLayout::StackFirst);
         let null_end = match (&facts.data, stack_first) {
             (_, true) | (None, _) => 0,
             (Some(d), false) => d.low,
         };
         let (read_only, ro_how) = read_only_data(m);
+        let read_only = read_only.map(|(lo, hi)| {
+            let by = shift.unwrap_or(0) as u32;
+            (lo.saturating_add(by), hi.saturating_add(by))
+        });
         let mut notes = Vec::new();
         if stack_first {
             notes.push("no null page: the stack lies at address 0".to_string());

@@ -52,7 +52,11 @@
 //!
 //! Limits: a replaced (not appended) entry of a table that changes at run time keeps the
 //! adapter of its original signature. Tables whose element segments have non-constant offsets
-//! (position-independent code) and 64-bit tables are left alone, with a warning.
+//! (position-independent code), 64-bit tables, tables whose segments write past their size
+//! (instantiation traps), sparse tables (a few entries far apart, which would make the
+//! class map large) and tables with more (entry signature, call signature) pairs than
+//! [`pair_budget`] allows for the module's size (the adapters grow with their product, so a
+//! small hostile module could make a huge output) are left alone, with a warning.
 
 use super::{Pass, PassCx, PassReport};
 use crate::diag::{Message, RECORD_SCRATCH, store_bytes, store_text};
@@ -117,6 +121,7 @@ impl Pass for Fpcast {
         let code = facts.code(m);
         let mut warnings = Vec::new();
         let mut plans = Vec::new();
+        let mut pairs_total = 0;
         for t in &facts.tables {
             let site_types: Vec<(u32, usize)> = code
                 .indirect_sites
@@ -141,6 +146,27 @@ impl Pass for Fpcast {
                 ));
                 continue;
             }
+            // The class map and the diagnostics' slot map cover every slot up to the last
+            // filled one: keep them proportional to the module's own element segments.
+            let slots = t.contents.keys().next_back().map_or(0, |&s| s + 1);
+            if slots > t.initial {
+                warnings.push(format!(
+                    "table {}: an element segment writes slot {} of a table declared with {} \
+                     slots: casts through it are not adapted",
+                    t.index,
+                    slots - 1,
+                    t.initial
+                ));
+                continue;
+            }
+            if slots > 4 * t.filled_slots as u64 + 4096 {
+                warnings.push(format!(
+                    "table {} is sparse ({} entries spread over {slots} slots): casts through it \
+                     are not adapted",
+                    t.index, t.filled_slots
+                ));
+                continue;
+            }
             if t.unknown_segments > 0 {
                 warnings.push(format!(
                     "table {} is filled by element segments at non-constant offsets (position-independent code): casts through it are not adapted",
@@ -151,6 +177,19 @@ impl Pass for Fpcast {
             let diagnose = cx.options.fpcast_diagnose;
             if let Some(plan) = plan_table(m, t, &site_types, t.changes_at_run_time(code), diagnose)
             {
+                let pairs = plan.targets.len() * (plan.classes.len() + 1);
+                if pairs_total + pairs > pair_budget(m) {
+                    warnings.push(format!(
+                        "table {}: {} call signatures x {} entry signatures to adapt, more than the {} pairs allowed for a module of {} bytes: casts through it are not adapted",
+                        t.index,
+                        plan.targets.len(),
+                        plan.classes.len() + 1,
+                        pair_budget(m),
+                        m.bytes.len()
+                    ));
+                    continue;
+                }
+                pairs_total += pairs;
                 plans.push(plan);
             }
         }
@@ -285,6 +324,14 @@ fn erased_cast_targets(
         erased.len(),
         names.join(", ")
     ))
+}
+
+/// How many (entry signature, call signature) pairs fpcast adapts in a module: each pair costs
+/// an adapter or a table item, so the output and the memory to build it stay proportional to
+/// the input. Real modules stay far below it (CPython and Ruby have a few thousand castable
+/// pairs in modules of several MB); a 64 KiB module may have 1,024.
+fn pair_budget(m: &Module<'_>) -> usize {
+    (m.bytes.len() / 64).max(1024)
 }
 
 fn plan_table<'f>(

@@ -225,7 +225,8 @@ fn wrap(cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
                 if matches!(role, Role::Malloc | Role::Free) {
                     bail!(
                         "`{name}` (function {f}) has type {}, not {}",
-                        crate::sig::show(m.func_sig(f).expect("a function")),
+                        m.func_sig(f)
+                            .map_or("not a function type".into(), crate::sig::show),
                         crate::sig::show(&role_type(role))
                     );
                 }
@@ -267,9 +268,11 @@ fn wrap(cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
     // A memory snapshot (Wizer, as in ruby.wasm) records the blocks its initializer allocated
     // as data past `__heap_base`; those have no header. Without `__heap_base` every address
     // below the end of the data may be such a block.
+    // stack-first earlier in this pipeline moved the data and `__heap_base` up.
     let facts = cx.facts();
-    let data_high = facts.data.as_ref().map_or(0, |d| d.high);
-    let heap_base = facts.heap_base.as_ref().map(|h| h.value);
+    let shift = cx.edits.stack_relocated.unwrap_or(0);
+    let data_high = facts.data.as_ref().map_or(0, |d| d.high + shift);
+    let heap_base = facts.heap_base.as_ref().map(|h| h.value + shift);
     let snapshot = match heap_base {
         Some(base) if data_high > base => Some((base, data_high)),
         Some(_) => None,

@@ -20,7 +20,7 @@
 //! Refuses: a module without relocations ("relink with -Wl,--emit-relocs"), with stale ones
 //! (re-encoded after linking, e.g. by wasm-opt: immediates are no longer padded), a relocated
 //! value outside memory, passive data segments (their copy code has no relocations),
-//! position-independent or 64-bit modules.
+//! position-independent or 64-bit modules, a memory of custom (non-64 KiB) pages.
 
 use super::{Pass, PassCx, PassReport};
 use crate::facts::StackLayout;
@@ -65,6 +65,9 @@ pub fn cannot_relocate(cx: &PassCx<'_, '_, '_>) -> Option<String> {
             }
         }
     }
+    if let Some(why) = misdirected_relocations(m) {
+        return Some(format!("{why}; relocations are stale"));
+    }
     if !facts.pic_markers.is_empty() {
         return Some(format!(
             "position-independent module ({})",
@@ -82,6 +85,33 @@ pub fn cannot_relocate(cx: &PassCx<'_, '_, '_>) -> Option<String> {
         .any(|d| matches!(d.kind, wasmparser::DataKind::Passive))
     {
         return Some("passive data segments: the code that copies them has no relocations".into());
+    }
+    None
+}
+
+/// A `reloc.X` section names its target by position among all sections; after a tool moved,
+/// added or removed a section, that position no longer holds `X` (the code for `reloc.CODE`,
+/// the data for `reloc.DATA`, the custom section `X` otherwise).
+fn misdirected_relocations(m: &crate::module::Module<'_>) -> Option<String> {
+    for s in &m.sections {
+        let Some(kind) = s.custom_name.and_then(|n| n.strip_prefix("reloc.")) else {
+            continue;
+        };
+        let Ok(reader) = wasmparser::RelocSectionReader::new(m.section_reader(s)) else {
+            return Some(format!("reloc.{kind} is malformed"));
+        };
+        let index = reader.section_index();
+        let target = m.sections.get(index as usize);
+        let right = target.is_some_and(|t| match kind {
+            "CODE" => t.id == 10,
+            "DATA" => t.id == 11,
+            name => t.custom_name == Some(name),
+        });
+        if !right {
+            return Some(format!(
+                "reloc.{kind} targets section {index}, which is not the {kind} section"
+            ));
+        }
     }
     None
 }
@@ -121,6 +151,12 @@ pub fn relocate(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassR
         * 16;
     let shift = size;
     let memory = m.memories[0];
+    if let Some(log2) = memory.page_size_log2.filter(|&l| l != 16) {
+        bail!(
+            "memory 0 has {}-byte pages (custom-page-sizes); stack-first grows memories of 64 KiB pages only",
+            1u64 << log2
+        );
+    }
     let memory_bytes = memory.initial * 65536;
     let pages = shift.div_ceil(65536);
     if memory.maximum.is_some_and(|max| max + pages > 65536) {
@@ -225,6 +261,7 @@ pub fn relocate(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassR
     );
     cx.edits
         .record_applied("stack", serde_json::json!({ "relocated": [0, size] }));
+    cx.edits.stack_relocated = Some(shift);
     for (index, s) in m.sections.iter().enumerate() {
         if s.custom_name
             .is_some_and(|n| n == "linking" || n.starts_with("reloc."))

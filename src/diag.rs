@@ -57,7 +57,12 @@ impl Diagnostics {
             return None;
         }
         let memory = m.memories.first()?;
-        if memory.memory64 || memory.initial == 0 {
+        // The scratch area and the record scratch after it must lie inside the initial memory
+        // (with custom page sizes, a memory can be smaller than one 64 KiB page).
+        let bytes = memory
+            .initial
+            .saturating_mul(1 << memory.page_size_log2.unwrap_or(16));
+        if memory.memory64 || bytes < (RECORD_SCRATCH + 8) as u64 {
             return None;
         }
         let data = edits.add_data(

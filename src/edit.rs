@@ -4,7 +4,6 @@
 
 use crate::module::Module;
 use std::collections::BTreeMap;
-use wasm_encoder::reencode::Reencode;
 use wasm_encoder::{
     ConstExpr, Function, GlobalType, Instruction, RefType, Section, TableType, ValType,
 };
@@ -126,6 +125,10 @@ pub struct Edits<'m> {
     pub(crate) global_inits: BTreeMap<u32, ConstExpr>,
     /// New offsets for active data segments, by segment index.
     pub(crate) data_offsets: BTreeMap<u32, ConstExpr>,
+    /// Set by stack-first when it moved the stack earlier in this pipeline: the stack now lies
+    /// at `[0, n)` and every data address moved up by `n`. Passes that run after it work on
+    /// addresses (bounds, heap-canary) and must see the new layout, not the input's facts.
+    pub stack_relocated: Option<u64>,
     /// What each pass applied, recorded in the `wasmfix` custom section (see `record_applied`).
     pub(crate) applied: serde_json::Map<String, serde_json::Value>,
     /// New limits for memories, by memory index.
@@ -138,7 +141,9 @@ pub struct Edits<'m> {
     /// Defined functions given a new body in their original slot (see [`Edits::move_body`]).
     pub(crate) replaced_bodies: BTreeMap<u32, Function>,
     /// Added functions holding a moved original body: new function index → original
-    /// function index (see [`Edits::move_body`]); the code map follows the moved code.
+    /// function index (see [`Edits::move_body`]). The body is copied byte for byte when the
+    /// module is emitted, after same-length patches (a relocated immediate in a moved body
+    /// stays relocated), and the code map follows it.
     pub(crate) moved_bodies: BTreeMap<u32, u32>,
 }
 
@@ -304,29 +309,13 @@ impl<'m> Edits<'m> {
     /// [`Edits::replace_body`]: every call, export and table entry keeps reaching `func`, so
     /// the new body wraps the moved one for all of them. Rewriters do not see the moved body.
     pub fn move_body(&mut self, module: &Module<'_>, func: u32, name: &str) -> u32 {
-        let body = &module.bodies[(func - module.imported_funcs) as usize];
-        // The locals are re-encoded (the same declarations); the code is copied byte for byte.
-        let mut locals = Vec::new();
-        let mut reader = body.get_locals_reader().expect("validated input");
-        for _ in 0..reader.get_count() {
-            let (n, ty) = reader.read().expect("validated input");
-            let ty = wasm_encoder::reencode::RoundtripReencoder
-                .val_type(ty)
-                .expect("validated input");
-            locals.push((n, ty));
-        }
-        let code_start = reader.original_position() as usize;
-        let mut moved = Function::new(locals);
-        moved.raw(
-            module.bytes[code_start..body.range().end as usize]
-                .iter()
-                .copied(),
-        );
+        // The body is copied when the module is emitted (see `moved_bodies`); this one is a
+        // placeholder.
         let new = self.add_function(
             module,
             NewFunction {
                 type_index: module.func_types[func as usize],
-                body: moved,
+                body: Function::new([]),
                 name: name.to_string(),
             },
         );

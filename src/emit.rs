@@ -169,8 +169,11 @@ pub fn emit(
                     );
                 }
                 None if !added.is_empty() && section.custom_name == Some("name") => {
-                    let names = name_section_with_added(module, &added, Some(section))?;
-                    push_section(out, &names);
+                    // Custom sections are not validated: a malformed one is kept as it is.
+                    match name_section_with_added(module, &added, Some(section)) {
+                        Ok(names) => push_section(out, &names),
+                        Err(_) => out.extend_from_slice(&bytes[section.whole.clone()]),
+                    }
                 }
                 None => out.extend_from_slice(&bytes[section.whole.clone()]),
             }
@@ -489,21 +492,28 @@ fn build_code(
     }
     let first_new = module.num_funcs();
     for (k, f) in edits.new_functions.iter().enumerate() {
-        if let Some(map) = &mut map
-            && let Some(&original) = edits.moved_bodies.get(&(first_new + k as u32))
-        {
-            // The original code, byte for byte after its re-encoded local declarations.
-            let body = &module.bodies[(original - module.imported_funcs) as usize];
-            let old = Module::body_range(body);
-            let old = old.start as u32 - code_start..old.end as u32 - code_start;
-            let old_code = body.get_operators_reader()?.original_position() as u32 - code_start;
-            let len = f.body.byte_len() as u32;
-            let start = count_len + (code.byte_len() + leb_len(len as u64)) as u32;
-            let new = start..start + len;
-            let new_code = new.end - (old.end - old_code);
-            map.moved(old, new, (old_code, new_code));
+        match edits.moved_bodies.get(&(first_new + k as u32)) {
+            // The original body, byte for byte from `module`, the patched input: relocated
+            // immediates move with the body.
+            Some(&original) => {
+                let body = &module.bodies[(original - module.imported_funcs) as usize];
+                let range = Module::body_range(body);
+                if let Some(map) = &mut map {
+                    let old = range.start as u32 - code_start..range.end as u32 - code_start;
+                    let old_code =
+                        body.get_operators_reader()?.original_position() as u32 - code_start;
+                    let len = old.end - old.start;
+                    let start = count_len + (code.byte_len() + leb_len(len as u64)) as u32;
+                    let new = start..start + len;
+                    let new_code = new.end - (old.end - old_code);
+                    map.moved(old, new, (old_code, new_code));
+                }
+                code.raw(&module.bytes[range]);
+            }
+            None => {
+                code.function(&f.body);
+            }
         }
-        code.function(&f.body);
     }
     Ok((code, map))
 }

@@ -334,6 +334,13 @@ impl Facts {
                         // __data_end; zero-initialized data (.bss) lies between the last data
                         // segment and the stack. Stack sizes are powers of two in practice
                         // (64 KiB by default, 8 MiB for CPython).
+                        if d.high > high {
+                            return Err(format!(
+                                "the data [{}, {}) extends above the initial stack pointer \
+                                 {high} and no __data_end says where the stack ends",
+                                d.low, d.high
+                            ));
+                        }
                         let gap = high - d.high;
                         let size = if gap == 0 {
                             0
@@ -486,12 +493,14 @@ fn names(m: &Module<'_>) -> (HashMap<u32, String>, HashMap<u32, String>) {
     };
     let reader = wasmparser::NameSectionReader::new(m.section_reader(s));
     for sub in reader.into_iter().flatten() {
-        let (map, target) = match sub {
-            wasmparser::Name::Function(map) => (map, &mut funcs),
-            wasmparser::Name::Global(map) => (map, &mut globals),
+        let (map, target, count) = match sub {
+            wasmparser::Name::Function(map) => (map, &mut funcs, m.num_funcs()),
+            wasmparser::Name::Global(map) => (map, &mut globals, m.num_globals()),
             _ => continue,
         };
-        for naming in map.into_iter().flatten() {
+        // The name section is not validated: a name for an index that does not exist names
+        // nothing.
+        for naming in map.into_iter().flatten().filter(|n| n.index < count) {
             target.insert(naming.index, naming.name.to_string());
         }
     }

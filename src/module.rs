@@ -78,6 +78,7 @@ impl<'a> Module<'a> {
                 &bytes[4..8]
             );
         }
+        plausible_counts(bytes)?;
         let mut m = Module {
             bytes,
             sections: Vec::new(),
@@ -259,6 +260,10 @@ impl<'a> Module<'a> {
         self.func_types.len() as u32
     }
 
+    pub fn num_globals(&self) -> u32 {
+        self.imported_globals + self.defined_globals.len() as u32
+    }
+
     /// The first custom section called `name`.
     pub fn custom(&self, name: &str) -> Option<&Section<'a>> {
         self.sections.iter().find(|s| s.custom_name == Some(name))
@@ -307,4 +312,69 @@ pub fn const_value(expr: &ConstExpr<'_>) -> Option<i64> {
         wasmparser::Operator::End => Some(value),
         _ => None,
     }
+}
+
+/// Refuses a section, or a type section's rec group, that declares more entries than it has
+/// bytes (every entry takes at least one): wasmparser reserves room for the declared number
+/// before reading the first entry (up to a million types, about 100 MB, from a 20-byte rec
+/// group), so a tiny hostile file would cost that much memory before it is found malformed.
+/// Other malformations are left to the parse that follows, which words them.
+fn plausible_counts(bytes: &[u8]) -> Result<()> {
+    let check = |what: &str, count: u32, range: Range<u64>| -> Result<()> {
+        if count as u64 > range.end.saturating_sub(range.start) {
+            bail!(
+                "malformed module: the {what} at offset {:#x} declares {count} entries in {} bytes",
+                range.start,
+                range.end.saturating_sub(range.start)
+            );
+        }
+        Ok(())
+    };
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else { return Ok(()) };
+        let (what, count, range) = match &payload {
+            Payload::TypeSection(r) => {
+                let range = r.range();
+                check("type section", r.count(), range.clone())?;
+                // Each rec group `0x4e count subtypes…` is checked before it is read.
+                let Some(data) = bytes.get(range.start as usize..range.end as usize) else {
+                    continue;
+                };
+                let mut b = wasmparser::BinaryReader::new(data, range.start);
+                let Ok(groups) = b.read_var_u32() else {
+                    continue;
+                };
+                for _ in 0..groups {
+                    if data.get(b.current_position()) == Some(&0x4e) {
+                        let mut group = b.clone();
+                        let (Ok(_), Ok(n)) = (group.read_u8(), group.read_var_u32()) else {
+                            break;
+                        };
+                        check("rec group", n, group.original_position()..range.end)?;
+                    }
+                    if b.read::<wasmparser::RecGroup>().is_err() {
+                        break;
+                    }
+                }
+                continue;
+            }
+            Payload::ImportSection(r) => ("import section", r.count(), r.range()),
+            Payload::FunctionSection(r) => ("function section", r.count(), r.range()),
+            Payload::TableSection(r) => ("table section", r.count(), r.range()),
+            Payload::MemorySection(r) => ("memory section", r.count(), r.range()),
+            Payload::TagSection(r) => ("tag section", r.count(), r.range()),
+            Payload::GlobalSection(r) => ("global section", r.count(), r.range()),
+            Payload::ExportSection(r) => ("export section", r.count(), r.range()),
+            Payload::ElementSection(r) => ("element section", r.count(), r.range()),
+            Payload::DataSection(r) => ("data section", r.count(), r.range()),
+            Payload::CodeSectionStart {
+                count,
+                unchecked_range,
+                ..
+            } => ("code section", *count, unchecked_range.clone()),
+            _ => continue,
+        };
+        check(what, count, range)?;
+    }
+    Ok(())
 }

@@ -177,12 +177,14 @@ impl<'a> Oracle<'a> {
     fn new(old: &'a Code<'a>, new: &'a Code<'a>) -> Oracle<'a> {
         let original_funcs = old.imported_funcs + old.bodies.len() as u32;
         let added = &new.bodies[old.bodies.len().min(new.bodies.len())..];
+        // A moved body keeps its bytes, except the immediates stack-first relocated.
         let same_ops = |a: &Body<'_>, b: &Body<'_>| {
             a.range.end - a.range.start == b.range.end - b.range.start
+                && a.ops.len() == b.ops.len()
                 && a.ops
                     .iter()
-                    .map(|(o, _)| o)
-                    .eq(b.ops.iter().map(|(o, _)| o))
+                    .zip(&b.ops)
+                    .all(|((x, _), (y, _))| same_instruction(x, y, original_funcs))
         };
         let counterparts = old
             .bodies

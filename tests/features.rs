@@ -1,0 +1,527 @@
+//! Every feature wasmparser accepts (issue 7): a C-like module that uses the feature where the
+//! passes work (in functions the stack guard rewrites, at call sites fpcast rewrites, in the
+//! stack pointer, the table or the memory) goes through every pipeline. Each pass either
+//! rewrites it — the output validates, is deterministic, keeps indices, and runs like the
+//! original in wasmtime (the differential harness) — or refuses with a one-line reason. Each
+//! test states which, per pass. Then wasm-smith modules with the feature enabled go through the
+//! same harness.
+
+#[path = "common/clike.rs"]
+mod clike;
+mod common;
+#[path = "common/diff.rs"]
+mod diff;
+
+/// What a pipeline must do with a feature's module.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// Rewrites it: the code changes.
+    Rewrites,
+    /// Succeeds, changing at most custom sections (nothing to do, or the pass leaves it alone).
+    Keeps,
+    /// Refuses with one line containing this.
+    Refuses(&'static str),
+}
+
+/// A C-like module around `parts`: a stack pointer above the data, a table whose slot 1 holds
+/// `$one` (castable through `$two`), and `frame`, a function with a stack frame (rewritten by
+/// the guard) that runs `body` (leaving nothing on the stack) with `$fp` set.
+fn module(memory: &str, sp: &str, parts: &str, body: &str) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+          (type $one (func (param i32) (result i32)))
+          (type $two (func (param i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          {memory}
+          (global $__stack_pointer (mut {sp}))
+          (table $t 4 funcref)
+          (elem (table $t) (i32.const 1) func $f1 $f2)
+          (data (memory 0) (i32.const 1024) "data")
+          (func $f1 (type $one) local.get 0 i32.const 1 i32.add)
+          (func $f2 (type $two) local.get 0 local.get 1 i32.add)
+          (func (export "cast") (param i32 i32) (result i32)
+            local.get 0 local.get 1 i32.const 1 call_indirect $t (type $two))
+          (func $frame (export "frame") (param $d i32) (result i32) (local $fp i32)
+            global.get $__stack_pointer i32.const 32 i32.sub local.tee $fp
+            global.set $__stack_pointer
+            {body}
+            local.get $d
+            if
+              local.get $d i32.const 1 i32.sub call $frame drop
+            end
+            local.get $fp i32.load
+            local.get $fp i32.const 32 i32.add global.set $__stack_pointer)
+          {parts})"#
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+const MEMORY: &str = "(memory (export \"memory\") 1)";
+const SP: &str = "i32) (i32.const 8192";
+
+/// Checks every pipeline's outcome against `want` (by pipeline name; the others may rewrite or
+/// refuse in one line), then runs the module through the differential harness.
+fn check(name: &str, input: &[u8], want: &[(&str, Want)]) {
+    check_runs(name, input, want, true)
+}
+
+/// [`check`]; `runs` says whether wasmtime can run the module (it cannot run legacy
+/// exceptions).
+fn check_runs(name: &str, input: &[u8], want: &[(&str, Want)], runs: bool) {
+    common::validate(input);
+    for pipeline in diff::pipelines() {
+        let outcome = diff::run_pipeline(input, &pipeline)
+            .unwrap_or_else(|panic| panic!("{name}: `{}` panicked: {panic}", pipeline.name));
+        let expected = want
+            .iter()
+            .find(|(p, _)| *p == pipeline.name)
+            .map(|(_, w)| *w);
+        match (outcome, expected) {
+            (Ok(out), w) => {
+                common::validate(&out.bytes);
+                let code_changed = out.rewritten_functions > 0
+                    || common::sections(&out.bytes)
+                        .iter()
+                        .filter(|s| s.id != 0)
+                        .ne(common::sections(input).iter().filter(|s| s.id != 0));
+                match w {
+                    Some(Want::Rewrites) => assert!(
+                        code_changed,
+                        "{name}: `{}` left the code alone",
+                        pipeline.name
+                    ),
+                    Some(Want::Keeps) => assert!(
+                        !code_changed,
+                        "{name}: `{}` changed the code",
+                        pipeline.name
+                    ),
+                    Some(Want::Refuses(why)) => {
+                        panic!("{name}: `{}` should refuse ({why})", pipeline.name)
+                    }
+                    None => {}
+                }
+            }
+            (Err(failure), w) => {
+                let message = failure.to_string();
+                assert!(!message.contains('\n'), "{name}: {message:?}");
+                assert!(
+                    matches!(failure, wasmfix::pipeline::Failure::Refused { .. }),
+                    "{name}: `{}`: {message}",
+                    pipeline.name
+                );
+                match w {
+                    Some(Want::Refuses(why)) => assert!(
+                        message.contains(why),
+                        "{name}: `{}` refused for another reason: {message}",
+                        pipeline.name
+                    ),
+                    Some(w) => panic!(
+                        "{name}: `{}` refused ({w:?} expected): {message}",
+                        pipeline.name
+                    ),
+                    None => {}
+                }
+            }
+        }
+    }
+    let mut stats = diff::Stats::default();
+    if let Err(found) = diff::check_module(input, &mut stats) {
+        panic!("{name}: {found}");
+    }
+    // What a pass rewrote was run beside the original.
+    if runs && want.iter().any(|(_, w)| matches!(w, Want::Rewrites)) {
+        assert!(
+            stats.calls_compared > 0 && stats.not_executable == 0,
+            "{name}: not run in wasmtime: {stats:?}"
+        );
+    }
+}
+
+/// wasm-smith modules with `feature` enabled through the harness.
+fn smith(feature: &str, cases: u64) {
+    let mut stats = diff::Stats::default();
+    for i in 0..cases {
+        let data = diff::case_data(0xfea7 + feature.len() as u64, i);
+        let Some(module) = diff::smith_feature_module(&data, feature) else {
+            continue;
+        };
+        if let Err(found) = diff::check_module(&module, &mut stats) {
+            panic!("wasm-smith with {feature}, case {i}: {found}");
+        }
+    }
+    assert!(stats.modules > cases / 2, "{feature}: {stats:?}");
+}
+
+const CASES: u64 = if cfg!(debug_assertions) { 10 } else { 60 };
+
+/// The MVP-level C module itself: every pass rewrites or keeps it as its contract says.
+#[test]
+fn baseline() {
+    let m = module(MEMORY, SP, "", "local.get $fp local.get $d i32.store");
+    check(
+        "baseline",
+        &m,
+        &[
+            ("none", Want::Keeps),
+            ("default", Want::Rewrites),
+            ("fpcast", Want::Rewrites),
+            ("stack", Want::Rewrites),
+            ("stack-first", Want::Refuses("no relocations")),
+            ("stack-guard", Want::Rewrites),
+            ("producers", Want::Keeps),
+        ],
+    );
+}
+
+#[test]
+fn simd() {
+    let m = module(
+        MEMORY,
+        SP,
+        r#"(type $v (func (param v128 i32) (result i32)))
+           (func $fv (param v128) (result i32) local.get 0 i32x4.extract_lane 0)
+           (elem (table $t) (i32.const 3) func $fv)
+           (func (export "vcast") (param i32) (result i32)
+             i32.const 7 i32x4.splat local.get 0 i32.const 3 call_indirect $t (type $v))"#,
+        "local.get $fp local.get $d i32x4.splat v128.store local.get $fp local.get $fp v128.load \
+         i32x4.extract_lane 1 i32.store",
+    );
+    check(
+        "simd",
+        &m,
+        &[("fpcast", Want::Rewrites), ("stack-guard", Want::Rewrites)],
+    );
+    smith("simd", CASES);
+}
+
+#[test]
+fn threads_and_shared_memory() {
+    let m = module(
+        "(memory (export \"memory\") 1 1 shared)",
+        SP,
+        "",
+        "local.get $fp local.get $d i32.atomic.store local.get $fp i32.const 1 i32.atomic.rmw.add drop",
+    );
+    check(
+        "threads",
+        &m,
+        &[
+            ("fpcast", Want::Rewrites),
+            ("stack-guard", Want::Refuses("memory is shared")),
+            ("stack", Want::Refuses("memory is shared")),
+            ("default", Want::Refuses("memory is shared")),
+        ],
+    );
+    smith("threads", CASES);
+}
+
+#[test]
+fn bulk_memory() {
+    let m = module(
+        MEMORY,
+        SP,
+        r#"(data $p "passive")
+           (elem $e func $f1)
+           (func (export "bulk") (param i32)
+             local.get 0 i32.const 0 i32.const 7 memory.init $p
+             i32.const 2048 local.get 0 i32.const 7 memory.copy
+             data.drop $p
+             i32.const 3 i32.const 0 i32.const 1 table.init $t $e)"#,
+        "local.get $fp i32.const 0 i32.const 32 memory.fill local.get $fp local.get $d i32.store",
+    );
+    // table.init changes the table at run time: fpcast dispatches; passive data keeps
+    // stack-first out (it refuses for want of relocations first).
+    check(
+        "bulk-memory",
+        &m,
+        &[("fpcast", Want::Rewrites), ("stack-guard", Want::Rewrites)],
+    );
+    smith("bulk-memory", CASES);
+}
+
+#[test]
+fn reference_types() {
+    let m = module(
+        MEMORY,
+        SP,
+        r#"(table $u (export "u") 2 funcref)
+           (elem (table $u) (i32.const 0) func $f1)
+           (func (export "u_cast") (param i32 i32) (result i32)
+             local.get 0 local.get 1 i32.const 0 call_indirect $u (type $two))
+           (func (export "grow") (param externref) (result i32)
+             ref.func $f2 i32.const 1 table.grow $t
+             local.get 0 ref.is_null i32.add)"#,
+        "local.get $fp local.get $d i32.store i32.const 2 ref.func $f1 table.set $t",
+    );
+    check(
+        "reference-types",
+        &m,
+        &[("fpcast", Want::Rewrites), ("stack-guard", Want::Rewrites)],
+    );
+    smith("reference-types", CASES);
+}
+
+#[test]
+fn multi_value() {
+    let m = module(
+        MEMORY,
+        SP,
+        r#"(type $pair (func (result i32 i32)))
+           (func $p1 (param i32) (result i32 i32) local.get 0 i32.const 5)
+           (elem (table $t) (i32.const 3) func $p1)
+           (func (export "pair") (result i32) i32.const 3 call_indirect $t (type $pair) i32.add)"#,
+        "local.get $fp block (result i32 i32) local.get $d i32.const 1 end i32.add i32.store",
+    );
+    check(
+        "multi-value",
+        &m,
+        &[("fpcast", Want::Rewrites), ("stack-guard", Want::Rewrites)],
+    );
+    smith("multi-value", CASES);
+}
+
+#[test]
+fn tail_calls() {
+    let m = module(
+        MEMORY,
+        SP,
+        r#"(func (export "tail_cast") (param i32 i32) (result i32)
+             local.get 0 local.get 1 i32.const 1 return_call_indirect $t (type $two))
+           (func (export "tail") (param i32) (result i32)
+             global.get $__stack_pointer i32.const 16 i32.sub global.set $__stack_pointer
+             global.get $__stack_pointer i32.const 16 i32.add global.set $__stack_pointer
+             local.get 0 return_call $f1)"#,
+        "local.get $fp local.get $d i32.store",
+    );
+    check(
+        "tail-call",
+        &m,
+        &[("fpcast", Want::Rewrites), ("stack-guard", Want::Rewrites)],
+    );
+    smith("tail-call", CASES);
+}
+
+#[test]
+fn exceptions() {
+    let m = module(
+        MEMORY,
+        SP,
+        r#"(tag $e (param i32))
+           (func (export "catch_cast") (param i32 i32) (result i32)
+             block $h (result i32)
+               try_table (catch $e $h)
+                 local.get 0 local.get 1 i32.const 1 call_indirect $t (type $two)
+                 throw $e
+               end
+               unreachable
+             end)
+"#,
+        "block $h (result i32) try_table (catch $e $h) local.get $d throw $e end i32.const 0 end \
+         drop local.get $fp local.get $d i32.store",
+    );
+    check(
+        "exceptions",
+        &m,
+        &[("fpcast", Want::Rewrites), ("stack-guard", Want::Rewrites)],
+    );
+    // Legacy exceptions (try/catch/delegate): stack-pointer writes inside try and catch
+    // bodies, a call site inside a try that delegates. wasmtime does not run them.
+    let legacy = module(
+        MEMORY,
+        SP,
+        r#"(tag $e (param i32))
+           (func (export "legacy") (param i32) (result i32)
+             try (result i32)
+               global.get $__stack_pointer i32.const 16 i32.sub global.set $__stack_pointer
+               try
+                 local.get 0 local.get 0 i32.const 1 call_indirect $t (type $two) throw $e
+               delegate 0
+               i32.const 0
+             catch $e
+               global.get $__stack_pointer i32.const 16 i32.add global.set $__stack_pointer
+             catch_all
+               i32.const 1
+             end)"#,
+        "local.get $fp local.get $d i32.store",
+    );
+    check_runs(
+        "legacy exceptions",
+        &legacy,
+        &[("fpcast", Want::Rewrites), ("stack-guard", Want::Rewrites)],
+        false,
+    );
+    smith("exceptions", CASES);
+}
+
+#[test]
+fn memory64() {
+    // A 64-bit memory and stack pointer: the guard refuses; fpcast leaves a 64-bit table alone.
+    let text = r#"(module
+      (type $one (func (param i32) (result i32)))
+      (type $two (func (param i32 i32) (result i32)))
+      (memory (export "memory") i64 1)
+      (global $__stack_pointer (mut i64) (i64.const 8192))
+      (table $t i64 4 funcref)
+      (elem (table $t) (i64.const 1) func $f1)
+      (data (i64.const 1024) "data")
+      (func $f1 (type $one) local.get 0)
+      (func (export "cast") (param i32 i32) (result i32)
+        local.get 0 local.get 1 i64.const 1 call_indirect $t (type $two))
+      (func (export "frame") (param i32) (result i32) (local $fp i64)
+        global.get $__stack_pointer i64.const 32 i64.sub local.tee $fp global.set $__stack_pointer
+        local.get $fp local.get 0 i32.store
+        local.get $fp i32.load
+        local.get $fp i64.const 32 i64.add global.set $__stack_pointer))"#;
+    let m = wat::parse_str(text).unwrap();
+    check(
+        "memory64",
+        &m,
+        &[
+            ("fpcast", Want::Keeps),
+            ("stack-guard", Want::Refuses("not a 32-bit global")),
+            ("stack", Want::Refuses("not a 32-bit global")),
+            ("default", Want::Refuses("not a 32-bit global")),
+        ],
+    );
+    smith("memory64", CASES);
+}
+
+#[test]
+fn multi_memory() {
+    let m = module(
+        "(memory (export \"memory\") 1) (memory $heap (export \"heap\") 1)",
+        SP,
+        "",
+        "local.get $fp local.get $d i32.store i32.const 64 local.get $d i32.store $heap \
+         i32.const 0 i32.const 1024 i32.const 8 memory.copy $heap 0",
+    );
+    check(
+        "multi-memory",
+        &m,
+        &[("fpcast", Want::Rewrites), ("stack-guard", Want::Rewrites)],
+    );
+    smith("multi-memory", CASES);
+}
+
+#[test]
+fn gc() {
+    let m = module(
+        MEMORY,
+        SP,
+        r#"(rec
+             (type $node (struct (field i32) (field (ref null $node))))
+             (type $visit (func (param (ref null $node)) (result i32))))
+           (func $len (type $visit)
+             local.get 0 ref.is_null if (result i32) i32.const 0 else
+               local.get 0 struct.get $node 1 call $len i32.const 1 i32.add end)
+           (table $typed 1 (ref null $visit))
+           (elem (table $typed) (i32.const 0) (ref null $visit) (ref.func $len))
+           (func (export "gc") (param i32) (result i32)
+             local.get 0 ref.null $node struct.new $node
+             i32.const 0 call_indirect $typed (type $visit)
+             ref.func $f1 ref.test (ref $one) i32.add)"#,
+        "local.get $fp local.get $d ref.null $node struct.new $node struct.get $node 0 i32.store",
+    );
+    check(
+        "gc",
+        &m,
+        &[("fpcast", Want::Rewrites), ("stack-guard", Want::Rewrites)],
+    );
+    smith("gc", CASES);
+}
+
+#[test]
+fn extended_const() {
+    // The stack pointer's initial value is not a plain constant: the region is unknown and the
+    // guard refuses; an element offset that is an expression leaves the table's contents
+    // unknown, so fpcast warns and leaves it alone.
+    let text = r#"(module
+      (type $one (func (param i32) (result i32)))
+      (type $two (func (param i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (global $__stack_pointer (mut i32) (i32.add (i32.const 4096) (i32.const 4096)))
+      (table $t 4 funcref)
+      (elem (table $t) (i32.add (i32.const 0) (i32.const 1)) func $f1)
+      (data (i32.add (i32.const 1000) (i32.const 24)) "data")
+      (func $f1 (type $one) local.get 0)
+      (func (export "cast") (param i32 i32) (result i32)
+        local.get 0 local.get 1 i32.const 1 call_indirect $t (type $two))
+      (func (export "frame") (param i32) (result i32) (local $fp i32)
+        global.get $__stack_pointer i32.const 32 i32.sub local.tee $fp global.set $__stack_pointer
+        local.get $fp local.get 0 i32.store
+        local.get $fp i32.load
+        local.get $fp i32.const 32 i32.add global.set $__stack_pointer))"#;
+    let m = wat::parse_str(text).unwrap();
+    check(
+        "extended-const",
+        &m,
+        &[
+            ("fpcast", Want::Keeps),
+            (
+                "stack-guard",
+                Want::Refuses("not initialized by a constant"),
+            ),
+            ("stack", Want::Refuses("not initialized by a constant")),
+        ],
+    );
+    smith("extended-const", CASES);
+}
+
+#[test]
+fn custom_page_sizes_and_wide_arithmetic() {
+    // One-byte pages, 4000 of them: too small for the message area, so a guarded overflow
+    // traps without a message (instead of writing out of bounds).
+    let m = module(
+        "(memory (export \"memory\") 4000 (pagesize 1))",
+        "i32) (i32.const 3072",
+        r#"(func (export "wide") (param i64 i64) (result i64)
+             local.get 0 local.get 1 i64.mul_wide_u i64.add)"#,
+        "local.get $fp local.get $d i32.store",
+    );
+    check(
+        "custom-page-sizes",
+        &m,
+        &[("fpcast", Want::Rewrites), ("stack-guard", Want::Rewrites)],
+    );
+    let guarded = common::rewrite(&m, "stack-guard");
+    assert!(
+        !String::from_utf8_lossy(&guarded).contains("wasmfix: stack overflow"),
+        "messages need room for their scratch area"
+    );
+    smith("custom-page-sizes", CASES);
+    smith("wide-arithmetic", CASES);
+}
+
+/// stack-first with relocations refuses a memory of custom pages instead of growing it by the
+/// wrong amount (the data would no longer fit and the module would fail to instantiate).
+#[test]
+fn stack_first_refuses_custom_page_sizes() {
+    let fixture = common::fixture("stack.O2.relocs.wasm");
+    let mut out = fixture[..8].to_vec();
+    for s in common::sections(&fixture) {
+        if s.id == 5 {
+            let r = wasmparser::MemorySectionReader::new(wasmparser::BinaryReader::new(
+                &s.bytes[2..],
+                0,
+            ))
+            .unwrap();
+            let m = r.into_iter().next().unwrap().unwrap();
+            let mut memories = wasm_encoder::MemorySection::new();
+            memories.memory(wasm_encoder::MemoryType {
+                minimum: m.initial * 65536,
+                maximum: m.maximum.map(|x| x * 65536),
+                memory64: false,
+                shared: false,
+                page_size_log2: Some(0),
+            });
+            out.push(5);
+            wasm_encoder::Encode::encode(&memories, &mut out);
+        } else {
+            out.extend_from_slice(&s.bytes);
+        }
+    }
+    common::validate(&out);
+    let refusal = common::try_rewrite(&out, "stack-first").unwrap_err();
+    assert!(refusal.contains("1-byte pages"), "{refusal}");
+    assert!(common::try_rewrite(&fixture, "stack-first").is_ok());
+}
