@@ -39,10 +39,7 @@ fn bounded(generator: Generator, seed: u64, cases: u64) -> Stats {
 const CASES: u64 = if cfg!(debug_assertions) { 40 } else { 400 };
 
 fn seed() -> u64 {
-    std::env::var("WASMFIX_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x7157_0001)
+    diff::env_u64("WASMFIX_FUZZ_SEED", 0x7157_0001)
 }
 
 #[test]
@@ -99,10 +96,7 @@ fn regression_fixtures_still_pass() {
 }
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+    diff::env_u64(name, default)
 }
 
 /// The long run: `WASMFIX_FUZZ_CASES` modules (default 100,000), the three generators in turn,

@@ -347,14 +347,8 @@ fn mutated_and_random_inputs_never_panic_and_fail_in_one_line() {
 #[test]
 #[ignore = "long run: WASMFIX_HOSTILE_CASES=1000000 cargo test --release --test fuzz_hostile -- --ignored --nocapture"]
 fn long_run() {
-    let cases: u64 = std::env::var("WASMFIX_HOSTILE_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
-    let seed: u64 = std::env::var("WASMFIX_HOSTILE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_0001);
+    let cases = diff::env_u64("WASMFIX_HOSTILE_CASES", 1_000_000);
+    let seed = diff::env_u64("WASMFIX_HOSTILE_SEED", 0x5eed_0001);
     let seeds = seeds();
     let pipelines = diff::pipelines();
     let start = std::time::Instant::now();

@@ -1597,3 +1597,18 @@ pub fn check_case(
     let _ = std::fs::write(&path, &module);
     Err((found, path))
 }
+
+/// The number in environment variable `name` (decimal, or hexadecimal after `0x`), `default`
+/// when it is not set. A value that is not a number stops the run: a typo must not silently
+/// run the default seed or count.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    let Ok(text) = std::env::var(name) else {
+        return default;
+    };
+    let t = text.trim().replace('_', "");
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    parsed.unwrap_or_else(|e| panic!("{name}={text:?} is not a number: {e}"))
+}
