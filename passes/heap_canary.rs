@@ -350,6 +350,27 @@ fn mem(offset: u64, align: u32) -> MemArg {
 
 use Instruction as I;
 
+/// Copies `min(old, n)` bytes from block `q` to block `new`, then frees `q` with `free`
+/// (locals `(q, n, old, new)`).
+fn copy_then_free((q, n, old, new): (u32, u32, u32, u32), free: u32) -> [Instruction<'static>; 11] {
+    [
+        I::LocalGet(new),
+        I::LocalGet(q),
+        I::LocalGet(old),
+        I::LocalGet(n),
+        I::LocalGet(old),
+        I::LocalGet(n),
+        I::I32LtU,
+        I::Select,
+        I::MemoryCopy {
+            src_mem: 0,
+            dst_mem: 0,
+        },
+        I::LocalGet(q),
+        I::Call(free),
+    ]
+}
+
 impl Helpers {
     fn new(m: &Module<'_>, edits: &mut Edits<'_>, key: i32, key2: i32) -> Helpers {
         let (raw, q, n, h) = (0, 1, 2, 3);
@@ -617,44 +638,33 @@ impl Helpers {
         ];
         // A snapshot's block: its size is unknown, so copy `n` bytes (what lies past a smaller
         // block is indeterminate in the new one, as C allows), within the memory.
-        code.extend(self.foreign(
-            q,
-            vec![
-                I::LocalGet(n),
-                I::If(BlockType::Empty),
-                I::LocalGet(n),
-                I::Call(malloc),
-                I::LocalTee(new),
-                I::If(BlockType::Empty),
-                I::LocalGet(new),
-                I::LocalGet(q),
-                I::LocalGet(n),
-                I::MemorySize(0),
-                I::I32Const(16),
-                I::I32Shl,
-                I::LocalGet(q),
-                I::I32Sub,
-                I::LocalTee(old),
-                I::LocalGet(n),
-                I::LocalGet(old),
-                I::I32LtU,
-                I::Select,
-                I::MemoryCopy {
-                    src_mem: 0,
-                    dst_mem: 0,
-                },
-                I::LocalGet(q),
-                I::Call(real_free),
-                I::End,
-                I::LocalGet(new),
-                I::Return,
-                I::End,
-                I::LocalGet(q),
-                I::Call(real_free),
-                I::I32Const(0),
-                I::Return,
-            ],
-        ));
+        let mut copy = vec![
+            I::LocalGet(n),
+            I::If(BlockType::Empty),
+            I::LocalGet(n),
+            I::Call(malloc),
+            I::LocalTee(new),
+            I::If(BlockType::Empty),
+            // old = what lies from q to the end of the memory
+            I::MemorySize(0),
+            I::I32Const(16),
+            I::I32Shl,
+            I::LocalGet(q),
+            I::I32Sub,
+            I::LocalSet(old),
+        ];
+        copy.extend(copy_then_free((q, n, old, new), real_free));
+        copy.extend([
+            I::End,
+            I::LocalGet(new),
+            I::Return,
+            I::End,
+            I::LocalGet(q),
+            I::Call(real_free),
+            I::I32Const(0),
+            I::Return,
+        ]);
+        code.extend(self.foreign(q, copy));
         code.extend([
             I::LocalGet(q),
             I::Call(self.check),
@@ -675,23 +685,9 @@ impl Helpers {
             I::I32Const(0),
             I::Return,
             I::End,
-            I::LocalGet(new),
-            I::LocalGet(q),
-            I::LocalGet(old),
-            I::LocalGet(n),
-            I::LocalGet(old),
-            I::LocalGet(n),
-            I::I32LtU,
-            I::Select,
-            I::MemoryCopy {
-                src_mem: 0,
-                dst_mem: 0,
-            },
-            I::LocalGet(q),
-            I::Call(free),
-            I::LocalGet(new),
-            I::End,
         ]);
+        code.extend(copy_then_free((q, n, old, new), free));
+        code.extend([I::LocalGet(new), I::End]);
         code
     }
 
