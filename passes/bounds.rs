@@ -38,7 +38,7 @@ use super::{Pass, PassCx, PassReport};
 use crate::diag::{Message, store_text};
 use crate::edit::{BodyCx, BodyRewriter};
 use crate::facts::StackLayout;
-use crate::module::{Module, const_value};
+use crate::module::Module;
 use anyhow::Result;
 use std::collections::HashMap;
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
@@ -202,21 +202,11 @@ fn read_only_data(m: &Module<'_>) -> (Option<(u32, u32)>, String) {
     }
     let mut ro: Option<(u64, u64)> = None;
     let mut others = Vec::new();
-    for (i, d) in m.data.iter().enumerate() {
-        let wasmparser::DataKind::Active {
-            memory_index: 0,
-            offset_expr,
-        } = &d.kind
-        else {
-            continue;
-        };
-        let Some(start) = const_value(offset_expr) else {
+    for (i, range) in m.memory0_segments() {
+        let Some(range) = range else {
             return (None, format!("data segment {i} has no constant address"));
         };
-        let (lo, hi) = (
-            start as u32 as u64,
-            start as u32 as u64 + d.data.len() as u64,
-        );
+        let (lo, hi) = (range.start, range.end);
         if data_names
             .get(&(i as u32))
             .is_some_and(|n| n == ".rodata" || n.starts_with(".rodata."))

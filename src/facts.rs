@@ -509,18 +509,11 @@ fn names(m: &Module<'_>) -> (HashMap<u32, String>, HashMap<u32, String>) {
 
 fn data_extent(m: &Module<'_>) -> Option<DataExtent> {
     let mut extent: Option<DataExtent> = None;
-    for d in &m.data {
-        let wasmparser::DataKind::Active {
-            memory_index: 0,
-            offset_expr,
-        } = &d.kind
-        else {
+    for (_, range) in m.memory0_segments() {
+        let Some(range) = range else {
             continue;
         };
-        let Some(start) = const_value(offset_expr) else {
-            continue;
-        };
-        let (lo, hi) = (start as u64, start as u64 + d.data.len() as u64);
+        let (lo, hi) = (range.start, range.end);
         let e = extent.get_or_insert(DataExtent {
             low: lo,
             high: hi,

@@ -292,6 +292,24 @@ impl<'a> Module<'a> {
         None
     }
 
+    /// The active data segments of memory 0, by index, with the addresses they fill (`None`
+    /// when the offset is not a constant).
+    pub fn memory0_segments(&self) -> impl Iterator<Item = (usize, Option<Range<u64>>)> + '_ {
+        self.data
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| match &d.kind {
+                wasmparser::DataKind::Active {
+                    memory_index: 0,
+                    offset_expr,
+                } => {
+                    let start = const_value(offset_expr).map(|v| v as u64);
+                    Some((i, start.map(|s| s..s + d.data.len() as u64)))
+                }
+                _ => None,
+            })
+    }
+
     /// Byte range of a function body in the input, as wasmparser reports it.
     pub fn body_range(body: &FunctionBody<'_>) -> Range<usize> {
         let r = body.range();
