@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     let result = std::fs::read(input)
         .map_err(anyhow::Error::from)
         .and_then(|bytes| {
-            wasmfix::validate::validate(&bytes, None)?;
+            wasmfix::validate::validate(&bytes, None, wasmfix::validate::features())?;
             std::fs::write(output, &bytes)?;
             Ok(())
         });

@@ -3,10 +3,11 @@
 //! A reader that closes standard output early (`wasmfix inspect app.wasm | head`) ends the
 //! output there without a message; the status is what it would have been (see `write_stdout`).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use wasmfix::features::{Feature, FeatureChoice};
 use wasmfix::passes::{self, DEFAULT_PIPELINE, Pass, PassOptions};
 use wasmfix::pipeline::{self, Failure};
 
@@ -25,6 +26,10 @@ Debug info: DWARF 4 and 5 (.debug_*) in the module is updated so every original 
 keeps its source location; DWARF wasmfix cannot update is refused (strip it with llvm-strip
 --strip-debug). A source map is rewritten only when given with --source-map. The name section
 names what wasmfix adds (wasmfix:adapt …, wasmfix:stack_overflow, …).
+
+Features: passes use only the WebAssembly features the input uses (its target_features section
+and what its code uses; `wasmfix inspect` shows them), so the output runs wherever the input ran.
+--enable-X / --disable-X (binaryen's names, listed by --help) and --enable-all change that.
 
 Exit status: 0 done; 1 --check found hazards; 2 bad input, a pass refused the module, or a
 usage error (no output is written and the input is never modified); 3 internal error. A reader
@@ -121,12 +126,88 @@ fn fail(status: u8, message: impl Into<String>) -> Exit {
     }
 }
 
+/// `--enable-X` / `--disable-X` for every feature, `--enable-all` (alias `--all-features`)
+/// and `--mvp-features`, as binaryen names them; added to the derived parser so the list
+/// follows [`Feature::ALL`].
+fn feature_args() -> Vec<clap::Arg> {
+    use clap::{Arg, ArgAction};
+    let mut args = vec![
+        Arg::new("enable-all")
+            .long("enable-all")
+            .alias("all-features")
+            .action(ArgAction::SetTrue)
+            .help("Let passes use every feature wasmfix knows")
+            .help_heading("Features (default: only those the input uses)"),
+        Arg::new("mvp-features")
+            .long("mvp-features")
+            .action(ArgAction::SetTrue)
+            .help("Let passes use no feature beyond what the input uses (the default)")
+            .help_heading("Features (default: only those the input uses)"),
+    ];
+    for f in Feature::ALL {
+        for (verb, what) in [("enable", "may use"), ("disable", "must not use")] {
+            args.push(
+                Arg::new(format!("{verb}-{}", f.name()))
+                    .long(format!("{verb}-{}", f.name()))
+                    .action(ArgAction::SetTrue)
+                    .hide_short_help(true)
+                    .help(format!("Passes {what} {}", f.name()))
+                    .help_heading("Features (default: only those the input uses)"),
+            );
+        }
+    }
+    args
+}
+
+/// The feature flags in the order given: a later flag overrides an earlier one.
+fn feature_choice(matches: &clap::ArgMatches) -> FeatureChoice {
+    let mut flags: Vec<(usize, String)> = Vec::new();
+    let ids = ["enable-all".to_string(), "mvp-features".to_string()]
+        .into_iter()
+        .chain(Feature::ALL.iter().flat_map(|f| {
+            [
+                format!("enable-{}", f.name()),
+                format!("disable-{}", f.name()),
+            ]
+        }));
+    for id in ids {
+        if matches.get_flag(&id)
+            && let Some(i) = matches.index_of(&id)
+        {
+            flags.push((i, id));
+        }
+    }
+    flags.sort();
+    let mut choice = FeatureChoice::default();
+    for (_, id) in flags {
+        match id.as_str() {
+            "enable-all" => choice.enable_all(),
+            "mvp-features" => choice.mvp(),
+            _ => {
+                let (verb, name) = id.split_once('-').expect("flag ids are verb-name");
+                let f = Feature::from_name(name).expect("flag ids name features");
+                if verb == "enable" {
+                    choice.enable(f)
+                } else {
+                    choice.disable(f)
+                }
+            }
+        }
+    }
+    choice
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().args(feature_args()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let features = feature_choice(&matches);
     let result = match cli.command {
         Some(Command::Passes) => list_passes(),
         Some(Command::Inspect { input, json }) => inspect(&input, json),
-        None => rewrite(cli.rewrite),
+        None => rewrite(cli.rewrite, features),
     };
     match result {
         Ok(status) => ExitCode::from(status),
@@ -216,7 +297,7 @@ fn select_passes(list: Option<&str>, harden: bool) -> Result<Vec<&'static dyn Pa
         .collect()
 }
 
-fn rewrite(args: Rewrite) -> Result<u8, Exit> {
+fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
     let Some(input) = args.input else {
         return Err(fail(2, "no input module given (try `wasmfix --help`)"));
     };
@@ -270,6 +351,7 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
         no_dwarf_update: args.no_dwarf_update,
         code_map: source_map.is_some(),
         harden: args.harden,
+        features,
     };
     let outcome = pipeline::rewrite(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {
@@ -337,6 +419,11 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
             "input_bytes": bytes.len(),
             "output_bytes": outcome.len(),
             "rewritten_functions": outcome.rewritten_functions,
+            "features": {
+                "input": outcome.input_features.as_ref().map(|f| f.used),
+                "how": outcome.input_features.as_ref().map(|f| f.how.clone()),
+                "added": outcome.added_features,
+            },
             "passes": outcome.reports,
             "debug_info": outcome.debug_info,
             "source_map": rewritten_map.as_ref().map(|m| serde_json::json!({

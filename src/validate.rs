@@ -11,22 +11,30 @@ use wasmparser::{
     ValidatorResources, WasmFeatures,
 };
 
-/// The features wasmfix accepts: everything wasmparser validates in a core module.
+/// The features wasmfix accepts in its input: everything wasmparser validates in a core module.
 pub fn features() -> WasmFeatures {
     WasmFeatures::all()
 }
 
-/// Validates `bytes`. `check_body(i)` says whether the i-th defined function body must be
-/// checked (all of them when `None`).
-pub fn validate(bytes: &[u8], check_body: Option<&dyn Fn(u32) -> bool>) -> Result<()> {
-    validate_pieces(&[bytes], check_body)
+/// Validates `bytes` with `features`. `check_body(i)` says whether the i-th defined function
+/// body must be checked (all of them when `None`).
+pub fn validate(
+    bytes: &[u8],
+    check_body: Option<&dyn Fn(u32) -> bool>,
+    features: WasmFeatures,
+) -> Result<()> {
+    validate_pieces(&[bytes], check_body, features)
 }
 
 /// [`validate`] for a module given as consecutive pieces (the emitter's output, which is
 /// never concatenated). Each section, and each function body of the Code section, must lie
 /// whole in one piece: the parser reads them in place.
-pub fn validate_pieces(pieces: &[&[u8]], check_body: Option<&dyn Fn(u32) -> bool>) -> Result<()> {
-    let mut validator = Validator::new_with_features(features());
+pub fn validate_pieces(
+    pieces: &[&[u8]],
+    check_body: Option<&dyn Fn(u32) -> bool>,
+    features: WasmFeatures,
+) -> Result<()> {
+    let mut validator = Validator::new_with_features(features);
     let mut funcs: Vec<(FuncToValidate<ValidatorResources>, FunctionBody<'_>)> = Vec::new();
     let mut index = 0u32;
     let mut parser = Parser::new(0);
