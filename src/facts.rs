@@ -2,15 +2,19 @@
 //! found each fact. Passes ask here; they never re-derive the layout. When a fact cannot be
 //! established it is `None` with a reason, and passes that need it refuse.
 //!
-//! Cheap facts (from sections and names) are computed at once; facts that need a walk over
-//! every function body are computed on first use, in parallel, by [`Facts::code`].
+//! Facts from sections and names are computed at once; facts that need a walk over every
+//! function body ([`CodeFacts`]) come from the input's validation, which shows every operator
+//! it decodes to a [`CodeWalk`]: the code is decoded once, for both.
 
 use crate::module::{Module, const_value};
 use crate::sig;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
-use wasmparser::{ElementItems, ElementKind, ExternalKind, Operator, TypeRef, ValType};
+use wasmparser::{
+    ElementItems, ElementKind, ExternalKind, FrameStack, Operator, TypeRef, ValType, VisitOperator,
+    VisitSimdOperator,
+};
 
 /// A fact and how it was established.
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +106,11 @@ pub struct CodeFacts {
     /// The WebAssembly features the code uses (operators, block types, locals).
     #[serde(skip)]
     pub features: crate::features::FeatureSet,
+    /// Input offsets of every `call_indirect` and `return_call_indirect`, ascending: where
+    /// the emitter finds them for rewriters that look at nothing else
+    /// ([`crate::edit::Sees::IndirectCalls`]).
+    #[serde(skip)]
+    pub indirect_call_offsets: Vec<u64>,
 }
 
 impl CodeFacts {
@@ -145,11 +154,23 @@ pub struct Facts {
 }
 
 impl Facts {
-    /// Facts that need no walk over the code; the stack pointer falls back to the code walk
-    /// only when neither names nor exports identify it.
+    /// The facts of a module that validated, whose code facts its validation found
+    /// ([`crate::validate::validate_input`], as [`crate::pipeline::load`] does).
+    pub fn with_code(m: &Module<'_>, code: CodeFacts) -> Facts {
+        let f = Facts::sections(m);
+        f.code.set(code).expect("the code facts are set once");
+        f.establish(m)
+    }
+
+    /// The facts of a module that validated, for callers that did not keep its code facts: the
+    /// code is walked (validated again) on first use.
     pub fn new(m: &Module<'_>) -> Facts {
+        Facts::sections(m).establish(m)
+    }
+
+    fn sections(m: &Module<'_>) -> Facts {
         let (function_names, global_names) = names(m);
-        let mut f = Facts {
+        Facts {
             stack_pointer: Err(String::new()),
             stack_pointer_init: None,
             data: data_extent(m),
@@ -167,20 +188,27 @@ impl Facts {
             code: OnceLock::new(),
             indirect_calls: OnceLock::new(),
             features: OnceLock::new(),
-        };
-        f.heap_base = f.global_address(m, "__heap_base");
-        f.data_end = f.global_address(m, "__data_end");
-        f.stack_pointer = f.find_stack_pointer(m);
-        if let Ok(sp) = &f.stack_pointer {
-            f.stack_pointer_init = defined_global_value(m, sp.value);
         }
-        f.stack = f.stack_region(m);
-        f
     }
 
-    /// The walk over every function body, done once on first use.
+    /// The facts derived from the others; the stack pointer falls back to the code facts only
+    /// when neither names nor exports identify it.
+    fn establish(mut self, m: &Module<'_>) -> Facts {
+        self.heap_base = self.global_address(m, "__heap_base");
+        self.data_end = self.global_address(m, "__data_end");
+        self.stack_pointer = self.find_stack_pointer(m);
+        if let Ok(sp) = &self.stack_pointer {
+            self.stack_pointer_init = defined_global_value(m, sp.value);
+        }
+        self.stack = self.stack_region(m);
+        self
+    }
+
+    /// The facts found by walking every function body.
     pub fn code(&self, m: &Module<'_>) -> &CodeFacts {
-        self.code.get_or_init(|| scan_code(m))
+        // An invalid body stops the walk; `new` is for modules that validated.
+        self.code
+            .get_or_init(|| crate::validate::validate_input(m).unwrap_or_default())
     }
 
     /// The WebAssembly features the input uses (its `target_features` section and what its
@@ -724,125 +752,258 @@ fn producers(m: &Module<'_>) -> Vec<(String, Vec<(String, String)>)> {
         .collect()
 }
 
-fn scan_code(m: &Module<'_>) -> CodeFacts {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
-    let chunk = m.bodies.len().div_ceil(threads).max(1);
-    let parts: Vec<CodeFacts> = std::thread::scope(|s| {
-        let handles: Vec<_> = m
-            .bodies
-            .chunks(chunk)
-            .enumerate()
-            .map(|(k, bodies)| {
-                let first = m.imported_funcs + (k * chunk) as u32;
-                s.spawn(move || scan_bodies(m, first, bodies))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("code scan panicked"))
-            .collect()
-    });
-    let mut all = CodeFacts::default();
-    for p in parts {
-        for (k, v) in p.indirect_sites {
-            *all.indirect_sites.entry(k).or_default() += v;
-        }
-        for t in p.tables_changed {
-            if !all.tables_changed.contains(&t) {
-                all.tables_changed.push(t);
-            }
-        }
-        for (k, v) in p.prologue_globals {
-            *all.prologue_globals.entry(k).or_default() += v;
-        }
-        all.functions_with_indirect_calls
-            .extend(p.functions_with_indirect_calls);
-        for (g, funcs) in p.global_writers {
-            all.global_writers.entry(g).or_default().extend(funcs);
-        }
-        all.features = all.features.union(p.features);
-    }
-    all.tables_changed.sort();
-    all
+/// The walk over the function bodies that establishes the [`CodeFacts`]. The input's
+/// validation drives it ([`crate::validate::validate_input`]): the validator decodes each
+/// operator once and shows it to the walk on its way ([`CodeWalk::observe`]), so the facts cost
+/// no second decode of the code. Each validation thread walks its share of the bodies, in
+/// ascending order; [`CodeWalk::merge`] joins the shares.
+pub(crate) struct CodeWalk<'g> {
+    facts: CodeFacts,
+    /// Whether each global is a mutable i32 or i64: one that can hold an address, such as the
+    /// stack pointer.
+    address_globals: &'g [bool],
+    /// The function being walked and what was seen in it so far.
+    func: u32,
+    calls_indirect: bool,
+    /// The global the function reads first, when its first global access is a read of an
+    /// address global.
+    first_read: Option<u32>,
+    saw_access: bool,
+    /// An `i32.sub`/`i64.sub` after that read.
+    subtracts: bool,
+    /// A write of that global after the subtraction: the prologue idiom.
+    writes_first: bool,
 }
 
-fn scan_bodies(m: &Module<'_>, first: u32, bodies: &[wasmparser::FunctionBody<'_>]) -> CodeFacts {
-    let mut facts = CodeFacts::default();
-    let address_global = |g: u32| {
-        matches!(m.global_types.get(g as usize), Some(t) if t.mutable
-            && matches!(t.content_type, ValType::I32 | ValType::I64))
-    };
-    for (func, body) in (first..).zip(bodies) {
-        let mut calls_indirect = false;
-        if let Ok(locals) = body.get_locals_reader() {
-            for (_, ty) in locals.into_iter().flatten() {
-                crate::features::val_type(&mut facts.features, ty);
-            }
-        }
-        let Ok(mut ops) = body.get_operators_reader() else {
-            continue;
-        };
-        let mut first_read: Option<u32> = None;
-        let mut saw_access = false;
-        let mut writes_first = false;
-        let mut subtracts = false;
-        while !ops.eof() {
-            let Ok(op) = ops.read() else { break };
-            crate::features::operator_features(&mut facts.features, &op);
-            match op {
-                Operator::CallIndirect {
-                    type_index,
-                    table_index,
-                }
-                | Operator::ReturnCallIndirect {
-                    type_index,
-                    table_index,
-                } => {
-                    *facts
-                        .indirect_sites
-                        .entry((type_index, table_index))
-                        .or_default() += 1;
-                    calls_indirect = true;
-                }
-                Operator::TableSet { table }
-                | Operator::TableGrow { table }
-                | Operator::TableFill { table }
-                | Operator::TableInit { table, .. }
-                | Operator::TableCopy {
-                    dst_table: table, ..
-                } if !facts.tables_changed.contains(&table) => {
-                    facts.tables_changed.push(table);
-                }
-                Operator::GlobalGet { global_index } if !saw_access => {
-                    saw_access = true;
-                    if address_global(global_index) {
-                        first_read = Some(global_index);
-                    }
-                }
-                Operator::GlobalSet { global_index } => {
-                    saw_access = true;
-                    if address_global(global_index) {
-                        let writers = facts.global_writers.entry(global_index).or_default();
-                        if writers.last() != Some(&func) {
-                            writers.push(func);
-                        }
-                    }
-                    if first_read == Some(global_index) && subtracts {
-                        writes_first = true;
-                    }
-                }
-                Operator::I32Sub | Operator::I64Sub if first_read.is_some() => subtracts = true,
-                _ => {}
-            }
-        }
-        if calls_indirect {
-            facts.functions_with_indirect_calls.push(func);
-        }
-        if let (Some(g), true) = (first_read, writes_first) {
-            *facts.prologue_globals.entry(g).or_default() += 1;
+impl<'g> CodeWalk<'g> {
+    pub(crate) fn new(address_globals: &'g [bool]) -> CodeWalk<'g> {
+        CodeWalk {
+            facts: CodeFacts::default(),
+            address_globals,
+            func: 0,
+            calls_indirect: false,
+            first_read: None,
+            saw_access: false,
+            subtracts: false,
+            writes_first: false,
         }
     }
-    facts
+
+    /// Which globals of `m` can hold an address (what [`CodeWalk::new`] takes).
+    pub(crate) fn address_globals(m: &Module<'_>) -> Vec<bool> {
+        m.global_types
+            .iter()
+            .map(|t| t.mutable && matches!(t.content_type, ValType::I32 | ValType::I64))
+            .collect()
+    }
+
+    /// Starts the body of function `func` (in the function index space).
+    pub(crate) fn start_function(&mut self, func: u32) {
+        self.func = func;
+        self.calls_indirect = false;
+        self.first_read = None;
+        self.saw_access = false;
+        self.subtracts = false;
+        self.writes_first = false;
+    }
+
+    /// A local declaration of the current function.
+    pub(crate) fn local(&mut self, ty: ValType) {
+        crate::features::val_type(&mut self.facts.features, ty);
+    }
+
+    /// Ends the current function.
+    pub(crate) fn end_function(&mut self) {
+        if self.calls_indirect {
+            self.facts.functions_with_indirect_calls.push(self.func);
+        }
+        if let (Some(g), true) = (self.first_read, self.writes_first) {
+            *self.facts.prologue_globals.entry(g).or_default() += 1;
+        }
+    }
+
+    /// `inner` (the validator's visitor for the operator at `offset`), showing the operator to
+    /// this walk before it validates it.
+    pub(crate) fn observe<V>(&mut self, offset: u64, inner: V) -> Observed<'_, 'g, V> {
+        Observed {
+            walk: self,
+            offset,
+            inner,
+        }
+    }
+
+    /// The facts of all shares.
+    pub(crate) fn merge(shares: impl IntoIterator<Item = CodeWalk<'g>>) -> CodeFacts {
+        let mut all = CodeFacts::default();
+        for share in shares {
+            let p = share.facts;
+            for (k, v) in p.indirect_sites {
+                *all.indirect_sites.entry(k).or_default() += v;
+            }
+            all.tables_changed.extend(p.tables_changed);
+            for (k, v) in p.prologue_globals {
+                *all.prologue_globals.entry(k).or_default() += v;
+            }
+            all.functions_with_indirect_calls
+                .extend(p.functions_with_indirect_calls);
+            all.indirect_call_offsets.extend(p.indirect_call_offsets);
+            for (g, funcs) in p.global_writers {
+                all.global_writers.entry(g).or_default().extend(funcs);
+            }
+            all.features = all.features.union(p.features);
+        }
+        all.tables_changed.sort();
+        all.tables_changed.dedup();
+        all.functions_with_indirect_calls.sort();
+        all.indirect_call_offsets.sort();
+        for funcs in all.global_writers.values_mut() {
+            funcs.sort();
+        }
+        all
+    }
+
+    fn indirect_call(&mut self, offset: u64, type_index: u32, table_index: u32) {
+        *self
+            .facts
+            .indirect_sites
+            .entry((type_index, table_index))
+            .or_default() += 1;
+        self.facts.indirect_call_offsets.push(offset);
+        self.calls_indirect = true;
+    }
+
+    fn table_changed(&mut self, table: u32) {
+        if !self.facts.tables_changed.contains(&table) {
+            self.facts.tables_changed.push(table);
+        }
+    }
+
+    fn is_address_global(&self, g: u32) -> bool {
+        self.address_globals.get(g as usize) == Some(&true)
+    }
+
+    fn global_get(&mut self, g: u32) {
+        if !self.saw_access {
+            self.saw_access = true;
+            if self.is_address_global(g) {
+                self.first_read = Some(g);
+            }
+        }
+    }
+
+    fn global_set(&mut self, g: u32) {
+        self.saw_access = true;
+        if self.is_address_global(g) {
+            let writers = self.facts.global_writers.entry(g).or_default();
+            if writers.last() != Some(&self.func) {
+                writers.push(self.func);
+            }
+        }
+        if self.first_read == Some(g) && self.subtracts {
+            self.writes_first = true;
+        }
+    }
+
+    fn sub(&mut self) {
+        if self.first_read.is_some() {
+            self.subtracts = true;
+        }
+    }
+}
+
+/// What the walk looks at in an operator, besides its features.
+macro_rules! walk_operator {
+    ($w:expr, $offset:expr; CallIndirect $type_index:ident $table_index:ident) => {
+        $w.indirect_call($offset, $type_index, $table_index)
+    };
+    ($w:expr, $offset:expr; ReturnCallIndirect $type_index:ident $table_index:ident) => {
+        $w.indirect_call($offset, $type_index, $table_index)
+    };
+    ($w:expr, $offset:expr; TableSet $table:ident) => {
+        $w.table_changed($table)
+    };
+    ($w:expr, $offset:expr; TableGrow $table:ident) => {
+        $w.table_changed($table)
+    };
+    ($w:expr, $offset:expr; TableFill $table:ident) => {
+        $w.table_changed($table)
+    };
+    ($w:expr, $offset:expr; TableInit $elem_index:ident $table:ident) => {
+        $w.table_changed($table)
+    };
+    ($w:expr, $offset:expr; TableCopy $dst_table:ident $src_table:ident) => {
+        $w.table_changed($dst_table)
+    };
+    ($w:expr, $offset:expr; GlobalGet $global_index:ident) => {
+        $w.global_get($global_index)
+    };
+    ($w:expr, $offset:expr; GlobalSet $global_index:ident) => {
+        $w.global_set($global_index)
+    };
+    ($w:expr, $offset:expr; I32Sub) => {
+        $w.sub()
+    };
+    ($w:expr, $offset:expr; I64Sub) => {
+        $w.sub()
+    };
+    ($w:expr, $offset:expr; $op:ident $($arg:ident)*) => {};
+}
+
+/// A validator's visitor for one operator that shows the operator to a [`CodeWalk`] first.
+pub(crate) struct Observed<'w, 'g, V> {
+    walk: &'w mut CodeWalk<'g>,
+    offset: u64,
+    inner: V,
+}
+
+macro_rules! observe_then_visit {
+    ($( @$proposal:ident $op:ident $({ $($arg:ident: $argty:ty),* })? => $visit:ident ($($ann:tt)*))*) => {
+        $(
+            #[inline]
+            fn $visit(&mut self $($(,$arg: $argty)*)?) -> Self::Output {
+                crate::features::OperatorFeatures(&mut self.walk.facts.features)
+                    .$visit($($($arg.clone()),*)?);
+                walk_operator!(self.walk, self.offset; $op $($($arg)*)?);
+                self.inner.$visit($($($arg),*)?)
+            }
+        )*
+    };
+}
+
+macro_rules! observe_then_visit_simd {
+    ($( @$proposal:ident $op:ident $({ $($arg:ident: $argty:ty),* })? => $visit:ident ($($ann:tt)*))*) => {
+        $(
+            fn $visit(&mut self $($(,$arg: $argty)*)?) -> Self::Output {
+                crate::features::OperatorFeatures(&mut self.walk.facts.features)
+                    .$visit($($($arg.clone()),*)?);
+                self.inner
+                    .simd_visitor()
+                    .expect("a visitor that took a SIMD operator")
+                    .$visit($($($arg),*)?)
+            }
+        )*
+    };
+}
+
+#[allow(clippy::clone_on_copy)]
+impl<'a, V: VisitOperator<'a>> VisitOperator<'a> for Observed<'_, '_, V> {
+    type Output = V::Output;
+
+    fn simd_visitor(&mut self) -> Option<&mut dyn VisitSimdOperator<'a, Output = V::Output>> {
+        self.inner.simd_visitor()?;
+        Some(self)
+    }
+
+    wasmparser::for_each_visit_operator!(observe_then_visit);
+}
+
+#[allow(clippy::clone_on_copy)]
+impl<'a, V: VisitOperator<'a>> VisitSimdOperator<'a> for Observed<'_, '_, V> {
+    wasmparser::for_each_visit_simd_operator!(observe_then_visit_simd);
+}
+
+impl<V: FrameStack> FrameStack for Observed<'_, '_, V> {
+    fn current_frame(&self) -> Option<wasmparser::FrameKind> {
+        self.inner.current_frame()
+    }
 }

@@ -18,7 +18,7 @@ use crate::module::Module;
 use anyhow::{Result, bail};
 use wasmparser::{
     CompositeInnerType, ElementItems, ElementKind, HeapType, Operator, RefType, TypeRef, ValType,
-    WasmFeatures,
+    VisitOperator, VisitSimdOperator, WasmFeatures,
 };
 
 /// A WebAssembly proposal beyond 1.0, named as binaryen names it (`--enable-NAME`).
@@ -620,29 +620,10 @@ fn const_expr(s: &mut FeatureSet, expr: &wasmparser::ConstExpr<'_>) {
     }
 }
 
-/// The features one operator needs, beyond its proposal: a `call_indirect` on another table
-/// than 0, a block type with several values, typed values in blocks and `select`.
+/// The features one operator needs: its proposal's, and what its immediates need beyond it
+/// (see [`OperatorFeatures`]).
 pub fn operator_features(s: &mut FeatureSet, op: &Operator<'_>) {
-    if let Some(f) = operator_feature(op) {
-        s.insert(f);
-    }
-    match op {
-        Operator::CallIndirect { table_index, .. } if *table_index != 0 => {
-            s.insert(F::ReferenceTypes)
-        }
-        Operator::Block { blockty }
-        | Operator::Loop { blockty }
-        | Operator::If { blockty }
-        | Operator::Try { blockty } => block_type(s, *blockty),
-        Operator::TryTable { try_table } => block_type(s, try_table.ty),
-        Operator::TypedSelect { ty } => val_type(s, *ty),
-        Operator::RefNull { hty } => ref_type(
-            s,
-            RefType::new(true, *hty).unwrap_or(RefType::FUNCREF.as_non_null()),
-        ),
-        // An access to a memory other than 0 needs a second memory, which the sections show.
-        _ => {}
-    }
+    OperatorFeatures(s).visit_operator(op)
 }
 
 fn block_type(s: &mut FeatureSet, ty: wasmparser::BlockType) {
@@ -654,36 +635,152 @@ fn block_type(s: &mut FeatureSet, ty: wasmparser::BlockType) {
     }
 }
 
+/// The feature of the proposal `@proposal` that operator `op` belongs to, as wasmparser's
+/// `for_each_operator!` names them (`None` for WebAssembly 1.0).
+macro_rules! proposal_feature {
+    (@mvp $op:ident) => {
+        None
+    };
+    (@sign_extension $op:ident) => {
+        Some(F::SignExt)
+    };
+    (@saturating_float_to_int $op:ident) => {
+        Some(F::NontrappingFloatToInt)
+    };
+    (@bulk_memory MemoryCopy) => {
+        Some(F::BulkMemoryOpt)
+    };
+    (@bulk_memory MemoryFill) => {
+        Some(F::BulkMemoryOpt)
+    };
+    (@bulk_memory $op:ident) => {
+        Some(F::BulkMemory)
+    };
+    (@reference_types $op:ident) => {
+        Some(F::ReferenceTypes)
+    };
+    (@tail_call $op:ident) => {
+        Some(F::TailCall)
+    };
+    (@simd $op:ident) => {
+        Some(F::Simd)
+    };
+    (@relaxed_simd $op:ident) => {
+        Some(F::RelaxedSimd)
+    };
+    (@threads $op:ident) => {
+        Some(F::Threads)
+    };
+    (@acquire_release_atomics $op:ident) => {
+        Some(F::Threads)
+    };
+    (@shared_everything_threads $op:ident) => {
+        Some(F::SharedEverything)
+    };
+    (@exceptions $op:ident) => {
+        Some(F::ExceptionHandling)
+    };
+    (@legacy_exceptions $op:ident) => {
+        Some(F::ExceptionHandling)
+    };
+    (@gc $op:ident) => {
+        Some(F::Gc)
+    };
+    (@function_references $op:ident) => {
+        Some(F::Gc)
+    };
+    (@stack_switching $op:ident) => {
+        Some(F::StackSwitching)
+    };
+    (@wide_arithmetic $op:ident) => {
+        Some(F::WideArithmetic)
+    };
+    (@memory_control $op:ident) => {
+        Some(F::Gc)
+    };
+    (@custom_descriptors $op:ident) => {
+        Some(F::CustomDescriptors)
+    };
+}
 /// The proposal an operator belongs to (`None` for WebAssembly 1.0 operators).
 pub fn operator_feature(op: &Operator<'_>) -> Option<Feature> {
-    macro_rules! classify {
+    macro_rules! proposal {
         ($( @$proposal:ident $op:ident $({ $($arg:ident: $argty:ty),* })? => $visit:ident ($($ann:tt)*))*) => {
             match op {
-                $( Operator::$op { .. } => classify!(one @$proposal $op), )*
+                $( Operator::$op { .. } => proposal_feature!(@$proposal $op), )*
                 _ => Some(F::Gc),
             }
         };
-        (one @mvp $op:ident) => { None };
-        (one @sign_extension $op:ident) => { Some(F::SignExt) };
-        (one @saturating_float_to_int $op:ident) => { Some(F::NontrappingFloatToInt) };
-        (one @bulk_memory MemoryCopy) => { Some(F::BulkMemoryOpt) };
-        (one @bulk_memory MemoryFill) => { Some(F::BulkMemoryOpt) };
-        (one @bulk_memory $op:ident) => { Some(F::BulkMemory) };
-        (one @reference_types $op:ident) => { Some(F::ReferenceTypes) };
-        (one @tail_call $op:ident) => { Some(F::TailCall) };
-        (one @simd $op:ident) => { Some(F::Simd) };
-        (one @relaxed_simd $op:ident) => { Some(F::RelaxedSimd) };
-        (one @threads $op:ident) => { Some(F::Threads) };
-        (one @acquire_release_atomics $op:ident) => { Some(F::Threads) };
-        (one @shared_everything_threads $op:ident) => { Some(F::SharedEverything) };
-        (one @exceptions $op:ident) => { Some(F::ExceptionHandling) };
-        (one @legacy_exceptions $op:ident) => { Some(F::ExceptionHandling) };
-        (one @gc $op:ident) => { Some(F::Gc) };
-        (one @function_references $op:ident) => { Some(F::Gc) };
-        (one @stack_switching $op:ident) => { Some(F::StackSwitching) };
-        (one @wide_arithmetic $op:ident) => { Some(F::WideArithmetic) };
-        (one @memory_control $op:ident) => { Some(F::Gc) };
-        (one @custom_descriptors $op:ident) => { Some(F::CustomDescriptors) };
     }
-    wasmparser::for_each_operator!(classify)
+    wasmparser::for_each_operator!(proposal)
+}
+
+/// What an operator's immediates need beyond its proposal: a `call_indirect` on another table
+/// than 0, a block type with several values, typed values in blocks, `select` and `ref.null`.
+macro_rules! immediate_features {
+    ($s:expr; CallIndirect $type_index:ident $table_index:ident) => {
+        if $table_index != 0 {
+            $s.insert(F::ReferenceTypes)
+        }
+    };
+    ($s:expr; Block $blockty:ident) => {
+        block_type($s, $blockty)
+    };
+    ($s:expr; Loop $blockty:ident) => {
+        block_type($s, $blockty)
+    };
+    ($s:expr; If $blockty:ident) => {
+        block_type($s, $blockty)
+    };
+    ($s:expr; Try $blockty:ident) => {
+        block_type($s, $blockty)
+    };
+    ($s:expr; TryTable $try_table:ident) => {
+        block_type($s, $try_table.ty)
+    };
+    ($s:expr; TypedSelect $ty:ident) => {
+        val_type($s, $ty)
+    };
+    ($s:expr; RefNull $hty:ident) => {
+        ref_type(
+            $s,
+            RefType::new(true, $hty).unwrap_or(RefType::FUNCREF.as_non_null()),
+        )
+    };
+    // An access to a memory other than 0 needs a second memory, which the sections show.
+    ($s:expr; $op:ident $($arg:ident)*) => {};
+}
+
+/// An operator visitor that records the features of every operator it visits in a set: the
+/// operator's proposal, and what its immediates need beyond it. The facts' walk over the code
+/// runs it beside the validator ([`crate::facts::CodeWalk`]), so the code is decoded once.
+pub struct OperatorFeatures<'s>(pub &'s mut FeatureSet);
+
+macro_rules! record_features {
+    ($( @$proposal:ident $op:ident $({ $($arg:ident: $argty:ty),* })? => $visit:ident ($($ann:tt)*))*) => {
+        $(
+            #[inline]
+            #[allow(unused_variables)]
+            fn $visit(&mut self $($(,$arg: $argty)*)?) {
+                if let Some(f) = proposal_feature!(@$proposal $op) {
+                    self.0.insert(f);
+                }
+                immediate_features!(self.0; $op $($($arg)*)?);
+            }
+        )*
+    };
+}
+
+impl<'a> VisitOperator<'a> for OperatorFeatures<'_> {
+    type Output = ();
+
+    fn simd_visitor(&mut self) -> Option<&mut dyn VisitSimdOperator<'a, Output = ()>> {
+        Some(self)
+    }
+
+    wasmparser::for_each_visit_operator!(record_features);
+}
+
+impl<'a> VisitSimdOperator<'a> for OperatorFeatures<'_> {
+    wasmparser::for_each_visit_simd_operator!(record_features);
 }

@@ -56,7 +56,7 @@ pub struct Outcome {
     pub debug_info: DebugInfoReport,
     /// Features the output uses that the input did not (the user enabled them).
     pub added_features: crate::features::FeatureSet,
-    /// What the input uses, when the run needed to know (any change beyond custom sections).
+    /// What the input uses (its validation finds it: always known).
     pub input_features: Option<crate::features::InputFeatures>,
 }
 
@@ -93,16 +93,20 @@ impl DebugInfoReport {
 /// Reads and validates `input`, or says why it is bad input.
 pub fn read(input: &[u8]) -> Result<Module<'_>, Failure> {
     let module = Module::parse(input).map_err(Failure::BadInput)?;
-    validate::validate(input, None, validate::features())
-        .map_err(|e| Failure::BadInput(e.context("invalid module")))?;
+    validate::validate(input, None, validate::features()).map_err(invalid)?;
     Ok(module)
 }
 
-/// Reads and validates `input` and establishes its facts.
+/// Reads and validates `input` and establishes its facts (the code facts on the way).
 pub fn load(input: &[u8]) -> Result<(Module<'_>, Facts), Failure> {
-    let module = read(input)?;
-    let facts = Facts::new(&module);
+    let module = Module::parse(input).map_err(Failure::BadInput)?;
+    let code = validate::validate_input(&module).map_err(invalid)?;
+    let facts = Facts::with_code(&module, code);
     Ok((module, facts))
+}
+
+fn invalid(e: anyhow::Error) -> Failure {
+    Failure::BadInput(e.context("invalid module"))
 }
 
 /// Runs `passes` over `input` and returns the validated output as one buffer.
@@ -164,11 +168,12 @@ pub fn rewrite<'a>(
     passes: &[&dyn Pass],
     options: &PassOptions,
 ) -> Result<Rewritten<'a>, Failure> {
-    let module = read(input)?;
-    let facts = std::sync::OnceLock::new();
+    let (module, facts) = load(input)?;
+    // Established already: the passes find them so (see `PassCx::facts`).
+    let facts = std::sync::OnceLock::from(facts);
+    let f = facts.get().expect("just set");
     let choice = &options.features;
     if !choice.disabled.is_empty() {
-        let f = facts.get_or_init(|| Facts::new(&module));
         crate::features::RunFeatures::new(f.features(&module), choice).map_err(Failure::Usage)?;
     }
     let mut edits = Edits::default();
@@ -206,7 +211,6 @@ pub fn rewrite<'a>(
     // The output is validated with the input's features plus those the passes recorded, so a
     // pass cannot make the module need more of an engine than the input did without saying so.
     let output_features = if edits.changes_code_or_structure() {
-        let f = facts.get_or_init(|| Facts::new(&module));
         let input_features = f.features(&module);
         if !edits.used_features.is_empty()
             && let Some(current) = crate::features::target_features(&module)
@@ -233,7 +237,7 @@ pub fn rewrite<'a>(
         validate::features()
     };
     let added_features = edits.used_features;
-    let input_features = facts.get().map(|f| f.features(&module).clone());
+    let input_features = Some(f.features(&module).clone());
     // Same-length patches (relocated immediates) go into a copy of the input; every offset in
     // the module model stays valid, so the copy is read as the same module.
     let source: std::borrow::Cow<'a, [u8]> = if edits.patches.is_empty() {

@@ -1,20 +1,29 @@
 //! Validation with `wasmparser::Validator`, function bodies checked on every core.
 //!
+//! The input is validated in full ([`validate_input`]), and the facts' walk over the code rides
+//! along: the validator decodes each operator once and shows it to the walk
+//! ([`crate::facts::CodeWalk`]) before checking it.
+//!
 //! The output is validated in full except for function bodies copied byte for byte from an
 //! input that was itself validated: the emitter only *appends* types, functions, tables,
 //! globals and segments, so every index such a body uses means the same thing and has the same
 //! type in the output, and its validity cannot change. Every re-encoded or new body is checked.
 
+use crate::facts::{CodeFacts, CodeWalk};
+use crate::module::Module;
 use anyhow::{Result, anyhow};
 use wasmparser::{
-    Chunk, FuncToValidate, FuncValidatorAllocations, FunctionBody, Parser, ValidPayload, Validator,
-    ValidatorResources, WasmFeatures,
+    Chunk, FuncToValidate, FuncValidator, FuncValidatorAllocations, FunctionBody, Parser,
+    ValidPayload, Validator, ValidatorResources, WasmFeatures,
 };
 
 /// The features wasmfix accepts in its input: everything wasmparser validates in a core module.
 pub fn features() -> WasmFeatures {
     WasmFeatures::all()
 }
+
+/// A function body and what its validator needs.
+type Func<'a> = (FuncToValidate<ValidatorResources>, FunctionBody<'a>);
 
 /// Validates `bytes` with `features`. `check_body(i)` says whether the i-th defined function
 /// body must be checked (all of them when `None`).
@@ -34,8 +43,70 @@ pub fn validate_pieces(
     check_body: Option<&dyn Fn(u32) -> bool>,
     features: WasmFeatures,
 ) -> Result<()> {
+    let funcs = validate_sections(pieces, check_body, features)?;
+    on_threads(funcs, |share| {
+        let mut allocs = FuncValidatorAllocations::default();
+        for (f, body) in share {
+            let mut v = f.into_validator(allocs);
+            v.validate(&body).map_err(located)?;
+            allocs = v.into_allocations();
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Validates the input module `m` (as [`validate`] with [`features`]) and establishes its
+/// code facts on the way: each body is decoded once, for both.
+pub fn validate_input(m: &Module<'_>) -> Result<CodeFacts> {
+    let funcs = validate_sections(&[m.bytes], None, features())?;
+    let address_globals = CodeWalk::address_globals(m);
+    let shares = on_threads(funcs, |share| {
+        let mut walk = CodeWalk::new(&address_globals);
+        let mut allocs = FuncValidatorAllocations::default();
+        for (f, body) in share {
+            walk.start_function(f.index);
+            let mut v = f.into_validator(allocs);
+            validate_walking(&mut v, &body, &mut walk).map_err(located)?;
+            walk.end_function();
+            allocs = v.into_allocations();
+        }
+        Ok(walk)
+    })?;
+    Ok(CodeWalk::merge(shares))
+}
+
+/// What `FuncValidator::validate` does, with every operator shown to `walk` first.
+fn validate_walking(
+    v: &mut FuncValidator<ValidatorResources>,
+    body: &FunctionBody<'_>,
+    walk: &mut CodeWalk<'_>,
+) -> wasmparser::Result<()> {
+    let mut reader = body.get_binary_reader();
+    for _ in 0..reader.read_var_u32()? {
+        let offset = reader.original_position();
+        let count = reader.read()?;
+        let ty = reader.read()?;
+        walk.local(ty);
+        v.define_locals(offset, count, ty)?;
+    }
+    reader.set_features(*v.features());
+    while !reader.eof() {
+        let offset = reader.original_position();
+        reader.visit_operator(&mut walk.observe(offset, v.visitor(offset)))??;
+    }
+    reader.finish_expression(&v.visitor(reader.original_position()))
+}
+
+/// Validates everything but the function bodies, and returns the bodies `check_body` selects
+/// with their validators.
+fn validate_sections<'a>(
+    pieces: &[&'a [u8]],
+    check_body: Option<&dyn Fn(u32) -> bool>,
+    features: WasmFeatures,
+) -> Result<Vec<Func<'a>>> {
     let mut validator = Validator::new_with_features(features);
-    let mut funcs: Vec<(FuncToValidate<ValidatorResources>, FunctionBody<'_>)> = Vec::new();
+    let mut funcs = Vec::new();
     let mut index = 0u32;
     let mut parser = Parser::new(0);
     let mut next = 0;
@@ -67,56 +138,55 @@ pub fn validate_pieces(
             _ => {}
         }
     }
-    validate_bodies(funcs)
+    Ok(funcs)
 }
 
-fn validate_bodies(
-    funcs: Vec<(FuncToValidate<ValidatorResources>, FunctionBody<'_>)>,
-) -> Result<()> {
+/// An error with its offset, to report the first one in the module.
+fn located(e: wasmparser::BinaryReaderError) -> (u64, String) {
+    (e.offset(), e.to_string())
+}
+
+/// Runs `work` over shares of `funcs`, one per core (all of them at once when there are few),
+/// and returns each share's result. On errors, the one at the lowest offset is returned, as a
+/// sequential validator would report it.
+fn on_threads<'a, R: Send>(
+    funcs: Vec<Func<'a>>,
+    work: impl Fn(Vec<Func<'a>>) -> Result<R, (u64, String)> + Sync,
+) -> Result<Vec<R>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
     if funcs.len() < 64 || threads == 1 {
-        let mut allocs = FuncValidatorAllocations::default();
-        for (f, body) in funcs {
-            let mut v = f.into_validator(allocs);
-            v.validate(&body).map_err(|e| anyhow!("{e}"))?;
-            allocs = v.into_allocations();
-        }
-        return Ok(());
+        return work(funcs)
+            .map(|r| vec![r])
+            .map_err(|(_, msg)| anyhow!("{msg}"));
     }
     // Interleave so large and small functions spread evenly over the threads.
     let mut shares: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, f) in funcs.into_iter().enumerate() {
         shares[i % threads].push(f);
     }
+    let work = &work;
     std::thread::scope(|s| {
         let handles: Vec<_> = shares
             .into_iter()
-            .map(|share| {
-                s.spawn(move || -> Result<(), (u64, String)> {
-                    let mut allocs = FuncValidatorAllocations::default();
-                    for (f, body) in share {
-                        let mut v = f.into_validator(allocs);
-                        v.validate(&body).map_err(|e| (e.offset(), e.to_string()))?;
-                        allocs = v.into_allocations();
-                    }
-                    Ok(())
-                })
-            })
+            .map(|share| s.spawn(move || work(share)))
             .collect();
-        // Report the error at the lowest offset, as a sequential validator would.
+        let mut results = Vec::new();
         let mut first: Option<(u64, String)> = None;
         for h in handles {
-            if let Err(e) = h.join().expect("validator thread panicked")
-                && first.as_ref().is_none_or(|f| e.0 < f.0)
-            {
-                first = Some(e);
+            match h.join().expect("validator thread panicked") {
+                Ok(r) => results.push(r),
+                Err(e) => {
+                    if first.as_ref().is_none_or(|f| e.0 < f.0) {
+                        first = Some(e);
+                    }
+                }
             }
         }
         match first {
             Some((_, msg)) => Err(anyhow!("{msg}")),
-            None => Ok(()),
+            None => Ok(results),
         }
     })
 }
