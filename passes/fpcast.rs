@@ -60,7 +60,7 @@
 
 use super::{Pass, PassCx, PassReport};
 use crate::diag::{Message, RECORD_SCRATCH, store_bytes, store_text};
-use crate::edit::{BodyCx, BodyRewriter, NewElement, NewFunction};
+use crate::edit::{BodyCx, BodyRewriter, NewElement, NewFunction, Sees};
 use crate::facts::TableFacts;
 use crate::module::Module;
 use crate::sig::{self, castable};
@@ -726,6 +726,10 @@ struct SiteRewriter<'f> {
 impl BodyRewriter for SiteRewriter<'_> {
     fn wants(&self, func: u32) -> bool {
         self.functions.binary_search(&func).is_ok()
+    }
+
+    fn sees(&self) -> Sees {
+        Sees::IndirectCalls
     }
 
     fn instruction<'i>(

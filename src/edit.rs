@@ -81,12 +81,30 @@ impl<'m> BodyCx<'m> {
     }
 }
 
+/// The instructions a [`BodyRewriter`] looks at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sees {
+    /// Every instruction of the functions it wants, after its prologue (the default).
+    #[default]
+    Everything,
+    /// Only `call_indirect` and `return_call_indirect`: the rewriter is shown nothing else,
+    /// its `prologue` is not called, and it must not read `BodyCx::original` or
+    /// `BodyCx::depth`. A function whose rewriters all see only these is not decoded: the
+    /// module facts know where its indirect calls are, and every other instruction is copied
+    /// byte for byte.
+    IndirectCalls,
+}
+
 /// Rewrites instructions of the functions it wants. Several rewriters may want one function:
 /// the emitter decodes it once and feeds every instruction through them in registration order,
-/// each seeing the output of the previous one.
+/// each seeing the output of the previous one (and only what it [`Sees`]).
 pub trait BodyRewriter: Send {
     /// Whether this rewriter changes function `func` (a defined function).
     fn wants(&self, func: u32) -> bool;
+    /// The instructions this rewriter looks at.
+    fn sees(&self) -> Sees {
+        Sees::Everything
+    }
     /// Instructions to run first, before the original body.
     fn prologue(&mut self, _cx: &mut BodyCx<'_>, _out: &mut Vec<Instruction<'static>>) {}
     /// Rewrites one instruction: push what replaces it onto `out` (push `ins` to keep it).

@@ -18,7 +18,8 @@
 //! one buffer for the whole output and a second copy of the Code section cost 2.9x and 3.0x).
 
 use crate::codemap::CodeMap;
-use crate::edit::{BodyCx, BodyRewriter, Edits};
+use crate::edit::{BodyCx, BodyRewriter, Edits, Sees};
+use crate::facts::CodeFacts;
 use crate::module::Module;
 use anyhow::{Context, Result, anyhow};
 use std::collections::BTreeMap;
@@ -62,6 +63,7 @@ pub struct Emitted {
 pub fn emit(
     module: &Module<'_>,
     edits: &mut Edits<'_>,
+    code_facts: &CodeFacts,
     out: &mut Output,
     options: EmitOptions,
 ) -> Result<Emitted> {
@@ -121,7 +123,13 @@ pub fn emit(
     // The Code section is built first: DWARF sections, wherever they are, need its map.
     let mut code = None;
     if changed.contains(&10) {
-        let (section, map) = build_code(module, edits, &mut emitted, options.code_map)?;
+        let (section, map) = build_code(
+            module,
+            edits,
+            &code_facts.indirect_call_offsets,
+            &mut emitted,
+            options.code_map,
+        )?;
         code = Some(section);
         emitted.code_map = map;
     } else if options.code_map {
@@ -578,6 +586,7 @@ fn build_section(
 fn build_code(
     module: &Module<'_>,
     edits: &mut Edits<'_>,
+    indirect_calls: &[u64],
     emitted: &mut Emitted,
     want_map: bool,
 ) -> Result<((Output, usize), Option<CodeMap>)> {
@@ -599,6 +608,7 @@ fn build_code(
     let mut offsets = Vec::new();
     let moved_originals: std::collections::BTreeSet<u32> =
         edits.moved_bodies.values().copied().collect();
+    let sees: Vec<Sees> = edits.rewriters.iter().map(|r| r.sees()).collect();
     for (i, body) in module.bodies.iter().enumerate() {
         let func = module.imported_funcs + i as u32;
         active.clear();
@@ -636,27 +646,42 @@ fn build_code(
             continue;
         }
         let want_offsets = map.is_some().then_some(&mut offsets);
-        let f = scratch
-            .rewrite(
+        let f = if active.iter().all(|&k| sees[k] == Sees::IndirectCalls) {
+            let first = indirect_calls.partition_point(|&at| at < old.start as u64);
+            let last = indirect_calls.partition_point(|&at| at < old.end as u64);
+            scratch.rewrite_calls(
+                module,
+                func,
+                body,
+                &indirect_calls[first..last],
+                &mut edits.rewriters,
+                &active,
+                &sees,
+                want_offsets,
+            )
+        } else {
+            scratch.rewrite(
                 module,
                 func,
                 body,
                 &mut edits.rewriters,
                 &active,
+                &sees,
                 want_offsets,
             )
-            .with_context(|| format!("rewriting function {func}"))?;
+        }
+        .with_context(|| format!("rewriting function {func}"))?;
         if let Some(map) = &mut map {
-            let start = count_len + (code.len() + leb_len(f.byte_len() as u64)) as u32;
+            let start = count_len + (code.len() + leb_len(f.len() as u64)) as u32;
             map.reencoded(
                 old_rel,
-                start..start + f.byte_len() as u32,
+                start..start + f.len() as u32,
                 offsets
                     .drain(..)
                     .map(|(old, new)| (old as u32 - code_start, start + new as u32)),
             );
         }
-        code.encode(&f);
+        code.encode(&f[..]);
         emitted.rewritten_functions.push(func);
     }
     let first_new = module.num_funcs();
@@ -700,6 +725,13 @@ fn unmoved_code(module: &Module<'_>) -> Option<CodeMap> {
     Some(map)
 }
 
+fn is_indirect_call(ins: &Instruction<'_>) -> bool {
+    matches!(
+        ins,
+        Instruction::CallIndirect { .. } | Instruction::ReturnCallIndirect { .. }
+    )
+}
+
 /// Bytes of the unsigned LEB128 encoding of `n`.
 fn leb_len(n: u64) -> usize {
     (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
@@ -713,6 +745,10 @@ struct Rewriting<'i> {
 }
 
 impl<'i> Rewriting<'i> {
+    /// Decodes the body of `func` and feeds every instruction through the `active` rewriters
+    /// (each shown what it [`Sees`]); `offsets` receives, for each original instruction, its
+    /// input offset and where its replacement starts in the new body.
+    #[allow(clippy::too_many_arguments)]
     fn rewrite(
         &mut self,
         module: &Module<'i>,
@@ -720,8 +756,9 @@ impl<'i> Rewriting<'i> {
         body: &wasmparser::FunctionBody<'i>,
         rewriters: &mut [Box<dyn BodyRewriter + '_>],
         active: &[usize],
+        sees: &[Sees],
         offsets: Option<&mut Vec<(u64, usize)>>,
-    ) -> Result<Function> {
+    ) -> Result<Vec<u8>> {
         let mut re = RoundtripReencoder;
         let sig = module
             .func_sig(func)
@@ -743,11 +780,14 @@ impl<'i> Rewriting<'i> {
 
         // Prologues: rewriter k's prologue runs through rewriters after k.
         for (pos, &k) in active.iter().enumerate() {
+            if sees[k] == Sees::IndirectCalls {
+                continue;
+            }
             let mut pro = Vec::new();
             rewriters[k].prologue(&mut cx, &mut pro);
             self.stage_in.clear();
             self.stage_in.extend(pro);
-            self.run_stages(&mut cx, rewriters, &active[pos + 1..]);
+            self.run_stages(&mut cx, rewriters, &active[pos + 1..], sees);
             all.append(&mut self.stage_in);
         }
 
@@ -774,7 +814,7 @@ impl<'i> Rewriting<'i> {
             self.stage_in.clear();
             self.stage_in
                 .push(re.instruction(op.clone()).map_err(encoding_error)?);
-            self.run_stages(&mut cx, rewriters, active);
+            self.run_stages(&mut cx, rewriters, active, sees);
             if offsets.is_some() {
                 starts.push(all.len());
             }
@@ -804,23 +844,109 @@ impl<'i> Rewriting<'i> {
                 }
             }
         }
-        Ok(f)
+        Ok(f.into_raw_body())
     }
 
-    /// Feeds `stage_in` through `stages` in order; the result is left in `stage_in`.
+    /// Feeds `stage_in` through `stages` in order, each shown what it [`Sees`]; the result
+    /// is left in `stage_in`.
     fn run_stages(
         &mut self,
         cx: &mut BodyCx<'_>,
         rewriters: &mut [Box<dyn BodyRewriter + '_>],
         stages: &[usize],
+        sees: &[Sees],
     ) {
         for &k in stages {
             self.stage_out.clear();
             for ins in self.stage_in.drain(..) {
-                rewriters[k].instruction(cx, ins, &mut self.stage_out);
+                if sees[k] == Sees::IndirectCalls && !is_indirect_call(&ins) {
+                    self.stage_out.push(ins);
+                } else {
+                    rewriters[k].instruction(cx, ins, &mut self.stage_out);
+                }
             }
             std::mem::swap(&mut self.stage_in, &mut self.stage_out);
         }
+    }
+
+    /// [`Rewriting::rewrite`] for a function whose `active` rewriters all see only indirect
+    /// calls, at input offsets `calls`: each call is decoded and fed through them, and every
+    /// other byte of the body is copied as it is (no decoding: the local declarations too,
+    /// unless a rewriter adds locals). `offsets` receives the input offset and new offset of
+    /// the code's start, of each call and of what follows it: between them the code is the
+    /// input's.
+    #[allow(clippy::too_many_arguments)]
+    fn rewrite_calls(
+        &mut self,
+        module: &Module<'i>,
+        func: u32,
+        body: &wasmparser::FunctionBody<'i>,
+        calls: &[u64],
+        rewriters: &mut [Box<dyn BodyRewriter + '_>],
+        active: &[usize],
+        sees: &[Sees],
+        offsets: Option<&mut Vec<(u64, usize)>>,
+    ) -> Result<Vec<u8>> {
+        let sig = module
+            .func_sig(func)
+            .ok_or_else(|| anyhow!("function {func} has no function type"))?;
+        let range = Module::body_range(body);
+        let mut declared = 0u32;
+        let mut locals = Vec::new();
+        let mut re = RoundtripReencoder;
+        for l in body.get_locals_reader()? {
+            let (n, ty) = l?;
+            locals.push((n, re.val_type(ty).map_err(encoding_error)?));
+            declared += n;
+        }
+        let code_start = body.get_operators_reader()?.original_position() as usize;
+        let mut cx = BodyCx::new(func, sig, declared, &[]);
+        // The code, and (input offset, offset in `code`) of each place the input's code resumes.
+        let mut code = Vec::with_capacity(range.end - code_start + 16 * calls.len());
+        let mut resumes = vec![(code_start as u64, 0)];
+        let mut at = code_start;
+        for &call in calls {
+            let call = call as usize;
+            code.extend_from_slice(&module.bytes[at..call]);
+            let input = wasmparser::BinaryReader::new(&module.bytes[call..range.end], call as u64);
+            let mut reader = wasmparser::OperatorsReader::new(input);
+            let op = reader.read()?;
+            debug_assert!(matches!(
+                op,
+                wasmparser::Operator::CallIndirect { .. }
+                    | wasmparser::Operator::ReturnCallIndirect { .. }
+            ));
+            cx.offset = call as u64;
+            self.stage_in.clear();
+            self.stage_in
+                .push(re.instruction(op).map_err(encoding_error)?);
+            self.run_stages(&mut cx, rewriters, active, sees);
+            resumes.push((call as u64, code.len()));
+            for ins in self.stage_in.drain(..) {
+                ins.encode(&mut code);
+            }
+            at = reader.original_position() as usize;
+            resumes.push((at as u64, code.len()));
+        }
+        code.extend_from_slice(&module.bytes[at..range.end]);
+        let new_locals = cx.take_new_locals();
+        let mut f = if new_locals.is_empty() {
+            module.bytes[range.start..code_start].to_vec()
+        } else {
+            locals.extend(new_locals.into_iter().map(|t| (1, t)));
+            Function::new(locals).into_raw_body()
+        };
+        let locals_len = f.len();
+        f.extend_from_slice(&code);
+        if let Some(offsets) = offsets {
+            resumes.dedup_by_key(|r| r.0);
+            offsets.extend(
+                resumes
+                    .into_iter()
+                    .map(|(old, new)| (old, locals_len + new)),
+            );
+        }
+        Ok(f)
     }
 }
 

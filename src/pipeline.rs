@@ -265,8 +265,9 @@ pub fn rewrite<'a>(
             code_map: update_dwarf || options.code_map || !debug.is_empty(),
             update_dwarf,
         };
-        let emitted =
-            emit::emit(emitted_from, &mut edits, &mut output, emit_options).map_err(|e| {
+        let code = f.code(&module);
+        let emitted = emit::emit(emitted_from, &mut edits, code, &mut output, emit_options)
+            .map_err(|e| {
                 if e.is::<crate::dwarf::CannotUpdate>() {
                     Failure::Refused {
                         pass: "dwarf",
