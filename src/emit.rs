@@ -5,7 +5,10 @@
 //! allows it (globals, elements, data, function bodies) and re-encoded with
 //! `reencode::RoundtripReencoder` where it does not (types, functions, tables: small sections),
 //! then the new items. Function bodies that no rewriter wants are copied raw; the others are
-//! decoded once and streamed through every rewriter that wants them.
+//! decoded once and streamed through every rewriter that wants them. A body whose rewriters all
+//! look only at indirect calls ([`Sees::IndirectCalls`]) is not decoded: its calls, found where
+//! the input's validation saw them, go through the rewriters, and the bytes between them are
+//! copied as they are (the input's encoding of untouched instructions is kept).
 //!
 //! When asked (`EmitOptions::code_map`), the Code section is written first and records where
 //! every original body and instruction went ([`CodeMap`]); DWARF sections are then updated
