@@ -6,9 +6,15 @@
 //! literal. This pass checks, inline, every load and store of memory 0 whose effective address
 //! (`address + offset`) may fall in
 //!
-//! - the null page `[0, G)`: G is the lowest address of the module's data (wasm-ld puts nothing
-//!   below `__global_base`, 1024 by default); loads and stores. When the stack lies at address 0
-//!   (`--stack-first`), there is no null page to check;
+//! - the null page `[0, G)`: G is the lowest address a static can have (`Facts::global_base`):
+//!   the name `__global_base`, else the documented default (1024) of the linker that laid the
+//!   module out, identified by Emscripten imports, a function wasm-ld synthesizes, wasm-ld's
+//!   segment names or a `processed-by clang` producer; never above the lowest data segment, the
+//!   stack or the heap. The lowest data segment alone is not G: wasm-opt drops the leading zero
+//!   bytes of segments, so zero-initialized statics lie below it (a correct program was stopped
+//!   that way). When G cannot be established (a stripped module without producers), the null
+//!   page is not checked and the report says why. Loads and stores. When the stack lies at
+//!   address 0 (`--stack-first`), there is no null page to check;
 //! - read-only data `[ro_low, ro_high)`: the data segments the name section calls `.rodata…`
 //!   (wasm-ld names them; wasm-opt keeps the names when it splits them); stores only. Without
 //!   data segment names (stripped) this check is skipped, and the report says so.
@@ -37,7 +43,7 @@ use super::trap_blocks::{At, TrapBlocks};
 use super::{Pass, PassCx, PassReport};
 use crate::diag::{Message, store_text};
 use crate::edit::{BodyCx, BodyRewriter};
-use crate::facts::StackLayout;
+use crate::facts::{Facts, StackLayout};
 use crate::module::Module;
 use anyhow::Result;
 use std::collections::HashMap;
@@ -79,20 +85,20 @@ impl Pass for Bounds {
         let shift = cx.edits.stack_relocated;
         let stack_first =
             shift.is_some() || matches!(&facts.stack, Ok(r) if r.layout == StackLayout::StackFirst);
-        let null_end = match (&facts.data, stack_first) {
-            (_, true) | (None, _) => 0,
-            (Some(d), false) => d.low,
+        let (null_end, null_how) = match (&facts.global_base, stack_first) {
+            (_, true) => (0, "no null page: the stack lies at address 0".to_string()),
+            (Ok(g), false) if g.value == 0 => (0, format!("no null page: {}", g.how)),
+            (Ok(g), false) => (g.value.min(u32::MAX as u64), g.how.clone()),
+            (Err(why), false) => (0, format!("null page not checked: {why}")),
         };
-        let (read_only, ro_how) = read_only_data(m);
+        let (read_only, ro_how) = read_only_data(m, facts);
         let read_only = read_only.map(|(lo, hi)| {
             let by = shift.unwrap_or(0) as u32;
             (lo.saturating_add(by), hi.saturating_add(by))
         });
         let mut notes = Vec::new();
-        if stack_first {
-            notes.push("no null page: the stack lies at address 0".to_string());
-        } else if null_end == 0 {
-            notes.push("no null page: the module has no data".to_string());
+        if null_end == 0 {
+            notes.push(null_how.clone());
         }
         if read_only.is_none() {
             notes.push(format!("read-only data not checked: {ro_how}"));
@@ -137,7 +143,7 @@ impl Pass for Bounds {
             checked.len(),
             match null_end {
                 0 => String::new(),
-                g => format!("null page [0, {g})"),
+                g => format!("null page [0, {g}) ({null_how})"),
             },
             match read_only {
                 Some((lo, hi)) => format!(
@@ -173,6 +179,7 @@ impl Pass for Bounds {
                 "checked_functions": count,
                 "skipped_functions_with_several_results": several_results,
                 "null_page": [0, null_end],
+                "null_page_found_by": null_how,
                 "read_only": read_only,
                 "read_only_found_by": ro_how,
             }),
@@ -181,22 +188,14 @@ impl Pass for Bounds {
 }
 
 /// `[low, high)` of the data segments named `.rodata…`, or why it is unknown.
-fn read_only_data(m: &Module<'_>) -> (Option<(u32, u32)>, String) {
-    let Some(section) = m.custom("name") else {
+fn read_only_data(m: &Module<'_>, facts: &Facts) -> (Option<(u32, u32)>, String) {
+    if m.custom("name").is_none() {
         return (
             None,
             "no name section, so no data segment names (keep `name`)".into(),
         );
-    };
-    let mut data_names: HashMap<u32, String> = HashMap::new();
-    let reader = wasmparser::NameSectionReader::new(m.section_reader(section));
-    for sub in reader.into_iter().flatten() {
-        if let wasmparser::Name::Data(map) = sub {
-            for naming in map.into_iter().flatten() {
-                data_names.insert(naming.index, naming.name.to_string());
-            }
-        }
     }
+    let data_names = &facts.data_names;
     if data_names.is_empty() {
         return (None, "the name section has no data segment names".into());
     }
