@@ -165,3 +165,63 @@ fn null_dereferences_stop_where_the_global_base_is_known() {
     );
     assert_eq!(run_wasi(&fixed, &["null"]), run_wasi(&original, &["null"]));
 }
+
+/// A run that stopped: trapped, printed nothing on stdout, and `message…` on stderr.
+fn assert_stopped(run: &common::Run, message: &str, what: &str) {
+    assert!(
+        matches!(run.outcome, Outcome::Trap(_)),
+        "{what}: should trap: {run:?}"
+    );
+    assert!(run.stdout.is_empty(), "{what}: wrong output: {run:?}");
+    assert!(
+        run.stderr.starts_with(message),
+        "{what}: expected `{message}…` on stderr: {run:?}"
+    );
+}
+
+/// Issue 15, bug 2a: `strcpy` of a long name into a 16-byte local of `copy_name` overwrites its
+/// caller's `role` ("role=AAAA… ACCESS GRANTED"). clang keeps `copy_name` a function; wasm-opt
+/// inlines it (and its caller, into `_start`) and keeps its frame as a nested opening that
+/// stack-canary used to skip. Now the nested frame has its own canary.
+#[test]
+fn stack_overflow_into_an_inlined_callers_frame_stops_in_every_build() {
+    let long = "A".repeat(64);
+    for build in BUILDS {
+        let original = fixture(&format!("harden.{build}.wasm"));
+        let before = run_wasi(&original, &["role", &long]);
+        assert_eq!(before.outcome, Outcome::Exit(0), "{build}");
+        assert!(
+            before.stdout.ends_with(" ACCESS GRANTED\n") && before.stdout.starts_with("role=AAAA"),
+            "{build}: the wrong decision: {before:?}"
+        );
+        let message = match *build {
+            "O2.wasmopt" => {
+                "wasmfix: stack buffer overflow in a nested frame of _start.command_export\n"
+            }
+            "O2.wasmopt.stripped" => {
+                "wasmfix: stack buffer overflow in a nested frame of function "
+            }
+            _ => "wasmfix: stack buffer overflow in copy_name",
+        };
+        for passes in ["--harden", "stack-canary"] {
+            let (fixed, reports) = rewrite(&original, passes);
+            let after = run_wasi(&fixed, &["role", &long]);
+            assert_stopped(&after, message, &format!("{build} {passes}"));
+            if build.contains("wasmopt") {
+                let summary = &report(&reports, "stack-canary").summary;
+                assert!(
+                    summary.contains(" nested frames (as inlining leaves them) in "),
+                    "{summary}"
+                );
+            }
+            for name in ["bob", "root", "AAAAAAAAAAAAAAA"] {
+                let args = ["role", name];
+                assert_eq!(
+                    run_wasi(&fixed, &args),
+                    run_wasi(&original, &args),
+                    "{build} {passes} {args:?}"
+                );
+            }
+        }
+    }
+}
