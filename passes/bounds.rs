@@ -35,13 +35,27 @@
 //! stack addresses lie in the stack region, which is outside both ranges. Also unchecked: SIMD
 //! lane and splat loads, atomics, and `memory.fill`/`memory.copy`/`memory.init` destinations.
 //!
+//! A store of the constant zero (`i32.const 0` / `i64.const 0` / +0.0 right before the store)
+//! is not checked against the null page in stop mode, only against read-only data: the null
+//! page holds zeros (no data segment lies there) and every load from it is checked, so such a
+//! store changes nothing the program can see. This is the class of wasi-libc's benign
+//! `__secs_to_zone` write (WebAssembly/wasi-libc#506: `*oppoff = 0` through the NULL that
+//! `__localtime_r` passes, on every `localtime` call; after wasm-opt inlines it, `i32.const 0;
+//! i32.const 0; i32.store`), which would otherwise stop every such program, named or not.
+//! Report mode checks and shows them too.
+//!
+//! Report mode (`--harden-mode report`): no trap block; each check is `if (address in range)
+//! { report once }` and the access follows as in the original, so the program goes on exactly
+//! as it would have; each access site reports once (`OnceFlag`). `--harden-allow FUNC` leaves
+//! a function unchecked.
+//!
 //! Executions without such an access run the same instructions plus comparisons that are false.
 //!
 //! Refuses: memory64, shared memory, several memories.
 
 use super::trap_blocks::{At, TrapBlocks};
 use super::{Pass, PassCx, PassReport};
-use crate::diag::{Message, store_text};
+use crate::diag::{Diagnostics, Message, OnError, OnceFlags, store_text};
 use crate::edit::{BodyCx, BodyRewriter};
 use crate::facts::{Facts, StackLayout};
 use crate::module::Module;
@@ -109,22 +123,47 @@ impl Pass for Bounds {
         let ranges = Ranges::new(null_end as u32, read_only);
         let sp = facts.stack_pointer.as_ref().ok().map(|s| s.value);
 
-        // Functions with accesses to check, ascending.
+        let mode = cx.options.on_error;
+        // Functions with accesses to check, ascending, and how many accesses each has.
         let mut checked = Vec::new();
-        let mut several_results = 0;
+        let mut accesses = Vec::new();
+        let (mut several_results, mut allowed) = (0, 0);
         for (i, body) in m.bodies.iter().enumerate() {
             let f = m.imported_funcs + i as u32;
-            if !accesses_memory(body) {
+            let n = count_accesses(body);
+            if n == 0 {
                 continue;
             }
             if m.func_sig(f).is_none_or(|s| s.results().len() > 1) {
                 several_results += 1;
                 continue;
             }
+            if cx.options.allowed(facts, f) {
+                allowed += 1;
+                continue;
+            }
             checked.push(f);
+            accesses.push(n);
         }
+        let warnings = cx.options.unmatched_allows(m, facts);
         let edits = &mut *cx.edits;
-        let handler = handler(m, edits, null_end as u32);
+        if mode == OnError::Report && !Diagnostics::available(m, edits) {
+            return Ok(nothing(
+                "report mode, but the module cannot write messages (it imports no WASI \
+                 fd_write): nothing to report"
+                    .into(),
+            ));
+        }
+        // Report mode: each checked access reports once.
+        let mut flags = HashMap::new();
+        if mode == OnError::Report {
+            for (&f, &n) in checked.iter().zip(&accesses) {
+                if let Some(range) = Diagnostics::once_flags(m, edits, n) {
+                    flags.insert(f, range);
+                }
+            }
+        }
+        let handler = handler(m, edits, null_end as u32, mode);
         let mut names = HashMap::new();
         for &f in &checked {
             if let Some(name) = facts.function_names.get(&f)
@@ -157,7 +196,14 @@ impl Pass for Bounds {
             } else {
                 format!("; {}", notes.join("; "))
             }
-        );
+        ) + &match (allowed, mode) {
+            (0, OnError::Stop) => String::new(),
+            (0, OnError::Report) => "; report mode".to_string(),
+            (n, OnError::Stop) => format!("; {n} functions allowed (--harden-allow)"),
+            (n, OnError::Report) => {
+                format!("; report mode; {n} functions allowed (--harden-allow)")
+            }
+        };
         edits.record_applied(
             "bounds",
             serde_json::json!({ "null": [0, null_end], "read_only": read_only }),
@@ -169,15 +215,19 @@ impl Pass for Bounds {
             handler,
             names,
             checked,
+            mode,
+            flags,
             f: PerFunction::default(),
         }));
         Ok(PassReport {
             pass: "bounds",
             summary,
-            warnings: Vec::new(),
+            warnings,
             details: serde_json::json!({
                 "checked_functions": count,
                 "skipped_functions_with_several_results": several_results,
+                "allowed_functions": allowed,
+                "mode": mode,
                 "null_page": [0, null_end],
                 "null_page_found_by": null_how,
                 "read_only": read_only,
@@ -234,16 +284,16 @@ fn read_only_data(m: &Module<'_>, facts: &Facts) -> (Option<(u32, u32)>, String)
     )
 }
 
-fn accesses_memory(body: &wasmparser::FunctionBody<'_>) -> bool {
+/// The number of checked-kind accesses in a body.
+fn count_accesses(body: &wasmparser::FunctionBody<'_>) -> u32 {
     let Ok(mut ops) = body.get_operators_reader() else {
-        return false;
+        return 0;
     };
+    let mut n = 0;
     while let Ok(op) = ops.read() {
-        if access(&op).is_some() {
-            return true;
-        }
+        n += u32::from(access(&op).is_some());
     }
-    false
+    n
 }
 
 /// Whether `op` is a checked load (false) or store (true), with its offset (one memory: the
@@ -320,10 +370,12 @@ impl Ranges {
     }
 
     /// The ranges a load (`store` false) or store must avoid, as `[low, high)`; adjacent ones
-    /// merged so that most stores need one comparison.
-    fn for_access(&self, store: bool) -> Vec<(u32, u32)> {
+    /// merged so that most stores need one comparison. A store of the constant zero
+    /// (`zero`) only avoids read-only data: the null page holds zeros and stays so (see the
+    /// header).
+    fn for_access(&self, store: bool, zero: bool) -> Vec<(u32, u32)> {
         let mut out = Vec::new();
-        if self.null_end > 0 {
+        if self.null_end > 0 && !zero {
             out.push((0, self.null_end));
         }
         if let (true, Some((lo, hi))) = (store, self.read_only) {
@@ -336,15 +388,22 @@ impl Ranges {
     }
 }
 
-/// handler(address, function, name_offset, name_len): the message, then a trap.
-fn handler(m: &Module<'_>, edits: &mut crate::edit::Edits<'_>, null_end: u32) -> u32 {
+/// handler(address, function, name_offset, name_len): the message, then a trap (stop mode)
+/// or a return (report mode).
+fn handler(
+    m: &Module<'_>,
+    edits: &mut crate::edit::Edits<'_>,
+    null_end: u32,
+    mode: OnError,
+) -> u32 {
     let (address, func, name_offset, name_len) = (0, 1, 2, 3);
-    let mut body = vec![
+    let mut body = Message::start(m, edits, mode).instructions;
+    body.extend([
         Instruction::LocalGet(address),
         Instruction::I32Const(null_end as i32),
         Instruction::I32LtU,
         Instruction::If(BlockType::Empty),
-    ];
+    ]);
     body.extend(
         Message::new()
             .text(m, edits, "wasmfix: null pointer dereference at address ")
@@ -385,10 +444,14 @@ fn handler(m: &Module<'_>, edits: &mut crate::edit::Edits<'_>, null_end: u32) ->
             .instructions,
     );
     body.push(Instruction::End);
-    body.extend(Message::new().text(m, edits, "\n").trap(m, edits));
+    body.extend(Message::new().text(m, edits, "\n").end(m, edits, mode));
     body.push(Instruction::End);
     let i32t = wasmparser::ValType::I32;
-    edits.add_helper(m, "wasmfix:bounds_fault", (&[i32t; 4], &[]), &[], &body)
+    let name = match mode {
+        OnError::Stop => "wasmfix:bounds_fault",
+        OnError::Report => "wasmfix:bounds_report",
+    };
+    edits.add_helper(m, name, (&[i32t; 4], &[]), &[], &body)
 }
 
 struct Checks {
@@ -398,6 +461,9 @@ struct Checks {
     names: HashMap<u32, (u32, u32)>,
     /// Functions with accesses to check, ascending.
     checked: Vec<u32>,
+    mode: OnError,
+    /// Report mode: one flag per access of each checked function.
+    flags: HashMap<u32, OnceFlags>,
     f: PerFunction,
 }
 
@@ -412,6 +478,9 @@ struct PerFunction {
     frame: Vec<u32>,
     /// The last two instructions received, for the provably fine addresses.
     last: [Option<Instruction<'static>>; 2],
+    /// Report mode: the function's flags, and the number of accesses seen so far.
+    flags: OnceFlags,
+    sites: u32,
 }
 
 /// Locals written exactly once, at the top level of the function, from `global.get sp` or
@@ -518,8 +587,13 @@ impl BodyRewriter for Checks {
         self.f = PerFunction {
             address: cx.add_local(ValType::I32),
             frame,
+            flags: self.flags.get(&cx.func).cloned().unwrap_or_default(),
             ..PerFunction::default()
         };
+        if self.mode == OnError::Report {
+            // Checks report inline and go on: no trap block.
+            return;
+        }
         let results = match cx.sig.results() {
             [] => BlockType::Empty,
             [t] => BlockType::Result(RoundtripReencoder.val_type(*t).expect("a value type")),
@@ -537,7 +611,11 @@ impl BodyRewriter for Checks {
         out: &mut Vec<Instruction<'i>>,
     ) {
         let remembered = instruction_to_static(&ins);
-        match self.f.blocks.track(&mut ins) {
+        let at = match self.mode {
+            OnError::Stop => self.f.blocks.track(&mut ins),
+            OnError::Report => At::Body,
+        };
+        match at {
             At::Outside => out.push(ins),
             At::End => {
                 let mut trap = vec![
@@ -556,13 +634,28 @@ impl BodyRewriter for Checks {
             }
             At::Body => {
                 if let Some((store, offset, ty)) = access_ins(&ins) {
-                    let ranges = self.ranges.for_access(store);
+                    let site = self.f.sites;
+                    self.f.sites += 1;
+                    // Stop mode lets a zero store into the null page pass (see the header);
+                    // report mode shows it.
+                    let zero = self.mode == OnError::Stop && store && stores_zero(&self.f.last[1]);
+                    let ranges = self.ranges.for_access(store, zero);
                     if !ranges.is_empty() && !self.provably_fine(store, offset, &ranges) {
                         let value = store.then(|| self.value_local(cx, ty));
                         if let Some(v) = value {
                             out.push(Instruction::LocalSet(v));
                         }
                         out.push(Instruction::LocalSet(self.f.address));
+                        if self.mode == OnError::Report {
+                            self.report_checks(cx.func, site, offset, &ranges, out);
+                            out.push(Instruction::LocalGet(self.f.address));
+                            if let Some(v) = value {
+                                out.push(Instruction::LocalGet(v));
+                            }
+                            out.push(ins);
+                            self.f.last = [self.f.last[1].take(), remembered];
+                            return;
+                        }
                         let depth = self.f.blocks.trap_depth(0);
                         for (lo, hi) in ranges {
                             // addr + offset in [lo, hi)  ⟺  addr - (lo - offset) < hi - lo,
@@ -599,6 +692,62 @@ impl BodyRewriter for Checks {
             }
         }
         self.f.last = [self.f.last[1].take(), remembered];
+    }
+}
+
+/// Whether the instruction before a store, `value`, pushes a zero (any type): that store
+/// cannot change the null page.
+fn stores_zero(value: &Option<Instruction<'static>>) -> bool {
+    match value {
+        Some(Instruction::I32Const(0) | Instruction::I64Const(0)) => true,
+        Some(Instruction::F32Const(x)) => x.bits() == 0,
+        Some(Instruction::F64Const(x)) => x.bits() == 0,
+        _ => false,
+    }
+}
+
+impl Checks {
+    /// Report mode: for each range, `if (address in range) { report once }`; the access
+    /// follows as in the original.
+    fn report_checks(
+        &self,
+        func: u32,
+        site: u32,
+        offset: u64,
+        ranges: &[(u32, u32)],
+        out: &mut Vec<Instruction<'_>>,
+    ) {
+        let (name_offset, name_len) = self.names.get(&func).copied().unwrap_or((0, 0));
+        for &(lo, hi) in ranges {
+            if offset >= hi as u64 {
+                continue;
+            }
+            out.push(Instruction::LocalGet(self.f.address));
+            if lo as u64 <= offset {
+                out.push(Instruction::I32Const((hi as u64 - offset) as i32));
+            } else {
+                out.extend([
+                    Instruction::I32Const((lo as u64 - offset) as i32),
+                    Instruction::I32Sub,
+                    Instruction::I32Const((hi - lo) as i32),
+                ]);
+            }
+            out.extend([Instruction::I32LtU, Instruction::If(BlockType::Empty)]);
+            let report = vec![
+                Instruction::LocalGet(self.f.address),
+                Instruction::I32Const(offset as i32),
+                Instruction::I32Add,
+                Instruction::I32Const(func as i32),
+                Instruction::I32Const(name_offset as i32),
+                Instruction::I32Const(name_len as i32),
+                Instruction::Call(self.handler),
+            ];
+            match self.f.flags.get(site) {
+                Some(flag) => out.extend(flag.guard(report)),
+                None => out.extend(report),
+            }
+            out.push(Instruction::End);
+        }
     }
 }
 

@@ -57,6 +57,11 @@
 //! itself never nests frames (one frame per function), so these come from inlining. A mismatch
 //! prints `wasmfix: stack buffer overflow in a nested frame of <function>`.
 //!
+//! Report mode (`--harden-mode report`): a mismatch prints its message once per frame (entry
+//! or nested) and the function returns as it would have; the `$body` block still routes
+//! branches to the function's label through the exit check. `--harden-allow FUNC` leaves a
+//! function's frames alone.
+//!
 //! Executions without an overflow run the same instructions plus a store and, per exit, a load
 //! and a comparison that is false; the stack holds 16 more bytes per frame (the wasm32 C ABI
 //! keeps the stack pointer 16-byte aligned, so a slot cannot be smaller without misaligning the
@@ -68,7 +73,7 @@
 
 use super::trap_blocks::{At, TrapBlocks};
 use super::{Pass, PassCx, PassReport};
-use crate::diag::{Message, store_text};
+use crate::diag::{Diagnostics, Message, OnError, OnceFlag, store_text};
 use crate::edit::{BodyCx, BodyRewriter};
 use crate::module::Module;
 use anyhow::{Result, bail};
@@ -135,7 +140,12 @@ impl Pass for StackCanary {
         let mut plans: BTreeMap<u32, Plan> = BTreeMap::new();
         let mut skipped: HashMap<&'static str, usize> = HashMap::new();
         let mut uncertain_nested = 0;
+        let mode = cx.options.on_error;
         for &f in writers.iter().filter(|&&f| f >= m.imported_funcs) {
+            if cx.options.allowed(facts, f) {
+                *skipped.entry("allowed (--harden-allow)").or_default() += 1;
+                continue;
+            }
             let entry = match eligible(m, f, sp, asyncify) {
                 Ok(()) => true,
                 Err(Some(why)) => {
@@ -163,10 +173,29 @@ impl Pass for StackCanary {
         let nested_frames: usize = plans.values().map(|p| p.nested.len()).sum();
         let nested_functions = plans.values().filter(|p| !p.nested.is_empty()).count();
 
+        let warnings = cx.options.unmatched_allows(m, facts);
         let edits = &mut *cx.edits;
+        if mode == OnError::Report && !Diagnostics::available(m, edits) {
+            return Ok(nothing(
+                "report mode, but the module cannot write messages (it imports no WASI \
+                 fd_write): nothing to report"
+                    .into(),
+            ));
+        }
+        // Report mode: each frame (and nested frame) reports once.
+        let mut flags: HashMap<u32, Vec<OnceFlag>> = HashMap::new();
+        if mode == OnError::Report {
+            for (&f, plan) in &plans {
+                let n = u32::from(plan.entry) + plan.nested.len() as u32;
+                let fs = (0..n)
+                    .filter_map(|_| Diagnostics::once_flag(m, edits))
+                    .collect();
+                flags.insert(f, fs);
+            }
+        }
         let canary = edits.add_i32_global(m, true, build_canary(m.bytes) as i32);
         // handler(name_offset, name_len) and handler_unnamed(function).
-        let mut body = Message::new()
+        let mut body = Message::start(m, edits, mode)
             .text(m, edits, "wasmfix: stack buffer overflow in ")
             .stored_text(
                 m,
@@ -175,15 +204,15 @@ impl Pass for StackCanary {
                 vec![Instruction::LocalGet(1)],
             )
             .text(m, edits, "\n")
-            .trap(m, edits);
+            .end(m, edits, mode);
         body.push(Instruction::End);
         let i32t = wasmparser::ValType::I32;
         let handler = edits.add_helper(m, "wasmfix:stack_canary", (&[i32t; 2], &[]), &[], &body);
-        let mut body = Message::new()
+        let mut body = Message::start(m, edits, mode)
             .text(m, edits, "wasmfix: stack buffer overflow in function ")
             .number(m, edits, vec![Instruction::LocalGet(0)])
             .text(m, edits, "\n")
-            .trap(m, edits);
+            .end(m, edits, mode);
         body.push(Instruction::End);
         let handler_unnamed = edits.add_helper(
             m,
@@ -195,7 +224,7 @@ impl Pass for StackCanary {
         // The nested frames' handlers: nested_handler(name_offset, name_len) and
         // nested_handler_unnamed(function).
         let nested_handlers = (nested_frames > 0).then(|| {
-            let mut body = Message::new()
+            let mut body = Message::start(m, edits, mode)
                 .text(
                     m,
                     edits,
@@ -208,7 +237,7 @@ impl Pass for StackCanary {
                     vec![Instruction::LocalGet(1)],
                 )
                 .text(m, edits, "\n")
-                .trap(m, edits);
+                .end(m, edits, mode);
             body.push(Instruction::End);
             let named = edits.add_helper(
                 m,
@@ -217,7 +246,7 @@ impl Pass for StackCanary {
                 &[],
                 &body,
             );
-            let mut body = Message::new()
+            let mut body = Message::start(m, edits, mode)
                 .text(
                     m,
                     edits,
@@ -225,7 +254,7 @@ impl Pass for StackCanary {
                 )
                 .number(m, edits, vec![Instruction::LocalGet(0)])
                 .text(m, edits, "\n")
-                .trap(m, edits);
+                .end(m, edits, mode);
             body.push(Instruction::End);
             let unnamed = edits.add_helper(
                 m,
@@ -256,6 +285,8 @@ impl Pass for StackCanary {
             handler,
             handler_unnamed,
             nested_handlers,
+            mode,
+            flags,
             names,
             plans,
             f: PerFunction::default(),
@@ -293,10 +324,14 @@ impl Pass for StackCanary {
                     Some(g) => format!("; Asyncify state global {g}"),
                     None => String::new(),
                 }
-            ),
-            warnings: Vec::new(),
+            ) + match mode {
+                OnError::Stop => "",
+                OnError::Report => "; report mode",
+            },
+            warnings,
             details: serde_json::json!({
                 "protected_functions": count,
+                "mode": mode,
                 "nested_frames": nested_frames,
                 "nested_frames_left_alone": uncertain_nested,
                 "skipped": skipped.iter().map(|(w, n)| serde_json::json!({"why": w, "functions": n})).collect::<Vec<_>>(),
@@ -702,6 +737,10 @@ struct Canary {
     canary: u32,
     handler: u32,
     handler_unnamed: u32,
+    mode: OnError,
+    /// Report mode: per function, the flag of its entry frame (if protected) and of each
+    /// nested frame, in order.
+    flags: HashMap<u32, Vec<OnceFlag>>,
     /// (named, unnamed) handlers of the nested frames' checks.
     nested_handlers: Option<(u32, u32)>,
     names: HashMap<u32, (u32, u32)>,
@@ -722,23 +761,68 @@ struct PerFunction {
     opens: Vec<u64>,
     restores: Vec<u64>,
     blocks: TrapBlocks,
+    /// Report mode: the entry frame's flag, and each nested frame's by its restore's offset.
+    entry_flag: Option<OnceFlag>,
+    nested_flags: Vec<(u64, OnceFlag)>,
 }
 
 impl Canary {
-    /// The exit check: compare the canary (branch to trap block 0 on a mismatch), pop the slot.
-    fn exit(&self, trap_depth: u32) -> [Instruction<'static>; 9] {
+    /// The exit check: compare the canary (stop: branch to trap block 0 on a mismatch; report:
+    /// report once), pop the slot.
+    fn exit(&self, func: u32, trap_depth: u32) -> Vec<Instruction<'static>> {
         let word = super::word(0);
-        [
+        let mut code = vec![
             Instruction::LocalGet(self.f.slot),
             Instruction::I32Load(word),
             Instruction::GlobalGet(self.canary),
             Instruction::I32Ne,
-            Instruction::BrIf(trap_depth),
+        ];
+        match self.mode {
+            OnError::Stop => code.push(Instruction::BrIf(trap_depth)),
+            OnError::Report => {
+                code.push(Instruction::If(BlockType::Empty));
+                code.extend(self.report_once(self.f.entry_flag, self.call_handler(func, false)));
+                code.push(Instruction::End);
+            }
+        }
+        code.extend([
             Instruction::LocalGet(self.f.slot),
             Instruction::I32Const(SLOT),
             Instruction::I32Add,
             Instruction::GlobalSet(self.sp),
-        ]
+        ]);
+        code
+    }
+
+    /// The call that reports an overflow in function `func`'s frame (`nested`: a nested one).
+    fn call_handler(&self, func: u32, nested: bool) -> Vec<Instruction<'static>> {
+        let (named, unnamed) = match nested {
+            false => (self.handler, self.handler_unnamed),
+            true => self.nested_handlers.expect("nested frames have handlers"),
+        };
+        match self.names.get(&func) {
+            Some(&(offset, len)) => vec![
+                Instruction::I32Const(offset as i32),
+                Instruction::I32Const(len as i32),
+                Instruction::Call(named),
+            ],
+            None => vec![
+                Instruction::I32Const(func as i32),
+                Instruction::Call(unnamed),
+            ],
+        }
+    }
+
+    /// `call`, guarded by `flag` when there is one.
+    fn report_once(
+        &self,
+        flag: Option<OnceFlag>,
+        call: Vec<Instruction<'static>>,
+    ) -> Vec<Instruction<'static>> {
+        match flag {
+            Some(flag) => flag.guard(call),
+            None => call,
+        }
     }
 
     /// Replaces a nested opening's `global.get sp`: push a slot holding the canary; the frame
@@ -758,11 +842,10 @@ impl Canary {
         ]);
     }
 
-    /// Replaces a nested restore's `global.set sp`, whose value is the slot's address: check the
-    /// canary, then pop the slot too.
-    fn restore_nested(&self, func: u32, out: &mut Vec<Instruction<'_>>) {
+    /// Replaces the `global.set sp` of the nested restore at input offset `at`, whose value is
+    /// the slot's address: check the canary, then pop the slot too.
+    fn restore_nested(&self, func: u32, at: u64, out: &mut Vec<Instruction<'_>>) {
         let word = super::word(0);
-        let (named, unnamed) = self.nested_handlers.expect("nested frames have handlers");
         out.extend([
             Instruction::LocalTee(self.f.scratch),
             Instruction::I32Load(word),
@@ -770,19 +853,18 @@ impl Canary {
             Instruction::I32Ne,
             Instruction::If(BlockType::Empty),
         ]);
-        match self.names.get(&func) {
-            Some(&(offset, len)) => out.extend([
-                Instruction::I32Const(offset as i32),
-                Instruction::I32Const(len as i32),
-                Instruction::Call(named),
-            ]),
-            None => out.extend([
-                Instruction::I32Const(func as i32),
-                Instruction::Call(unnamed),
-            ]),
+        let call = self.call_handler(func, true);
+        match self.mode {
+            OnError::Stop => {
+                out.extend(call);
+                out.push(Instruction::Unreachable);
+            }
+            OnError::Report => {
+                let flag = self.f.nested_flags.iter().find(|(o, _)| *o == at);
+                out.extend(self.report_once(flag.map(|f| f.1), call));
+            }
         }
         out.extend([
-            Instruction::Unreachable,
             Instruction::End,
             Instruction::LocalGet(self.f.scratch),
             Instruction::I32Const(SLOT),
@@ -799,10 +881,19 @@ impl BodyRewriter for Canary {
 
     fn prologue(&mut self, cx: &mut BodyCx<'_>, out: &mut Vec<Instruction<'static>>) {
         let plan = &self.plans[&cx.func];
+        let mut flags = self
+            .flags
+            .get(&cx.func)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter();
+        let entry_flag = if plan.entry { flags.next() } else { None };
         self.f = PerFunction {
             entry: plan.entry,
             opens: plan.nested.iter().map(|n| n.open).collect(),
             restores: plan.nested.iter().map(|n| n.restore).collect(),
+            entry_flag,
+            nested_flags: plan.nested.iter().map(|n| n.restore).zip(flags).collect(),
             ..PerFunction::default()
         };
         if !self.f.opens.is_empty() {
@@ -828,7 +919,13 @@ impl BodyRewriter for Canary {
             [t] => BlockType::Result(RoundtripReencoder.val_type(*t).expect("a value type")),
             _ => unreachable!("functions with several results are not protected"),
         };
-        self.f.blocks.open(&[BlockType::Empty], results, out);
+        // Report mode: no trap block, only `$body`, which branches to the function's label
+        // reach too.
+        let traps: &[BlockType] = match self.mode {
+            OnError::Stop => &[BlockType::Empty],
+            OnError::Report => &[],
+        };
+        self.f.blocks.open(traps, results, out);
     }
 
     fn instruction<'i>(
@@ -845,21 +942,15 @@ impl BodyRewriter for Canary {
                     return;
                 }
                 At::End => {
-                    let mut trap = vec![];
-                    match self.names.get(&cx.func) {
-                        Some(&(offset, len)) => trap.extend([
-                            Instruction::I32Const(offset as i32),
-                            Instruction::I32Const(len as i32),
-                            Instruction::Call(self.handler),
-                        ]),
-                        None => trap.extend([
-                            Instruction::I32Const(cx.func as i32),
-                            Instruction::Call(self.handler_unnamed),
-                        ]),
+                    let exit = self.exit(cx.func, 0);
+                    match self.mode {
+                        OnError::Stop => {
+                            let mut trap = self.call_handler(cx.func, false);
+                            trap.push(Instruction::Unreachable);
+                            self.f.blocks.close(&exit, &[trap], ins, out);
+                        }
+                        OnError::Report => self.f.blocks.close(&exit, &[], ins, out),
                     }
-                    trap.push(Instruction::Unreachable);
-                    let exit = self.exit(0);
-                    self.f.blocks.close(&exit, &[trap], ins, out);
                     return;
                 }
                 At::Body => {
@@ -870,7 +961,7 @@ impl BodyRewriter for Canary {
                             | Instruction::ReturnCallIndirect { .. }
                             | Instruction::ReturnCallRef(_)
                     ) {
-                        out.extend(self.exit(self.f.blocks.trap_depth(0)));
+                        out.extend(self.exit(cx.func, self.f.blocks.trap_depth(0)));
                     }
                 }
             }
@@ -884,7 +975,7 @@ impl BodyRewriter for Canary {
             }
             Instruction::GlobalSet(g) if g == self.sp && self.f.restores.contains(&cx.offset) => {
                 self.f.restores.retain(|&o| o != cx.offset);
-                self.restore_nested(cx.func, out);
+                self.restore_nested(cx.func, cx.offset, out);
             }
             ins => out.push(ins),
         }

@@ -13,6 +13,8 @@ Examples:
   wasmfix app.wasm -o app.wasm          rewrite in place with the default pipeline
   wasmfix app.wasm -o fixed.wasm -v     say what each pass did
   wasmfix app.wasm -o app.wasm --harden also add stack canaries, heap redzones, null/rodata checks
+  wasmfix app.wasm -o dbg.wasm --harden --harden-mode report
+                                        report each violation once and let the program go on
   wasmfix --check app.wasm              exit 1 if the module has hazards (for a Makefile gate)
   wasmfix inspect app.wasm              stack layout, tables, indirect calls, hazards
   wasmfix passes                        list the passes
@@ -58,6 +60,15 @@ struct Rewrite {
     /// hit prints `wasmfix: …` to stderr (when the module imports WASI fd_write) and traps.
     #[arg(long, conflicts_with = "passes")]
     harden: bool,
+    /// What a hardening check does when it finds a violation: `stop` (print and trap, the
+    /// default) or `report` (print each violation once per site and let the program go on, like
+    /// ASan's halt_on_error=0).
+    #[arg(long, value_enum, value_name = "MODE", default_value = "stop")]
+    harden_mode: HardenMode,
+    /// Do not check accesses and stack frames in function FUNC (a name from the name section,
+    /// or a function index); repeatable. Like a sanitizer suppression `fun:FUNC`.
+    #[arg(long, value_name = "FUNC")]
+    harden_allow: Vec<String>,
     /// Write a JSON report of what each pass did to FILE (`-`: standard output).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -89,6 +100,12 @@ struct Rewrite {
     /// Say what each pass did.
     #[arg(short, long)]
     verbose: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum HardenMode {
+    Stop,
+    Report,
 }
 
 #[derive(Subcommand)]
@@ -259,6 +276,11 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
         no_dwarf_update: args.no_dwarf_update,
         code_map: source_map.is_some(),
         harden: args.harden,
+        on_error: match args.harden_mode {
+            HardenMode::Stop => wasmfix::diag::OnError::Stop,
+            HardenMode::Report => wasmfix::diag::OnError::Report,
+        },
+        harden_allow: args.harden_allow,
     };
     let outcome = pipeline::run(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {

@@ -7,6 +7,7 @@
 mod common;
 
 use common::{Outcome, fixture, run_wasi};
+use wasmfix::diag::OnError;
 use wasmfix::passes::{PassOptions, PassReport};
 
 /// The four builds, as fixture name suffixes.
@@ -14,6 +15,11 @@ const BUILDS: &[&str] = &["O0", "O2", "O2.wasmopt", "O2.wasmopt.stripped"];
 
 /// `passes` (a registry list, or `--harden` for the harden pipeline) over `input`.
 fn rewrite(input: &[u8], passes: &str) -> (Vec<u8>, Vec<PassReport>) {
+    rewrite_with(input, passes, PassOptions::default())
+}
+
+/// [`rewrite`] with `options` (`harden` is set for `--harden`).
+fn rewrite_with(input: &[u8], passes: &str, options: PassOptions) -> (Vec<u8>, Vec<PassReport>) {
     let (list, options) = if passes == "--harden" {
         let list = wasmfix::passes::harden_pipeline()
             .into_iter()
@@ -21,15 +27,22 @@ fn rewrite(input: &[u8], passes: &str) -> (Vec<u8>, Vec<PassReport>) {
             .collect();
         let options = PassOptions {
             harden: true,
-            ..Default::default()
+            ..options
         };
         (list, options)
     } else {
-        (common::passes(passes), PassOptions::default())
+        (common::passes(passes), options)
     };
     let out = wasmfix::pipeline::run(input, &list, &options)
         .unwrap_or_else(|f| panic!("{passes} failed: {f}"));
     (out.bytes, out.reports)
+}
+
+fn report_mode() -> PassOptions {
+    PassOptions {
+        on_error: OnError::Report,
+        ..Default::default()
+    }
 }
 
 fn report<'r>(reports: &'r [PassReport], pass: &str) -> &'r PassReport {
@@ -224,4 +237,241 @@ fn stack_overflow_into_an_inlined_callers_frame_stops_in_every_build() {
             }
         }
     }
+}
+
+/// Issue 15, part 4: wasi-libc before WebAssembly/wasi-libc#506 was fixed writes the 0 of
+/// `__secs_to_zone`'s `oppoff` out-parameter through the NULL that `__localtime_r` passes, on
+/// every `localtime` call. By default (stop mode) a store of the constant zero into the null
+/// page does not stop the program (it cannot change what the page holds); report mode prints it
+/// once and goes on. The program calls localtime three times.
+#[test]
+fn localtime_runs_to_the_end_and_report_mode_prints_the_libc_null_write_once() {
+    for build in BUILDS {
+        let original = fixture(&format!("harden.{build}.wasm"));
+        let before = run_wasi(&original, &["localtime"]);
+        assert_eq!(before.outcome, Outcome::Exit(0), "{build}");
+        assert_eq!(before.stdout.lines().count(), 3, "{build}: {before:?}");
+        let (fixed, _) = rewrite(&original, "--harden");
+        assert_eq!(run_wasi(&fixed, &["localtime"]), before, "{build} --harden");
+
+        let (fixed, reports) = rewrite_with(&original, "--harden", report_mode());
+        let after = run_wasi(&fixed, &["localtime"]);
+        assert_eq!(after.outcome, Outcome::Exit(0), "{build}: {after:?}");
+        assert_eq!(
+            after.stdout, before.stdout,
+            "{build}: the program goes on unchanged"
+        );
+        match *build {
+            // No name section and no producers: the null page is not checked (the report
+            // says why).
+            "O2.wasmopt.stripped" => {
+                assert!(
+                    report(&reports, "bounds")
+                        .summary
+                        .contains("null page not checked"),
+                    "{}",
+                    report(&reports, "bounds").summary
+                );
+                assert_eq!(after.stderr, "", "{build}");
+            }
+            // wasm-opt inlined `__secs_to_zone` (with the NULL it is given): the store is now
+            // `i32.const 0; i32.const 0; i32.store` in its caller.
+            "O2.wasmopt" => {
+                assert_eq!(
+                    after.stderr.lines().count(),
+                    1,
+                    "{build}: printed once: {after:?}"
+                );
+                assert!(
+                    after
+                        .stderr
+                        .starts_with("wasmfix: null pointer dereference at address 0x0 in "),
+                    "{after:?}"
+                );
+            }
+            _ => assert_eq!(
+                after.stderr,
+                "wasmfix: null pointer dereference at address 0x0 in __secs_to_zone\n",
+                "{build}: printed once"
+            ),
+        }
+    }
+}
+
+/// Report mode: each bug prints its message and the program goes on to its end; correct
+/// programs print exactly what the original prints, and nothing on stderr.
+#[test]
+fn report_mode_prints_each_violation_and_goes_on() {
+    let long = "A".repeat(64);
+    for build in ["O0", "O2", "O2.wasmopt"] {
+        let original = fixture(&format!("harden.{build}.wasm"));
+        let (fixed, reports) = rewrite_with(&original, "--harden", report_mode());
+        for pass in ["bounds", "stack-canary"] {
+            assert!(
+                report(&reports, pass).summary.contains("report mode"),
+                "{pass}"
+            );
+        }
+        let cases: &[(&[&str], &[&str])] = &[
+            (
+                &["null"],
+                &["wasmfix: null pointer dereference at address 0x8 in "],
+            ),
+            (
+                &["literal"],
+                &["wasmfix: write to read-only data at address 0x"],
+            ),
+            (
+                &["login", &long],
+                &["wasmfix: stack buffer overflow in check_user\n"],
+            ),
+            (&["role", &long], &["wasmfix: stack buffer overflow in "]),
+            (
+                &["heap", "28"],
+                &["wasmfix: heap buffer overflow: block of 16 bytes at 0x"],
+            ),
+            (&["doublefree"], &["wasmfix: double free of block at 0x"]),
+        ];
+        for (args, messages) in cases {
+            let after = run_wasi(&fixed, args);
+            assert_eq!(
+                after.outcome,
+                Outcome::Exit(0),
+                "{build} {args:?}: {after:?}"
+            );
+            assert!(
+                !after.stdout.is_empty(),
+                "{build} {args:?}: goes on to its end"
+            );
+            for m in *messages {
+                assert!(after.stderr.starts_with(m), "{build} {args:?}: {after:?}");
+            }
+        }
+        // What the original prints, for the bugs whose effect does not depend on the layout.
+        for args in [
+            &["null"][..],
+            &["literal"],
+            &["heap", "28"],
+            &["doublefree"],
+        ] {
+            assert_eq!(
+                run_wasi(&fixed, args).stdout,
+                run_wasi(&original, args).stdout,
+                "{build} {args:?}"
+            );
+        }
+        for args in [
+            &["sort", "3000"][..],
+            &["hash", "3000"],
+            &["recurse", "300"],
+            &["aligned"],
+            &["role", "bob"],
+        ] {
+            assert_eq!(
+                run_wasi(&fixed, args),
+                run_wasi(&original, args),
+                "{build} {args:?}"
+            );
+        }
+    }
+}
+
+/// `--harden-allow FUNC` leaves a function's accesses and frames unchecked (by name, or by
+/// index where there are no names); an unknown name is a warning.
+#[test]
+fn harden_allow_suppresses_checks_in_a_function() {
+    let original = fixture("harden.O0.wasm");
+    let allow = |names: &[&str]| PassOptions {
+        harden_allow: names.iter().map(|n| n.to_string()).collect(),
+        ..Default::default()
+    };
+    let (fixed, reports) = rewrite_with(&original, "--harden", allow(&["case_null", "nosuch"]));
+    assert_eq!(run_wasi(&fixed, &["null"]), run_wasi(&original, &["null"]));
+    // Other functions are still checked.
+    assert!(
+        run_wasi(&fixed, &["literal"])
+            .stderr
+            .starts_with("wasmfix: write to read-only")
+    );
+    let bounds = report(&reports, "bounds");
+    assert!(
+        bounds
+            .summary
+            .contains("1 functions allowed (--harden-allow)"),
+        "{}",
+        bounds.summary
+    );
+    assert_eq!(
+        bounds.warnings,
+        ["--harden-allow nosuch: the module has no function of that name or index"]
+    );
+    // stack-canary: the overflowing function's frame is not protected; its caller's still is,
+    // and stops the program when it returns.
+    let long = "A".repeat(64);
+    let (fixed, reports) = rewrite_with(&original, "--harden", allow(&["copy_name"]));
+    let after = run_wasi(&fixed, &["role", &long]);
+    assert!(
+        after
+            .stderr
+            .starts_with("wasmfix: stack buffer overflow in case_role"),
+        "{after:?}"
+    );
+    assert!(
+        report(&reports, "stack-canary")
+            .summary
+            .contains("1 allowed (--harden-allow)"),
+        "{}",
+        report(&reports, "stack-canary").summary
+    );
+    // By index, in a build without names: the function the message names.
+    let stripped = fixture("harden.O2.wasmopt.stripped.wasm");
+    let (fixed, _) = rewrite(&stripped, "--harden");
+    let stopped = run_wasi(&fixed, &["login", &long]);
+    let index = stopped
+        .stderr
+        .strip_prefix("wasmfix: stack buffer overflow in function ")
+        .and_then(|rest| rest.trim().parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("{stopped:?}"));
+    let (fixed, _) = rewrite_with(&stripped, "--harden", allow(&[&index.to_string()]));
+    let after = run_wasi(&fixed, &["login", &long]);
+    assert!(
+        !after.stderr.contains(&format!("in function {index}\n")),
+        "{after:?}"
+    );
+}
+
+/// The CLI spells the mode as a sanitizer user expects and rejects a wrong one (exit 2).
+#[test]
+fn harden_mode_on_the_command_line() {
+    let path = common::repo().join("tests/fixtures/wasm/harden.O2.wasm");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.wasm");
+    let run = common::wasmfix()
+        .arg(&path)
+        .args([
+            "--harden",
+            "--harden-mode",
+            "report",
+            "--harden-allow",
+            "main",
+            "-v",
+            "-o",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    let after = run_wasi(&std::fs::read(&out).unwrap(), &["localtime"]);
+    assert_eq!(after.outcome, Outcome::Exit(0));
+    assert_eq!(
+        after.stderr,
+        "wasmfix: null pointer dereference at address 0x0 in __secs_to_zone\n"
+    );
+    let wrong = common::wasmfix()
+        .arg(&path)
+        .args(["--harden", "--harden-mode", "continue", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(2));
 }
