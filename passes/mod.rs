@@ -37,6 +37,9 @@ pub struct PassOptions {
     /// `--harden-allow`: functions (by name, or by index) whose accesses and frames the
     /// hardening passes do not check.
     pub harden_allow: Vec<String>,
+    /// `--bounds-precise`: bounds stops null-page loads with a message too (a branch per load)
+    /// instead of letting them trap as out-of-bounds accesses.
+    pub bounds_precise: bool,
 }
 
 impl PassOptions {

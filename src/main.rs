@@ -69,6 +69,11 @@ struct Rewrite {
     /// or a function index); repeatable. Like a sanitizer suppression `fun:FUNC`.
     #[arg(long, value_name = "FUNC")]
     harden_allow: Vec<String>,
+    /// bounds: stop a load from the null page with a wasmfix message too, as stores are (a
+    /// compare and branch per load: bigger and slower). By default such a load traps at the
+    /// access as an out-of-bounds memory access.
+    #[arg(long)]
+    bounds_precise: bool,
     /// Write a JSON report of what each pass did to FILE (`-`: standard output).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -281,6 +286,7 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
             HardenMode::Report => wasmfix::diag::OnError::Report,
         },
         harden_allow: args.harden_allow,
+        bounds_precise: args.bounds_precise,
     };
     let outcome = pipeline::run(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {
