@@ -9,11 +9,12 @@
 //! - the null page `[0, G)`: G is the lowest address a static can have (`Facts::global_base`):
 //!   the name `__global_base`, else the documented default (1024) of the linker that laid the
 //!   module out, identified by Emscripten imports, a function wasm-ld synthesizes, wasm-ld's
-//!   segment names or a `processed-by clang` producer; never above the lowest data segment, the
-//!   stack or the heap. The lowest data segment alone is not G: wasm-opt drops the leading zero
-//!   bytes of segments, so zero-initialized statics lie below it (a correct program was stopped
-//!   that way). When G cannot be established (a stripped module without producers), the null
-//!   page is not checked and the report says why. Loads and stores. When the stack lies at
+//!   segment names or a `processed-by clang` producer, when no data segment, heap or stack lies
+//!   below that default (one that does says the module was linked with another global base,
+//!   which is then unknown). The lowest data segment alone is not G: wasm-opt drops the leading
+//!   zero bytes of segments, so zero-initialized statics lie below it (a correct program was
+//!   stopped that way). When G cannot be established (a stripped module without producers, a
+//!   non-default global base), the null page is not checked and the report says why. Loads and stores. When the stack lies at
 //!   address 0 (`--stack-first`), there is no null page to check;
 //! - read-only data `[ro_low, ro_high)`: the data segments the name section calls `.rodata…`
 //!   (wasm-ld names them; wasm-opt keeps the names when it splits them); stores only. Without

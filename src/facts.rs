@@ -403,7 +403,8 @@ impl Facts {
                     .into(),
             );
         }
-        let (base, how) = match (self.global_address(m, "__global_base"), &self.linker) {
+        let named = self.global_address(m, "__global_base");
+        let (base, how) = match (&named, &self.linker) {
             (Some(named), _) => (named.value, format!("`__global_base`: {}", named.how)),
             (None, Some(linker)) => (
                 linker.value.default_global_base(),
@@ -428,13 +429,24 @@ impl Facts {
         if let Some(d) = &self.data {
             lower.push((d.low, "the lowest data segment".into()));
         }
+        let mut stack_first = false;
         if let Ok(st) = &self.stack {
             lower.push((st.low, "the stack's low end".into()));
+            stack_first = st.layout == StackLayout::StackFirst;
         }
         if let Some(h) = &self.heap_base {
             lower.push((h.value, "`__heap_base`".into()));
         }
         match lower.into_iter().filter(|(v, _)| *v < base).min() {
+            // Data or the heap below the linker's default: the module was linked with another
+            // global base, which is known only to lie at or below them. wasm-opt may have packed
+            // zero-initialized statics away below the lowest segment, so no value is certain.
+            Some((v, what)) if named.is_none() && !(v == 0 && stack_first) => Err(format!(
+                "cannot establish where the statics start: {what} ({v}) lies below \
+                     {how}, so the module was linked with another global base, and \
+                     zero-initialized statics may lie below the lowest segment; export \
+                     `__global_base`"
+            )),
             Some((v, what)) => Ok(found(v, format!("{what}, below {base} ({how})"))),
             None => Ok(found(base, how)),
         }

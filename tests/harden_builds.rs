@@ -147,6 +147,33 @@ fn the_null_page_ends_at_the_global_base_or_is_not_checked() {
     assert_eq!(json["linker"]["value"], "wasm-ld");
 }
 
+/// A module linked with `--global-base=512` and packed by wasm-opt: its lowest segment (560)
+/// lies below wasm-ld's default global base, and statics lie below it (from 512). Neither
+/// 1024 nor the lowest segment is certain, so the null page is not checked (it was taken as
+/// `[0, 560)` and the correct program trapped), and the program runs as before.
+#[test]
+fn a_non_default_global_base_leaves_the_null_page_unchecked() {
+    let original = fixture("statics.gb512.O2.wasmopt.wasm");
+    assert!(lowest_segment(&original) < 1024);
+    for passes in ["bounds", "--harden"] {
+        let (fixed, reports) = rewrite(&original, passes);
+        let summary = &report(&reports, "bounds").summary;
+        assert!(!summary.contains('\n'), "{summary}");
+        assert!(
+            summary.contains(
+                "null page not checked: cannot establish where the statics start: the lowest \
+                 data segment (560) lies below wasm-ld's default global base"
+            ),
+            "{passes}: {summary}"
+        );
+        for case in ["a", "w"] {
+            let before = run_wasi(&original, &[case]);
+            assert_eq!(before.outcome, Outcome::Exit(0), "{case}: {before:?}");
+            assert_eq!(run_wasi(&fixed, &[case]), before, "{passes} {case}");
+        }
+    }
+}
+
 /// A real null dereference is still caught in every build that keeps a name section or
 /// producers (harden.c's `null` case), and in the build that keeps neither the report says
 /// why it is not.
