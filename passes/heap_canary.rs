@@ -40,12 +40,17 @@
 //! size, bounded by the memory, since the old size is unknown). Overflows into such blocks go
 //! unnoticed; wrapped blocks the allocator places in freed snapshot memory are checked.
 //!
+//! Report mode (`--harden-mode report`): each kind of failure (double free, invalid free,
+//! overflow) prints once; an overflowed block is then freed as usual, a double or invalid free
+//! is skipped (`check` returns -1: `free` returns, `realloc` returns a fresh block, and
+//! `malloc_usable_size` 0), since the allocator cannot be handed that pointer safely.
+//!
 //! Refuses (alone; `--harden` warns and skips instead): no `malloc`/`free` found by name
 //! (name section) or export, allocator functions of unexpected types, and the memories
 //! `refuse_unusual_memory` refuses.
 
 use super::{Pass, PassCx, PassReport};
-use crate::diag::Message;
+use crate::diag::{Diagnostics, Message, OnError};
 use crate::edit::Edits;
 use crate::module::Module;
 use anyhow::{Result, bail};
@@ -290,7 +295,7 @@ fn wrap(cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
     let key2 = key.rotate_left(13) ^ 0x5bd1_e995;
     let real_malloc = edits.move_body(m, malloc, "wasmfix:real_malloc");
     let real_free = edits.move_body(m, free, "wasmfix:real_free");
-    let mut h = Helpers::new(m, edits, key as i32, key2 as i32);
+    let mut h = Helpers::new(m, edits, key as i32, key2 as i32, cx.options.on_error);
     h.snapshot = snapshot;
 
     edits.replace_body(malloc, &[(2, ValType::I32)], &h.malloc(real_malloc));
@@ -339,7 +344,13 @@ struct Helpers {
     /// `[start, end)` of a memory snapshot's heap, whose blocks may have no header (see
     /// `foreign`).
     snapshot: Option<(i32, i32)>,
+    /// Report mode (`--harden-mode report`): `check` reports each kind of failure once and
+    /// returns -1 for a block that must not be freed (double or invalid free).
+    report: bool,
 }
+
+/// What `check` returns in report mode for a block that must not be freed.
+const SKIP: i32 = -1;
 
 fn mem(offset: u64, align: u32) -> MemArg {
     MemArg {
@@ -374,7 +385,7 @@ fn copy_then_free((q, n, old, new): (u32, u32, u32, u32), free: u32) -> [Instruc
 }
 
 impl Helpers {
-    fn new(m: &Module<'_>, edits: &mut Edits<'_>, key: i32, key2: i32) -> Helpers {
+    fn new(m: &Module<'_>, edits: &mut Edits<'_>, key: i32, key2: i32, mode: OnError) -> Helpers {
         let (raw, q, n, h) = (0, 1, 2, 3);
         let mark = edits.add_helper(
             m,
@@ -412,12 +423,29 @@ impl Helpers {
         );
         let (q, h, n) = (0, 1, 2);
         let block = || vec![I::LocalGet(q)];
-        let mut double = Message::new()
+        // Report mode: each kind reports once; a double or invalid free is then skipped.
+        let once =
+            |m: &Module<'_>, edits: &mut Edits<'_>, code: Vec<Instruction<'static>>, skip| {
+                let flag = match mode {
+                    OnError::Report => Diagnostics::once_flag(m, edits),
+                    OnError::Stop => None,
+                };
+                let mut code = match flag {
+                    Some(flag) => flag.guard(code),
+                    None => code,
+                };
+                if mode == OnError::Report && skip {
+                    code.extend([I::I32Const(SKIP), I::Return]);
+                }
+                code
+            };
+        let double = Message::start(m, edits, mode)
             .text(m, edits, "wasmfix: double free of block at ")
             .hex(m, edits, block())
             .text(m, edits, "\n")
-            .trap(m, edits);
-        let mut invalid = Message::new()
+            .end(m, edits, mode);
+        let mut double = once(m, edits, double, true);
+        let invalid = Message::start(m, edits, mode)
             .text(
                 m,
                 edits,
@@ -429,14 +457,16 @@ impl Helpers {
                 edits,
                 " is overwritten, or it was not allocated by malloc\n",
             )
-            .trap(m, edits);
-        let mut overflow = Message::new()
+            .end(m, edits, mode);
+        let mut invalid = once(m, edits, invalid, true);
+        let overflow = Message::start(m, edits, mode)
             .text(m, edits, "wasmfix: heap buffer overflow: block of ")
             .number(m, edits, vec![I::LocalGet(n)])
             .text(m, edits, " bytes at ")
             .hex(m, edits, block())
             .text(m, edits, " written past its end\n")
-            .trap(m, edits);
+            .end(m, edits, mode);
+        let mut overflow = once(m, edits, overflow, false);
         let mut code = vec![
             I::LocalGet(q),
             I::I32Const(HEADER),
@@ -493,6 +523,7 @@ impl Helpers {
             check,
             key,
             snapshot: None,
+            report: mode == OnError::Report,
         }
     }
 
@@ -575,10 +606,9 @@ impl Helpers {
             I::End,
         ];
         code.extend(self.foreign(q, vec![I::LocalGet(q), I::Call(real_free), I::Return]));
+        code.extend([I::LocalGet(q), I::Call(self.check)]);
+        code.extend(self.skip_or_drop(vec![I::Return]));
         code.extend([
-            I::LocalGet(q),
-            I::Call(self.check),
-            I::Drop,
             I::LocalGet(q),
             I::I32Const(HEADER),
             I::I32Sub,
@@ -667,10 +697,18 @@ impl Helpers {
             I::Return,
         ]);
         code.extend(self.foreign(q, copy));
+        code.extend([I::LocalGet(q), I::Call(self.check), I::LocalSet(old)]);
+        if self.report {
+            // A block that must not be freed: a fresh one, its contents unknown.
+            code.extend([
+                I::LocalGet(old),
+                I::I32Const(SKIP),
+                I::I32Eq,
+                I::If(BlockType::Empty),
+            ]);
+            code.extend([I::LocalGet(n), I::Call(malloc), I::Return, I::End]);
+        }
         code.extend([
-            I::LocalGet(q),
-            I::Call(self.check),
-            I::LocalSet(old),
             I::LocalGet(n),
             I::I32Eqz,
             I::If(BlockType::Empty),
@@ -818,7 +856,29 @@ impl Helpers {
             I::End,
         ];
         code.extend(self.foreign(0, vec![I::LocalGet(0), I::Call(real), I::Return]));
-        code.extend([I::LocalGet(0), I::Call(self.check), I::End]);
+        code.extend([I::LocalGet(0), I::Call(self.check)]);
+        if self.report {
+            // A block that must not be freed has no usable bytes.
+            code.extend([
+                I::LocalTee(0),
+                I::I32Const(0),
+                I::LocalGet(0),
+                I::I32Const(SKIP),
+            ]);
+            code.extend([I::I32Ne, I::Select]);
+        }
+        code.push(I::End);
+        code
+    }
+
+    /// After `call check` in report mode: `if (result == -1) { then }`; else drops the result.
+    fn skip_or_drop(&self, then: Vec<Instruction<'static>>) -> Vec<Instruction<'static>> {
+        if !self.report {
+            return vec![I::Drop];
+        }
+        let mut code = vec![I::I32Const(SKIP), I::I32Eq, I::If(BlockType::Empty)];
+        code.extend(then);
+        code.push(I::End);
         code
     }
 }

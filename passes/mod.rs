@@ -32,8 +32,42 @@ pub struct PassOptions {
     /// `--harden`: a hardening pass that cannot establish what it needs warns and does nothing
     /// instead of refusing the module (alone, with `--passes`, it refuses).
     pub harden: bool,
+    /// `--harden-mode`: what a failed hardening check does after its message: stop (trap), or
+    /// report each site once and let the program go on.
+    pub on_error: crate::diag::OnError,
+    /// `--harden-allow`: functions (by name, or by index) whose accesses and frames the
+    /// hardening passes do not check.
+    pub harden_allow: Vec<String>,
+    /// `--bounds-precise`: bounds stops null-page loads with a message too (a branch per load)
+    /// instead of letting them trap as out-of-bounds accesses.
+    pub bounds_precise: bool,
     /// `--enable-X` / `--disable-X`: features passes may use beyond the input's.
     pub features: crate::features::FeatureChoice,
+}
+
+impl PassOptions {
+    /// Whether `--harden-allow` names function `func`.
+    pub fn allowed(&self, facts: &Facts, func: u32) -> bool {
+        !self.harden_allow.is_empty()
+            && self.harden_allow.iter().any(|a| {
+                a.parse::<u32>().ok() == Some(func)
+                    || facts.function_names.get(&func).is_some_and(|n| n == a)
+            })
+    }
+
+    /// A warning for each `--harden-allow` entry that names no function of the module.
+    pub fn unmatched_allows(&self, m: &Module<'_>, facts: &Facts) -> Vec<String> {
+        self.harden_allow
+            .iter()
+            .filter(|a| match a.parse::<u32>() {
+                Ok(i) => i >= m.num_funcs(),
+                Err(_) => !facts.function_names.values().any(|n| n == *a),
+            })
+            .map(|a| {
+                format!("--harden-allow {a}: the module has no function of that name or index")
+            })
+            .collect()
+    }
 }
 
 /// What a pass sees: the input, its facts, and the edits collected so far.

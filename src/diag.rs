@@ -9,6 +9,14 @@
 //! a decimal number, and `wasmfix:msg_end()` writes the message and traps. The scratch area
 //! overwrites the program's memory at [0, 16 + message length): harmless, because the program
 //! never runs again after `msg_end`.
+//!
+//! **Report mode** ([`OnError::Report`], `--harden-mode report`): a hardening check prints its
+//! message and the program goes on, as with ASan's `halt_on_error=0`. Such a message is
+//! started by `wasmfix:msg_begin()`, which saves the memory a message borrows (the iovec at
+//! [0, 12) and the last [`REPORT_MAX`] bytes of the message area) into globals and makes the
+//! message start there, and ended by `wasmfix:msg_flush()`, which writes it, puts the saved
+//! bytes back and returns: the program's memory is as it was. Report messages are cut at
+//! [`REPORT_MAX`] bytes. [`OnceFlag`]s (bits in i64 globals) let each site print once.
 
 use crate::edit::{Edits, NewData};
 use crate::module::Module;
@@ -31,6 +39,72 @@ pub struct Diagnostics {
     msg_hex: Option<u32>,
     /// The message length so far.
     pos: u32,
+    /// Report mode's `(msg_begin, msg_flush)`, added on first use.
+    report: Option<(u32, u32)>,
+    /// The i64 globals holding [`OnceFlag`] bits, and how many bits are taken.
+    flag_globals: Vec<u32>,
+    flags_taken: u32,
+}
+
+/// What a failed hardening check does after writing its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Trap: the program stops at the violation (the default).
+    #[default]
+    Stop,
+    /// Write the message once per site and let the program go on.
+    Report,
+}
+
+/// Report messages are cut at this length (the memory they borrow is saved in globals).
+pub const REPORT_MAX: i32 = 240;
+/// Where a report message starts in the message area: its last [`REPORT_MAX`] bytes.
+const REPORT_AT: i32 = MAX_MESSAGE - REPORT_MAX;
+
+/// One bit of a mutable i64 global: set the first time a site reports, so it reports once.
+#[derive(Debug, Clone, Copy)]
+pub struct OnceFlag {
+    global: u32,
+    mask: i64,
+}
+
+/// `n` [`OnceFlag`]s for the sites of one function.
+#[derive(Debug, Clone, Default)]
+pub struct OnceFlags {
+    globals: Vec<u32>,
+    n: u32,
+}
+
+impl OnceFlags {
+    /// Flag `k`; sites past the last share it.
+    pub fn get(&self, k: u32) -> Option<OnceFlag> {
+        let k = k.min(self.n.checked_sub(1)?);
+        Some(OnceFlag {
+            global: self.globals[(k / 64) as usize],
+            mask: 1i64 << (k % 64),
+        })
+    }
+}
+
+impl OnceFlag {
+    /// `code`, run only the first time execution gets here.
+    pub fn guard(&self, code: Vec<Instruction<'static>>) -> Vec<Instruction<'static>> {
+        let mut out = vec![
+            Instruction::GlobalGet(self.global),
+            Instruction::I64Const(self.mask),
+            Instruction::I64And,
+            Instruction::I64Eqz,
+            Instruction::If(BlockType::Empty),
+            Instruction::GlobalGet(self.global),
+            Instruction::I64Const(self.mask),
+            Instruction::I64Or,
+            Instruction::GlobalSet(self.global),
+        ];
+        out.extend(code);
+        out.push(Instruction::End);
+        out
+    }
 }
 
 /// Instructions that write a message and trap, built piece by piece.
@@ -155,6 +229,9 @@ impl Diagnostics {
             msg_end,
             msg_hex: None,
             pos,
+            report: None,
+            flag_globals: Vec::new(),
+            flags_taken: 0,
         })
     }
 }
@@ -177,6 +254,141 @@ impl Diagnostics {
         );
         edits.diagnostics.as_mut()?.msg_hex = Some(f);
         Some(f)
+    }
+}
+
+impl Diagnostics {
+    /// Whether the module can write messages (see [`Diagnostics::get`]).
+    pub fn available(m: &Module<'_>, edits: &mut Edits<'_>) -> bool {
+        Diagnostics::get(m, edits).is_some()
+    }
+
+    /// A fresh [`OnceFlag`], or `None` when the module cannot write messages.
+    pub fn once_flag(m: &Module<'_>, edits: &mut Edits<'_>) -> Option<OnceFlag> {
+        let d = Diagnostics::get(m, edits)?;
+        let bit = d.flags_taken % 64;
+        if bit == 0 {
+            let ty = wasm_encoder::GlobalType {
+                val_type: ValType::I64,
+                mutable: true,
+                shared: false,
+            };
+            let g = edits.add_global(m, ty, wasm_encoder::ConstExpr::i64_const(0));
+            let k = edits.diagnostics.as_ref()?.flag_globals.len();
+            edits.name_global(g, format!("wasmfix:reported_{k}"));
+            edits.diagnostics.as_mut()?.flag_globals.push(g);
+        }
+        let d = edits.diagnostics.as_mut()?;
+        d.flags_taken += 1;
+        Some(OnceFlag {
+            global: *d.flag_globals.last()?,
+            mask: 1i64 << bit,
+        })
+    }
+
+    /// `n` fresh [`OnceFlag`]s, or `None` when the module cannot write messages.
+    pub fn once_flags(m: &Module<'_>, edits: &mut Edits<'_>, n: u32) -> Option<OnceFlags> {
+        Diagnostics::get(m, edits)?;
+        // Start at a fresh global, so the range's globals are consecutive.
+        let d = edits.diagnostics.as_mut()?;
+        d.flags_taken = d.flags_taken.div_ceil(64) * 64;
+        let first = d.flag_globals.len();
+        for _ in 0..n.div_ceil(64) {
+            Diagnostics::once_flag(m, edits)?;
+            let d = edits.diagnostics.as_mut()?;
+            d.flags_taken += 63;
+        }
+        let globals = edits.diagnostics.as_ref()?.flag_globals[first..].to_vec();
+        Some(OnceFlags { globals, n })
+    }
+
+    /// Report mode's `(msg_begin, msg_flush)`, created on first use.
+    fn report_helpers(m: &Module<'_>, edits: &mut Edits<'_>) -> Option<(u32, u32)> {
+        let d = Diagnostics::get(m, edits)?;
+        if let Some(r) = d.report {
+            return Some(r);
+        }
+        let pos = d.pos;
+        let fd_write = ["wasi_snapshot_preview1", "wasi_unstable"]
+            .iter()
+            .find_map(|wasi| m.imported_func(wasi, "fd_write"))?;
+        // The borrowed memory: the iovec and `nwritten` at [0, 12), and the report area.
+        let mut saved: Vec<(u64, bool)> = vec![(0, true), (8, false)];
+        let area = (SCRATCH + REPORT_AT) as u64;
+        saved.extend((0..REPORT_MAX as u64 / 8).map(|k| (area + 8 * k, true)));
+        let globals: Vec<u32> = saved
+            .iter()
+            .enumerate()
+            .map(|(k, &(_, wide))| {
+                let ty = wasm_encoder::GlobalType {
+                    val_type: if wide { ValType::I64 } else { ValType::I32 },
+                    mutable: true,
+                    shared: false,
+                };
+                let init = if wide {
+                    wasm_encoder::ConstExpr::i64_const(0)
+                } else {
+                    wasm_encoder::ConstExpr::i32_const(0)
+                };
+                let g = edits.add_global(m, ty, init);
+                edits.name_global(g, format!("wasmfix:msg_saved_{k}"));
+                g
+            })
+            .collect();
+        let access = |offset: u64, wide: bool| MemArg {
+            offset,
+            align: if wide { 3 } else { 2 },
+            target: MemArgTarget::Memory(0),
+            ordering: None,
+        };
+        let mut begin = Vec::new();
+        for (&(at, wide), &g) in saved.iter().zip(&globals) {
+            begin.push(Instruction::I32Const(0));
+            begin.push(if wide {
+                Instruction::I64Load(access(at, true))
+            } else {
+                Instruction::I32Load(access(at, false))
+            });
+            begin.push(Instruction::GlobalSet(g));
+        }
+        begin.extend([
+            Instruction::I32Const(REPORT_AT),
+            Instruction::GlobalSet(pos),
+            Instruction::End,
+        ]);
+        let msg_begin = edits.add_helper(m, "wasmfix:msg_begin", (&[], &[]), &[], &begin);
+        let mut flush = vec![
+            Instruction::I32Const(0),
+            Instruction::I32Const(SCRATCH + REPORT_AT),
+            Instruction::I32Store(access(0, false)),
+            Instruction::I32Const(0),
+            Instruction::GlobalGet(pos),
+            Instruction::I32Const(REPORT_AT),
+            Instruction::I32Sub,
+            Instruction::I32Store(access(4, false)),
+            Instruction::I32Const(2),
+            Instruction::I32Const(0),
+            Instruction::I32Const(1),
+            Instruction::I32Const(8),
+            Instruction::Call(fd_write),
+            Instruction::Drop,
+        ];
+        for (&(at, wide), &g) in saved.iter().zip(&globals) {
+            flush.extend([Instruction::I32Const(0), Instruction::GlobalGet(g)]);
+            flush.push(if wide {
+                Instruction::I64Store(access(at, true))
+            } else {
+                Instruction::I32Store(access(at, false))
+            });
+        }
+        flush.extend([
+            Instruction::I32Const(0),
+            Instruction::GlobalSet(pos),
+            Instruction::End,
+        ]);
+        let msg_flush = edits.add_helper(m, "wasmfix:msg_flush", (&[], &[]), &[], &flush);
+        edits.diagnostics.as_mut()?.report = Some((msg_begin, msg_flush));
+        Some((msg_begin, msg_flush))
     }
 }
 
@@ -350,6 +562,37 @@ impl Message {
             self.instructions.push(Instruction::Call(msg_hex));
         }
         self
+    }
+
+    /// Starts a message that [`Message::end`] ends in `mode`: in report mode, first saves the
+    /// memory the message borrows.
+    pub fn start(m: &Module<'_>, edits: &mut Edits<'_>, mode: OnError) -> Message {
+        let mut message = Message::new();
+        if mode == OnError::Report
+            && let Some((msg_begin, _)) = Diagnostics::report_helpers(m, edits)
+        {
+            message.instructions.push(Instruction::Call(msg_begin));
+        }
+        message
+    }
+
+    /// Ends a message begun with [`Message::start`]: in stop mode as [`Message::trap`]; in
+    /// report mode writes it, puts the borrowed memory back and goes on.
+    pub fn end(
+        mut self,
+        m: &Module<'_>,
+        edits: &mut Edits<'_>,
+        mode: OnError,
+    ) -> Vec<Instruction<'static>> {
+        match mode {
+            OnError::Stop => self.trap(m, edits),
+            OnError::Report => {
+                if let Some((_, msg_flush)) = Diagnostics::report_helpers(m, edits) {
+                    self.instructions.push(Instruction::Call(msg_flush));
+                }
+                self.instructions
+            }
+        }
     }
 
     /// Ends the message: writes it (when the module can) and traps.

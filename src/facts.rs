@@ -127,6 +127,12 @@ pub struct Facts {
     pub stack_pointer: Result<Found<u32>, String>,
     pub stack_pointer_init: Option<u64>,
     pub data: Option<DataExtent>,
+    /// The linker that laid out memory, when something certain identifies it.
+    pub linker: Option<Found<Linker>>,
+    /// The lowest address a static (initialized or zero-initialized) can have: nothing of the
+    /// program lives in `[0, global_base)`, so an access there is a null-pointer dereference.
+    /// Never above the lowest data address, the stack's low end or the heap base.
+    pub global_base: Result<Found<u64>, String>,
     pub heap_base: Option<Found<u64>>,
     pub data_end: Option<Found<u64>>,
     pub stack: Result<StackRegion, String>,
@@ -138,6 +144,9 @@ pub struct Facts {
     /// What an earlier wasmfix run applied (its `wasmfix` custom section), by pass.
     pub applied: serde_json::Map<String, serde_json::Value>,
     pub global_names: HashMap<u32, String>,
+    /// Data segment names from the name section (wasm-ld names its output segments `.rodata`,
+    /// `.data`, …; wasm-opt keeps them, numbering the pieces it splits off).
+    pub data_names: HashMap<u32, String>,
     pub debug_info: DebugInfoFacts,
     code: OnceLock<CodeFacts>,
     indirect_calls: OnceLock<Vec<IndirectCallFacts>>,
@@ -148,11 +157,13 @@ impl Facts {
     /// Facts that need no walk over the code; the stack pointer falls back to the code walk
     /// only when neither names nor exports identify it.
     pub fn new(m: &Module<'_>) -> Facts {
-        let (function_names, global_names) = names(m);
+        let (function_names, global_names, data_names) = names(m);
         let mut f = Facts {
             stack_pointer: Err(String::new()),
             stack_pointer_init: None,
             data: data_extent(m),
+            linker: None,
+            global_base: Err(String::new()),
             heap_base: None,
             data_end: None,
             stack: Err(String::new()),
@@ -162,6 +173,7 @@ impl Facts {
             producers: producers(m),
             function_names,
             global_names,
+            data_names,
             applied: applied(m),
             debug_info: debug_info(m),
             code: OnceLock::new(),
@@ -175,6 +187,8 @@ impl Facts {
             f.stack_pointer_init = defined_global_value(m, sp.value);
         }
         f.stack = f.stack_region(m);
+        f.linker = linker(m, &f);
+        f.global_base = f.global_base(m);
         f
     }
 
@@ -388,6 +402,68 @@ impl Facts {
         }
     }
 
+    /// The lowest address a static can have, from what is certain: the name `__global_base`,
+    /// else the documented default of the linker that laid the module out (see [`linker`]),
+    /// lowered to the lowest address anything of the program is known to occupy. The lowest
+    /// data segment alone is not enough: `wasm-opt` drops the leading zero bytes of segments
+    /// (memory packing), so zero-initialized statics can lie below it.
+    fn global_base(&self, m: &Module<'_>) -> Result<Found<u64>, String> {
+        if m.memory0_segments().any(|(_, range)| range.is_none()) {
+            return Err(
+                "data segments are placed at instantiation (a dynamically linked or \
+                        PIC module): the statics' addresses are not known"
+                    .into(),
+            );
+        }
+        let named = self.global_address(m, "__global_base");
+        let (base, how) = match (&named, &self.linker) {
+            (Some(named), _) => (named.value, format!("`__global_base`: {}", named.how)),
+            (None, Some(linker)) => (
+                linker.value.default_global_base(),
+                format!(
+                    "{}'s default global base, the linker identified by {}",
+                    linker.value.name(),
+                    linker.how
+                ),
+            ),
+            (None, None) => {
+                return Err(
+                    "cannot establish where the statics start: no `__global_base`, \
+                            and no name section, producers section or Emscripten import \
+                            identifies the linker (the lowest data segment is no answer: \
+                            wasm-opt drops leading zero bytes); keep the producers section"
+                        .into(),
+                );
+            }
+        };
+        // Nothing of the program may lie below the value: data, the stack, the heap.
+        let mut lower: Vec<(u64, String)> = Vec::new();
+        if let Some(d) = &self.data {
+            lower.push((d.low, "the lowest data segment".into()));
+        }
+        let mut stack_first = false;
+        if let Ok(st) = &self.stack {
+            lower.push((st.low, "the stack's low end".into()));
+            stack_first = st.layout == StackLayout::StackFirst;
+        }
+        if let Some(h) = &self.heap_base {
+            lower.push((h.value, "`__heap_base`".into()));
+        }
+        match lower.into_iter().filter(|(v, _)| *v < base).min() {
+            // Data or the heap below the linker's default: the module was linked with another
+            // global base, which is known only to lie at or below them. wasm-opt may have packed
+            // zero-initialized statics away below the lowest segment, so no value is certain.
+            Some((v, what)) if named.is_none() && !(v == 0 && stack_first) => Err(format!(
+                "cannot establish where the statics start: {what} ({v}) lies below \
+                     {how}, so the module was linked with another global base, and \
+                     zero-initialized statics may lie below the lowest segment; export \
+                     `__global_base`"
+            )),
+            Some((v, what)) => Ok(found(v, format!("{what}, below {base} ({how})"))),
+            None => Ok(found(base, how)),
+        }
+    }
+
     /// Per `call_indirect` type: sites, and the table entries of castable other types.
     pub fn indirect_calls(&self, m: &Module<'_>) -> &[IndirectCallFacts] {
         self.indirect_calls
@@ -424,6 +500,103 @@ impl Facts {
         }
         out
     }
+}
+
+/// A linker whose memory layout is documented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Linker {
+    /// LLVM's wasm-ld (clang, wasi-sdk, Rust, zig cc): statics from `--global-base`, 1024 by
+    /// default, unless the stack comes first.
+    WasmLd,
+    /// Emscripten (wasm-ld underneath): statics from `GLOBAL_BASE`, 1024 by default.
+    Emscripten,
+}
+
+impl Linker {
+    pub fn name(self) -> &'static str {
+        match self {
+            Linker::WasmLd => "wasm-ld",
+            Linker::Emscripten => "Emscripten",
+        }
+    }
+
+    /// The global base the linker uses unless told otherwise.
+    pub fn default_global_base(self) -> u64 {
+        1024
+    }
+}
+
+/// The linker that laid the module out, from evidence only that linker leaves: Emscripten's
+/// JavaScript-library imports; the functions wasm-ld synthesizes (`__wasm_call_ctors`, …);
+/// wasm-ld's output segment names (`.rodata`, `.data`, …); a `processed-by clang` producer
+/// (clang's object files are linked by wasm-ld).
+fn linker(m: &Module<'_>, f: &Facts) -> Option<Found<Linker>> {
+    if let Some(i) = m.imports.iter().find(|i| {
+        i.module == "env"
+            && (i.name.starts_with("emscripten_") || i.name.starts_with("_emscripten_"))
+    }) {
+        return Some(found(
+            Linker::Emscripten,
+            format!("its import `{}.{}`", i.module, i.name),
+        ));
+    }
+    const SYNTHESIZED: &[&str] = &[
+        "__wasm_call_ctors",
+        "__wasm_init_memory",
+        "__wasm_apply_data_relocs",
+        "__wasm_init_tls",
+    ];
+    let named = f
+        .function_names
+        .values()
+        .map(String::as_str)
+        .chain(
+            m.exports
+                .iter()
+                .filter(|e| e.kind == ExternalKind::Func)
+                .map(|e| e.name),
+        )
+        .filter(|n| SYNTHESIZED.contains(n))
+        .min();
+    if let Some(n) = named {
+        return Some(found(
+            Linker::WasmLd,
+            format!("the function `{n}` it synthesizes"),
+        ));
+    }
+    let segment = f
+        .data_names
+        .values()
+        .filter(|n| {
+            [".rodata", ".data", ".bss", ".tdata"]
+                .iter()
+                .any(|s| n == s || n.strip_prefix(s).is_some_and(|r| r.starts_with('.')))
+        })
+        .min();
+    if let Some(n) = segment {
+        return Some(found(
+            Linker::WasmLd,
+            format!("its output data segment name `{n}`"),
+        ));
+    }
+    let clang = f
+        .producers
+        .iter()
+        .filter(|(field, _)| field == "processed-by")
+        .flat_map(|(_, values)| values)
+        // `clang`, or a vendor's build of it (`Debian clang`).
+        .find(|(name, _)| name.split_whitespace().last() == Some("clang"));
+    if let Some((name, version)) = clang {
+        return Some(found(
+            Linker::WasmLd,
+            format!(
+                "the producer `processed-by: {}`",
+                format!("{name} {version}").trim()
+            ),
+        ));
+    }
+    None
 }
 
 /// The `wasmfix` custom section an earlier run wrote: `{"fpcast": …, "stack": …}`.
@@ -498,16 +671,19 @@ fn defined_global_value(m: &Module<'_>, g: u32) -> Option<u64> {
     const_value(&d.init).map(|v| v as u64)
 }
 
-fn names(m: &Module<'_>) -> (HashMap<u32, String>, HashMap<u32, String>) {
-    let (mut funcs, mut globals) = (HashMap::new(), HashMap::new());
+type Names = HashMap<u32, String>;
+
+fn names(m: &Module<'_>) -> (Names, Names, Names) {
+    let (mut funcs, mut globals, mut data) = (HashMap::new(), HashMap::new(), HashMap::new());
     let Some(s) = m.custom("name") else {
-        return (funcs, globals);
+        return (funcs, globals, data);
     };
     let reader = wasmparser::NameSectionReader::new(m.section_reader(s));
     for sub in reader.into_iter().flatten() {
         let (map, target, count) = match sub {
             wasmparser::Name::Function(map) => (map, &mut funcs, m.num_funcs()),
             wasmparser::Name::Global(map) => (map, &mut globals, m.num_globals()),
+            wasmparser::Name::Data(map) => (map, &mut data, m.data.len() as u32),
             _ => continue,
         };
         // The name section is not validated: a name for an index that does not exist names
@@ -516,7 +692,7 @@ fn names(m: &Module<'_>) -> (HashMap<u32, String>, HashMap<u32, String>) {
             target.insert(naming.index, naming.name.to_string());
         }
     }
-    (funcs, globals)
+    (funcs, globals, data)
 }
 
 fn data_extent(m: &Module<'_>) -> Option<DataExtent> {

@@ -93,6 +93,8 @@ pub fn json(m: &Module<'_>, facts: &Facts) -> Value {
         "stack_pointer_init": facts.stack_pointer_init,
         "stack": result(&facts.stack),
         "data": facts.data,
+        "linker": facts.linker,
+        "global_base": result(&facts.global_base),
         "heap_base": facts.heap_base,
         "data_end": facts.data_end,
         "tables": tables,
@@ -199,6 +201,18 @@ pub fn text(name: &str, m: &Module<'_>, facts: &Facts) -> String {
         }
         None => {
             let _ = writeln!(w, "data: no active data segments with constant offsets");
+        }
+    }
+    match &facts.global_base {
+        Ok(g) => {
+            let _ = writeln!(
+                w,
+                "global base: {} (no static below it: [0, {}) is the null page; {})",
+                g.value, g.value, g.how
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(w, "global base: unknown: {why}");
         }
     }
     for (label, v) in [

@@ -16,6 +16,8 @@ Examples:
   wasmfix app.wasm -o app.wasm          rewrite in place with the default pipeline
   wasmfix app.wasm -o fixed.wasm -v     say what each pass did
   wasmfix app.wasm -o app.wasm --harden also add stack canaries, heap redzones, null/rodata checks
+  wasmfix app.wasm -o dbg.wasm --harden --harden-mode report
+                                        report each violation once and let the program go on
   wasmfix --check app.wasm              exit 1 if the module has hazards (for a Makefile gate)
   wasmfix inspect app.wasm              stack layout, tables, indirect calls, hazards
   wasmfix passes                        list the passes
@@ -66,6 +68,20 @@ struct Rewrite {
     /// hit prints `wasmfix: …` to stderr (when the module imports WASI fd_write) and traps.
     #[arg(long, conflicts_with = "passes")]
     harden: bool,
+    /// What a hardening check does when it finds a violation: `stop` (print and trap, the
+    /// default) or `report` (print each violation once per site and let the program go on, like
+    /// ASan's halt_on_error=0).
+    #[arg(long, value_enum, value_name = "MODE", default_value = "stop")]
+    harden_mode: HardenMode,
+    /// Do not check accesses and stack frames in function FUNC (a name from the name section,
+    /// or a function index); repeatable. Like a sanitizer suppression `fun:FUNC`.
+    #[arg(long, value_name = "FUNC")]
+    harden_allow: Vec<String>,
+    /// bounds: stop a load from the null page with a wasmfix message too, as stores are (a
+    /// compare and branch per load: bigger and slower). By default such a load traps at the
+    /// access as an out-of-bounds memory access.
+    #[arg(long)]
+    bounds_precise: bool,
     /// Write a JSON report of what each pass did to FILE (`-`: standard output).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -97,6 +113,12 @@ struct Rewrite {
     /// Say what each pass did.
     #[arg(short, long)]
     verbose: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum HardenMode {
+    Stop,
+    Report,
 }
 
 #[derive(Subcommand)]
@@ -351,6 +373,12 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         no_dwarf_update: args.no_dwarf_update,
         code_map: source_map.is_some(),
         harden: args.harden,
+        on_error: match args.harden_mode {
+            HardenMode::Stop => wasmfix::diag::OnError::Stop,
+            HardenMode::Report => wasmfix::diag::OnError::Report,
+        },
+        harden_allow: args.harden_allow,
+        bounds_precise: args.bounds_precise,
         features,
     };
     let outcome = pipeline::rewrite(&bytes, &passes, &options).map_err(|f| {
