@@ -7,6 +7,7 @@ use crate::facts::Facts;
 use crate::module::Module;
 use serde_json::Value;
 
+pub mod adapter_memory;
 pub mod bounds;
 pub mod fpcast;
 pub mod heap_canary;
@@ -31,6 +32,9 @@ pub struct PassOptions {
     /// `--harden`: a hardening pass that cannot establish what it needs warns and does nothing
     /// instead of refusing the module (alone, with `--passes`, it refuses).
     pub harden: bool,
+    /// The passes were named with `--passes`: a pass that applies where it can in the default
+    /// pipeline (adapter-memory) then refuses a module it cannot handle instead of warning.
+    pub explicit_passes: bool,
 }
 
 /// What a pass sees: the input, its facts, and the edits collected so far.
@@ -73,6 +77,7 @@ pub static REGISTRY: &[&dyn Pass] = &[
     &stack_guard::Stack,
     &stack_first::StackFirst,
     &stack_guard::StackGuard,
+    &adapter_memory::AdapterMemory,
     &heap_canary::HeapCanary,
     &bounds::Bounds,
     &stack_canary::StackCanary,
@@ -80,7 +85,7 @@ pub static REGISTRY: &[&dyn Pass] = &[
 ];
 
 /// The passes run when `--passes` is not given.
-pub const DEFAULT_PIPELINE: &[&str] = &["fpcast", "stack", "producers"];
+pub const DEFAULT_PIPELINE: &[&str] = &["fpcast", "stack", "adapter-memory", "producers"];
 
 /// `--harden`: the default pipeline and [`HARDEN_PASSES`], in registry order.
 pub fn harden_pipeline() -> Vec<&'static str> {

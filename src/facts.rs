@@ -99,6 +99,8 @@ pub struct CodeFacts {
     pub functions_with_indirect_calls: Vec<u32>,
     /// Mutable i32/i64 global → functions that write it with `global.set`, ascending.
     pub global_writers: BTreeMap<u32, Vec<u32>>,
+    /// Functions that execute `memory.size` (learn how much memory exists), ascending.
+    pub memory_size_functions: Vec<u32>,
 }
 
 impl CodeFacts {
@@ -138,6 +140,7 @@ pub struct Facts {
     pub debug_info: DebugInfoFacts,
     code: OnceLock<CodeFacts>,
     indirect_calls: OnceLock<Vec<IndirectCallFacts>>,
+    heap: OnceLock<Result<crate::heap::HeapStart, String>>,
 }
 
 impl Facts {
@@ -162,6 +165,7 @@ impl Facts {
             debug_info: debug_info(m),
             code: OnceLock::new(),
             indirect_calls: OnceLock::new(),
+            heap: OnceLock::new(),
         };
         f.heap_base = f.global_address(m, "__heap_base");
         f.data_end = f.global_address(m, "__data_end");
@@ -176,6 +180,11 @@ impl Facts {
     /// The walk over every function body, done once on first use.
     pub fn code(&self, m: &Module<'_>) -> &CodeFacts {
         self.code.get_or_init(|| scan_code(m))
+    }
+
+    /// Where the module's runtime starts its heap (see [`crate::heap`]), found on first use.
+    pub fn heap(&self, m: &Module<'_>) -> &Result<crate::heap::HeapStart, String> {
+        self.heap.get_or_init(|| crate::heap::find(m, self))
     }
 
     /// A function's name for messages: its name-section name, else `function N`.
@@ -750,6 +759,7 @@ fn scan_code(m: &Module<'_>) -> CodeFacts {
         for (g, funcs) in p.global_writers {
             all.global_writers.entry(g).or_default().extend(funcs);
         }
+        all.memory_size_functions.extend(p.memory_size_functions);
     }
     all.tables_changed.sort();
     all
@@ -815,6 +825,11 @@ fn scan_bodies(m: &Module<'_>, first: u32, bodies: &[wasmparser::FunctionBody<'_
                     }
                 }
                 Operator::I32Sub | Operator::I64Sub if first_read.is_some() => subtracts = true,
+                Operator::MemorySize { .. }
+                    if facts.memory_size_functions.last() != Some(&func) =>
+                {
+                    facts.memory_size_functions.push(func);
+                }
                 _ => {}
             }
         }

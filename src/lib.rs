@@ -11,6 +11,7 @@ pub mod dwarf;
 pub mod edit;
 pub mod emit;
 pub mod facts;
+pub mod heap;
 pub mod inspect;
 pub mod module;
 #[path = "../passes/mod.rs"]

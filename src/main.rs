@@ -259,6 +259,7 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
         no_dwarf_update: args.no_dwarf_update,
         code_map: source_map.is_some(),
         harden: args.harden,
+        explicit_passes: args.passes.is_some(),
     };
     let outcome = pipeline::run(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {
