@@ -6,6 +6,7 @@
 //! ([`validate`]). [`pipeline::run`] ties these together; the `wasmfix` binary is a thin CLI.
 
 pub mod codemap;
+pub mod component;
 pub mod diag;
 pub mod dwarf;
 pub mod edit;

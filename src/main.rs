@@ -163,6 +163,9 @@ fn read_input(path: &Path) -> Result<Vec<u8>, Exit> {
 
 fn inspect(input: &Path, json: bool) -> Result<u8, Exit> {
     let bytes = read_input(input)?;
+    if wasmfix::component::is_component(&bytes) {
+        return inspect_component(input, &bytes, json);
+    }
     let (module, facts) =
         pipeline::load(&bytes).map_err(|f| fail(2, format!("{}: {f}", input.display())))?;
     if json {
@@ -178,6 +181,77 @@ fn inspect(input: &Path, json: bool) -> Result<u8, Exit> {
         );
     }
     Ok(0)
+}
+
+/// `inspect` of a component: each core module's facts, under its label.
+fn inspect_component(input: &Path, bytes: &[u8], json: bool) -> Result<u8, Exit> {
+    let name = input.display().to_string();
+    let modules =
+        wasmfix::component::core_modules(bytes).map_err(|f| fail(2, format!("{name}: {f}")))?;
+    let mut texts = Vec::new();
+    let mut values = Vec::new();
+    for m in &modules {
+        let module_bytes = &bytes[m.range.clone()];
+        let (module, facts) = pipeline::load(module_bytes)
+            .map_err(|f| fail(2, format!("{name}: {}: {f}", m.label)))?;
+        if json {
+            let mut v = wasmfix::inspect::json(&module, &facts);
+            v["label"] = serde_json::json!(m.label);
+            v["offset"] = serde_json::json!(m.range.start);
+            values.push(v);
+        } else {
+            texts.push(wasmfix::inspect::text(
+                &format!("{name}: {}", m.label),
+                &module,
+                &facts,
+            ));
+        }
+    }
+    if json {
+        let v = serde_json::json!({
+            "component": true,
+            "size": bytes.len(),
+            "core_modules": values,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("serializable")
+        );
+    } else {
+        println!(
+            "{name}: component, {} bytes, {} core modules",
+            wasmfix::inspect::count(bytes.len()),
+            modules.len()
+        );
+        for t in texts {
+            print!("\n{t}");
+        }
+    }
+    Ok(0)
+}
+
+/// The hazards of `bytes`, a module or every core module of a component, as
+/// (where, hazard) pairs.
+fn hazards_of(name: &str, bytes: &[u8]) -> Result<Vec<(String, String)>, Exit> {
+    let mut units = Vec::new();
+    if wasmfix::component::is_component(bytes) {
+        let modules =
+            wasmfix::component::core_modules(bytes).map_err(|f| fail(2, format!("{name}: {f}")))?;
+        for m in modules {
+            units.push((format!("{name}: {}", m.label), m.range));
+        }
+    } else {
+        units.push((name.to_string(), 0..bytes.len()));
+    }
+    let mut out = Vec::new();
+    for (label, range) in units {
+        let (module, facts) =
+            pipeline::load(&bytes[range]).map_err(|f| fail(2, format!("{label}: {f}")))?;
+        for h in wasmfix::inspect::hazards(&module, &facts) {
+            out.push((label.clone(), h.message));
+        }
+    }
+    Ok(out)
 }
 
 fn select_passes(list: Option<&str>, harden: bool) -> Result<Vec<&'static dyn Pass>, Exit> {
@@ -206,23 +280,21 @@ fn select_passes(list: Option<&str>, harden: bool) -> Result<Vec<&'static dyn Pa
 }
 
 fn rewrite(args: Rewrite) -> Result<u8, Exit> {
-    let Some(input) = args.input else {
+    let Some(input) = args.input.clone() else {
         return Err(fail(2, "no input module given (try `wasmfix --help`)"));
     };
     let name = input.display().to_string();
     if args.check {
         let bytes = read_input(&input)?;
-        let (module, facts) =
-            pipeline::load(&bytes).map_err(|f| fail(2, format!("{name}: {f}")))?;
-        let hazards = wasmfix::inspect::hazards(&module, &facts);
+        let hazards = hazards_of(&name, &bytes)?;
         if !args.quiet {
-            for h in &hazards {
-                eprintln!("wasmfix: {name}: hazard: {}", h.message);
+            for (label, message) in &hazards {
+                eprintln!("wasmfix: {label}: hazard: {message}");
             }
         }
         return Ok(if hazards.is_empty() { 0 } else { 1 });
     }
-    let Some(output) = args.output else {
+    let Some(output) = args.output.clone() else {
         return Err(fail(
             2,
             format!("{name}: no output given: add -o OUT (-o {name} rewrites in place)"),
@@ -233,7 +305,7 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
     if to_stdout && args.report.as_deref() == Some(Path::new("-")) {
         return Err(fail(2, "--report - and -o - both write standard output"));
     }
-    let source_map_out = match (&args.source_map, args.source_map_out) {
+    let source_map_out = match (&args.source_map, args.source_map_out.clone()) {
         (None, _) => None,
         (Some(_), Some(out)) => Some(out),
         (Some(_), None) if to_stdout => {
@@ -253,6 +325,15 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
         None => None,
     };
     let bytes = read_input(&input)?;
+    if wasmfix::component::is_component(&bytes) {
+        if args.source_map.is_some() {
+            return Err(fail(
+                2,
+                format!("{name}: --source-map applies to core modules, not components"),
+            ));
+        }
+        return rewrite_component(&args, &name, &bytes, &passes, &output);
+    }
     let options = PassOptions {
         fpcast_diagnose: args.fpcast_diagnose,
         stack_size: args.stack_size,
@@ -349,6 +430,100 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
         staged
             .commit()
             .map_err(|e| fail(2, format!("{}: cannot write: {e}", path.display())))?;
+    }
+    match staged {
+        Some(staged) => staged
+            .commit()
+            .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&outcome.bytes)
+                .and_then(|_| out.flush())
+                .map_err(|e| fail(2, format!("cannot write standard output: {e}")))?;
+        }
+    }
+    Ok(0)
+}
+
+/// Rewrites every core module of a component (see `wasmfix::component`).
+fn rewrite_component(
+    args: &Rewrite,
+    name: &str,
+    bytes: &[u8],
+    passes: &[&'static dyn Pass],
+    output: &Path,
+) -> Result<u8, Exit> {
+    let options = PassOptions {
+        fpcast_diagnose: args.fpcast_diagnose,
+        stack_size: args.stack_size,
+        no_dwarf_update: args.no_dwarf_update,
+        code_map: false,
+        harden: args.harden,
+        explicit_passes: args.passes.is_some(),
+    };
+    let outcome = wasmfix::component::run(bytes, passes, &options).map_err(|f| {
+        let status = if matches!(f, Failure::Internal(_)) {
+            3
+        } else {
+            2
+        };
+        fail(status, format!("{name}: {f}"))
+    })?;
+    for m in &outcome.modules {
+        for r in &m.outcome.reports {
+            if args.verbose {
+                eprintln!("wasmfix: {}: {}: {}", m.label, r.pass, r.summary);
+            }
+            if !args.quiet {
+                for w in &r.warnings {
+                    eprintln!("wasmfix: {name}: {}: {}: warning: {w}", m.label, r.pass);
+                }
+            }
+        }
+        if !args.quiet {
+            for w in &m.outcome.debug_info.warnings {
+                eprintln!("wasmfix: {name}: {}: debug info: warning: {w}", m.label);
+            }
+        }
+    }
+    let to_stdout = output == Path::new("-");
+    let staged = if to_stdout {
+        None
+    } else {
+        Some(
+            Staged::write(output, &outcome.bytes)
+                .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
+        )
+    };
+    if let Some(report) = &args.report {
+        let modules: Vec<serde_json::Value> = outcome
+            .modules
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "core_module": m.label,
+                    "output_bytes": m.outcome.bytes.len(),
+                    "rewritten_functions": m.outcome.rewritten_functions,
+                    "passes": m.outcome.reports,
+                    "debug_info": m.outcome.debug_info,
+                })
+            })
+            .collect();
+        let json = serde_json::json!({
+            "input": name,
+            "output": output.display().to_string(),
+            "component": true,
+            "input_bytes": bytes.len(),
+            "output_bytes": outcome.bytes.len(),
+            "core_modules": modules,
+        });
+        let text = serde_json::to_string_pretty(&json).expect("serializable") + "\n";
+        let written = if report == Path::new("-") {
+            std::io::stdout().write_all(text.as_bytes())
+        } else {
+            std::fs::write(report, text)
+        };
+        written.map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
     }
     match staged {
         Some(staged) => staged
