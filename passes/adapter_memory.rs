@@ -40,8 +40,9 @@
 //! region. Heap addresses move by RESERVED bytes, which no correct program depends on. The module
 //! itself never calls the new export.
 //!
-//! Runs when the module imports `wasi_snapshot_preview1`, defines its memory and exports neither
-//! `cabi_realloc` nor `cabi_realloc_adapter` (with one, the adapter already allocates through it).
+//! Runs when the module imports from `wasi_snapshot_preview1` and nothing else, defines its
+//! memory and exports neither `cabi_realloc` nor `cabi_realloc_adapter` (with one, the adapter
+//! already allocates through it).
 //! Refuses, when named with `--passes`, a module whose heap start cannot be established (a
 //! stripped Go module, code re-encoded after linking, a stack-first module without
 //! `__heap_base`, an unknown allocator); in the default pipeline it warns instead and
@@ -64,14 +65,22 @@ pub const RESERVED: u64 = 2 * PAGE;
 /// The export the adapter's `cabi_realloc` import is linked to, when present.
 pub const EXPORT: &str = "cabi_realloc_adapter";
 
-/// Why the pass has nothing to do with `m`, if so.
+/// Why the pass has nothing to do with `m`, if so: only a module whose host is WASI preview1
+/// alone, with a memory of its own, is what `wasm-tools component new --adapt` turns into a
+/// component with nothing but the adapter.
 pub fn not_applicable(m: &crate::module::Module<'_>) -> Option<String> {
-    let imports_preview1 = m
-        .imports
-        .iter()
-        .any(|i| i.module == "wasi_snapshot_preview1");
-    if !imports_preview1 {
-        return Some("the module does not import wasi_snapshot_preview1".into());
+    const PREVIEW1: &str = "wasi_snapshot_preview1";
+    if !m.imports.iter().any(|i| i.module == PREVIEW1) {
+        return Some(format!("the module does not import {PREVIEW1}"));
+    }
+    if let Some(other) = m.imports.iter().find(|i| i.module != PREVIEW1) {
+        return Some(format!(
+            "the module also imports from `{}`: not a WASI preview1 program the adapter alone can host",
+            other.module
+        ));
+    }
+    if m.imported_memories > 0 {
+        return Some("its memory is imported".into());
     }
     if let Some(e) = m
         .exports

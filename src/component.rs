@@ -44,6 +44,8 @@ pub struct ModuleRun {
 pub struct ComponentOutcome {
     pub bytes: Vec<u8>,
     pub modules: Vec<ModuleRun>,
+    /// What the user should know about the component as a whole.
+    pub warnings: Vec<String>,
 }
 
 /// Every core module of the component `bytes`, nested components' included, in order.
@@ -71,9 +73,21 @@ pub fn run(
         .filter(|p| p.name() != "adapter-memory")
         .collect();
     let mut modules = Vec::new();
+    let mut warnings = Vec::new();
     let bytes = walk(input, 0, "", &mut |m| {
         let module = &input[m.range.clone()];
         let outcome = pipeline::run(module, &passes, options).map_err(|f| inside(f, &m.label))?;
+        if adapted_unsafely(module) {
+            warnings.push(format!(
+                "{}: {}; here the adapter is linked already: run wasmfix on the module before \
+                 `wasm-tools component new`",
+                m.label,
+                crate::inspect::ADAPTER_HAZARD
+                    .split(';')
+                    .next()
+                    .unwrap_or_default()
+            ));
+        }
         let changed = outcome.bytes != module;
         let new = changed.then(|| outcome.bytes.clone());
         modules.push(ModuleRun {
@@ -84,7 +98,19 @@ pub fn run(
     })?;
     validate(&bytes)
         .map_err(|e| Failure::Internal(e.context("the rewritten component does not validate")))?;
-    Ok(ComponentOutcome { bytes, modules })
+    Ok(ComponentOutcome {
+        bytes,
+        modules,
+        warnings,
+    })
+}
+
+/// Whether `module` (valid: the pipeline read it) has the preview1 adapter hazard.
+fn adapted_unsafely(module: &[u8]) -> bool {
+    let Ok(m) = crate::module::Module::parse(module) else {
+        return false;
+    };
+    crate::inspect::adapter_hazard(&m, &crate::facts::Facts::new(&m))
 }
 
 /// A failure in one core module, naming it.

@@ -486,6 +486,11 @@ fn rewrite_component(
             }
         }
     }
+    if !args.quiet {
+        for w in &outcome.warnings {
+            eprintln!("wasmfix: {name}: warning: {w}");
+        }
+    }
     let to_stdout = output == Path::new("-");
     let staged = if to_stdout {
         None
