@@ -284,6 +284,8 @@ fn wrap(cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
         (clamp(lo), clamp(hi))
     });
     let edits = &mut *cx.edits;
+    // realloc's memory.copy and calloc's memory.fill (issue 14: not yet gated).
+    edits.record_feature(crate::features::Feature::BulkMemoryOpt);
     let key = crate::facts::module_hash(m.bytes) | 1;
     let key2 = key.rotate_left(13) ^ 0x5bd1_e995;
     let real_malloc = edits.move_body(m, malloc, "wasmfix:real_malloc");

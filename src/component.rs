@@ -122,6 +122,7 @@ fn inside(f: Failure, label: &str) -> Failure {
             error: error.context(label.to_string()),
         },
         Failure::Internal(e) => Failure::Internal(e.context(label.to_string())),
+        Failure::Usage(e) => Failure::Usage(e.context(label.to_string())),
     }
 }
 

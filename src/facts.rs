@@ -101,6 +101,9 @@ pub struct CodeFacts {
     pub global_writers: BTreeMap<u32, Vec<u32>>,
     /// Functions that execute `memory.size` (learn how much memory exists), ascending.
     pub memory_size_functions: Vec<u32>,
+    /// The WebAssembly features the code uses (operators, block types, locals).
+    #[serde(skip)]
+    pub features: crate::features::FeatureSet,
 }
 
 impl CodeFacts {
@@ -141,6 +144,7 @@ pub struct Facts {
     code: OnceLock<CodeFacts>,
     indirect_calls: OnceLock<Vec<IndirectCallFacts>>,
     heap: OnceLock<Result<crate::heap::HeapStart, String>>,
+    features: OnceLock<crate::features::InputFeatures>,
 }
 
 impl Facts {
@@ -166,6 +170,7 @@ impl Facts {
             code: OnceLock::new(),
             indirect_calls: OnceLock::new(),
             heap: OnceLock::new(),
+            features: OnceLock::new(),
         };
         f.heap_base = f.global_address(m, "__heap_base");
         f.data_end = f.global_address(m, "__data_end");
@@ -185,6 +190,13 @@ impl Facts {
     /// Where the module's runtime starts its heap (see [`crate::heap`]), found on first use.
     pub fn heap(&self, m: &Module<'_>) -> &Result<crate::heap::HeapStart, String> {
         self.heap.get_or_init(|| crate::heap::find(m, self))
+    }
+
+    /// The WebAssembly features the input uses (its `target_features` section and what its
+    /// sections and code use), found with the code walk.
+    pub fn features(&self, m: &Module<'_>) -> &crate::features::InputFeatures {
+        self.features
+            .get_or_init(|| crate::features::InputFeatures::new(m, self.code(m).features))
     }
 
     /// A function's name for messages: its name-section name, else `function N`.
@@ -760,6 +772,7 @@ fn scan_code(m: &Module<'_>) -> CodeFacts {
             all.global_writers.entry(g).or_default().extend(funcs);
         }
         all.memory_size_functions.extend(p.memory_size_functions);
+        all.features = all.features.union(p.features);
     }
     all.tables_changed.sort();
     all
@@ -773,6 +786,11 @@ fn scan_bodies(m: &Module<'_>, first: u32, bodies: &[wasmparser::FunctionBody<'_
     };
     for (func, body) in (first..).zip(bodies) {
         let mut calls_indirect = false;
+        if let Ok(locals) = body.get_locals_reader() {
+            for (_, ty) in locals.into_iter().flatten() {
+                crate::features::val_type(&mut facts.features, ty);
+            }
+        }
         let Ok(mut ops) = body.get_operators_reader() else {
             continue;
         };
@@ -782,6 +800,7 @@ fn scan_bodies(m: &Module<'_>, first: u32, bodies: &[wasmparser::FunctionBody<'_
         let mut subtracts = false;
         while !ops.eof() {
             let Ok(op) = ops.read() else { break };
+            crate::features::operator_features(&mut facts.features, &op);
             match op {
                 Operator::CallIndirect {
                     type_index,

@@ -1,10 +1,13 @@
 //! The `wasmfix` command line. Exit status: 0 done, 1 `--check` found hazards, 2 bad input,
 //! a refusing pass or a usage error (nothing written), 3 internal error (nothing written).
+//! A reader that closes standard output early (`wasmfix inspect app.wasm | head`) ends the
+//! output there without a message; the status is what it would have been (see `write_stdout`).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use wasmfix::features::{Feature, FeatureChoice};
 use wasmfix::passes::{self, DEFAULT_PIPELINE, Pass, PassOptions};
 use wasmfix::pipeline::{self, Failure};
 
@@ -24,8 +27,13 @@ keeps its source location; DWARF wasmfix cannot update is refused (strip it with
 --strip-debug). A source map is rewritten only when given with --source-map. The name section
 names what wasmfix adds (wasmfix:adapt …, wasmfix:stack_overflow, …).
 
+Features: passes use only the WebAssembly features the input uses (its target_features section
+and what its code uses; `wasmfix inspect` shows them), so the output runs wherever the input ran.
+--enable-X / --disable-X (binaryen's names, listed by --help) and --enable-all change that.
+
 Exit status: 0 done; 1 --check found hazards; 2 bad input, a pass refused the module, or a
-usage error (no output is written and the input is never modified); 3 internal error.";
+usage error (no output is written and the input is never modified); 3 internal error. A reader
+that closes standard output early (| head) ends the output quietly: no message, status 0.";
 
 #[derive(Parser)]
 #[command(
@@ -118,15 +126,88 @@ fn fail(status: u8, message: impl Into<String>) -> Exit {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::Passes) => {
-            list_passes();
-            Ok(0)
+/// `--enable-X` / `--disable-X` for every feature, `--enable-all` (alias `--all-features`)
+/// and `--mvp-features`, as binaryen names them; added to the derived parser so the list
+/// follows [`Feature::ALL`].
+fn feature_args() -> Vec<clap::Arg> {
+    use clap::{Arg, ArgAction};
+    let mut args = vec![
+        Arg::new("enable-all")
+            .long("enable-all")
+            .alias("all-features")
+            .action(ArgAction::SetTrue)
+            .help("Let passes use every feature wasmfix knows")
+            .help_heading("Features (default: only those the input uses)"),
+        Arg::new("mvp-features")
+            .long("mvp-features")
+            .action(ArgAction::SetTrue)
+            .help("Let passes use no feature beyond what the input uses (the default)")
+            .help_heading("Features (default: only those the input uses)"),
+    ];
+    for f in Feature::ALL {
+        for (verb, what) in [("enable", "may use"), ("disable", "must not use")] {
+            args.push(
+                Arg::new(format!("{verb}-{}", f.name()))
+                    .long(format!("{verb}-{}", f.name()))
+                    .action(ArgAction::SetTrue)
+                    .hide_short_help(true)
+                    .help(format!("Passes {what} {}", f.name()))
+                    .help_heading("Features (default: only those the input uses)"),
+            );
         }
+    }
+    args
+}
+
+/// The feature flags in the order given: a later flag overrides an earlier one.
+fn feature_choice(matches: &clap::ArgMatches) -> FeatureChoice {
+    let mut flags: Vec<(usize, String)> = Vec::new();
+    let ids = ["enable-all".to_string(), "mvp-features".to_string()]
+        .into_iter()
+        .chain(Feature::ALL.iter().flat_map(|f| {
+            [
+                format!("enable-{}", f.name()),
+                format!("disable-{}", f.name()),
+            ]
+        }));
+    for id in ids {
+        if matches.get_flag(&id)
+            && let Some(i) = matches.index_of(&id)
+        {
+            flags.push((i, id));
+        }
+    }
+    flags.sort();
+    let mut choice = FeatureChoice::default();
+    for (_, id) in flags {
+        match id.as_str() {
+            "enable-all" => choice.enable_all(),
+            "mvp-features" => choice.mvp(),
+            _ => {
+                let (verb, name) = id.split_once('-').expect("flag ids are verb-name");
+                let f = Feature::from_name(name).expect("flag ids name features");
+                if verb == "enable" {
+                    choice.enable(f)
+                } else {
+                    choice.disable(f)
+                }
+            }
+        }
+    }
+    choice
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().args(feature_args()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let features = feature_choice(&matches);
+    let result = match cli.command {
+        Some(Command::Passes) => list_passes(),
         Some(Command::Inspect { input, json }) => inspect(&input, json),
-        None => rewrite(cli.rewrite),
+        None => rewrite(cli.rewrite, features),
     };
     match result {
         Ok(status) => ExitCode::from(status),
@@ -137,8 +218,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn list_passes() {
-    println!("passes (in pipeline order; * = default, h = added by --harden):");
+fn list_passes() -> Result<u8, Exit> {
+    let mut text =
+        String::from("passes (in pipeline order; * = default, h = added by --harden):\n");
     for p in passes::REGISTRY {
         let mark = if DEFAULT_PIPELINE.contains(&p.name()) {
             "*"
@@ -147,7 +229,20 @@ fn list_passes() {
         } else {
             " "
         };
-        println!("  {mark} {:<14} {}", p.name(), p.description());
+        text += &format!("  {mark} {:<14} {}\n", p.name(), p.description());
+    }
+    write_stdout(text.as_bytes())?;
+    Ok(0)
+}
+
+/// Writes `bytes` to standard output. A reader that closed the pipe early (`| head`) has
+/// taken all it wants: the output ends there, without a message, and the command's status
+/// stays what it would have been. Any other write error fails the command (exit 2).
+fn write_stdout(bytes: &[u8]) -> Result<(), Exit> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.map_err(|e| fail(2, format!("cannot write standard output: {e}"))),
     }
 }
 
@@ -168,18 +263,13 @@ fn inspect(input: &Path, json: bool) -> Result<u8, Exit> {
     }
     let (module, facts) =
         pipeline::load(&bytes).map_err(|f| fail(2, format!("{}: {f}", input.display())))?;
-    if json {
+    let text = if json {
         let v = wasmfix::inspect::json(&module, &facts);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).expect("serializable")
-        );
+        serde_json::to_string_pretty(&v).expect("serializable") + "\n"
     } else {
-        print!(
-            "{}",
-            wasmfix::inspect::text(&input.display().to_string(), &module, &facts)
-        );
-    }
+        wasmfix::inspect::text(&input.display().to_string(), &module, &facts)
+    };
+    write_stdout(text.as_bytes())?;
     Ok(0)
 }
 
@@ -207,26 +297,26 @@ fn inspect_component(input: &Path, bytes: &[u8], json: bool) -> Result<u8, Exit>
             ));
         }
     }
-    if json {
+    let text = if json {
         let v = serde_json::json!({
             "component": true,
             "size": bytes.len(),
             "core_modules": values,
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).expect("serializable")
-        );
+        serde_json::to_string_pretty(&v).expect("serializable") + "\n"
     } else {
-        println!(
-            "{name}: component, {} bytes, {} core modules",
+        let mut text = format!(
+            "{name}: component, {} bytes, {} core modules\n",
             wasmfix::inspect::count(bytes.len()),
             modules.len()
         );
         for t in texts {
-            print!("\n{t}");
+            text.push('\n');
+            text.push_str(&t);
         }
-    }
+        text
+    };
+    write_stdout(text.as_bytes())?;
     Ok(0)
 }
 
@@ -279,7 +369,7 @@ fn select_passes(list: Option<&str>, harden: bool) -> Result<Vec<&'static dyn Pa
         .collect()
 }
 
-fn rewrite(args: Rewrite) -> Result<u8, Exit> {
+fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
     let Some(input) = args.input.clone() else {
         return Err(fail(2, "no input module given (try `wasmfix --help`)"));
     };
@@ -332,7 +422,7 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
                 format!("{name}: --source-map applies to core modules, not components"),
             ));
         }
-        return rewrite_component(&args, &name, &bytes, &passes, &output);
+        return rewrite_component(&args, features, &name, &bytes, &passes, &output);
     }
     let options = PassOptions {
         fpcast_diagnose: args.fpcast_diagnose,
@@ -341,6 +431,7 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
         code_map: source_map.is_some(),
         harden: args.harden,
         explicit_passes: args.passes.is_some(),
+        features,
     };
     let outcome = pipeline::run(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {
@@ -408,6 +499,11 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
             "input_bytes": bytes.len(),
             "output_bytes": outcome.bytes.len(),
             "rewritten_functions": outcome.rewritten_functions,
+            "features": {
+                "input": outcome.input_features.as_ref().map(|f| f.used),
+                "how": outcome.input_features.as_ref().map(|f| f.how.clone()),
+                "added": outcome.added_features,
+            },
             "passes": outcome.reports,
             "debug_info": outcome.debug_info,
             "source_map": rewritten_map.as_ref().map(|m| serde_json::json!({
@@ -419,12 +515,12 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
             })),
         });
         let text = serde_json::to_string_pretty(&json).expect("serializable") + "\n";
-        let written = if report == Path::new("-") {
-            std::io::stdout().write_all(text.as_bytes())
+        if report == Path::new("-") {
+            write_stdout(text.as_bytes())?;
         } else {
             std::fs::write(report, text)
-        };
-        written.map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
+                .map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
+        }
     }
     if let (Some(staged), Some(path)) = (staged_map, &source_map_out) {
         staged
@@ -435,12 +531,7 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
         Some(staged) => staged
             .commit()
             .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&outcome.bytes)
-                .and_then(|_| out.flush())
-                .map_err(|e| fail(2, format!("cannot write standard output: {e}")))?;
-        }
+        None => write_stdout(&outcome.bytes)?,
     }
     Ok(0)
 }
@@ -448,6 +539,7 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
 /// Rewrites every core module of a component (see `wasmfix::component`).
 fn rewrite_component(
     args: &Rewrite,
+    features: FeatureChoice,
     name: &str,
     bytes: &[u8],
     passes: &[&'static dyn Pass],
@@ -460,6 +552,7 @@ fn rewrite_component(
         code_map: false,
         harden: args.harden,
         explicit_passes: args.passes.is_some(),
+        features,
     };
     let outcome = wasmfix::component::run(bytes, passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {
@@ -523,23 +616,18 @@ fn rewrite_component(
             "core_modules": modules,
         });
         let text = serde_json::to_string_pretty(&json).expect("serializable") + "\n";
-        let written = if report == Path::new("-") {
-            std::io::stdout().write_all(text.as_bytes())
+        if report == Path::new("-") {
+            write_stdout(text.as_bytes())?;
         } else {
             std::fs::write(report, text)
-        };
-        written.map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
+                .map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
+        }
     }
     match staged {
         Some(staged) => staged
             .commit()
             .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&outcome.bytes)
-                .and_then(|_| out.flush())
-                .map_err(|e| fail(2, format!("cannot write standard output: {e}")))?;
-        }
+        None => write_stdout(&outcome.bytes)?,
     }
     Ok(0)
 }

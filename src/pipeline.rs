@@ -18,12 +18,14 @@ pub enum Failure {
     },
     /// wasmfix produced an invalid module or failed to encode one: a bug.
     Internal(anyhow::Error),
+    /// The options contradict the input (`--disable-X` of a feature the input uses).
+    Usage(anyhow::Error),
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::BadInput(e) => write!(f, "{}", one_line(e)),
+            Failure::BadInput(e) | Failure::Usage(e) => write!(f, "{}", one_line(e)),
             Failure::Refused { pass, error } => write!(f, "{pass}: {}", one_line(error)),
             Failure::Internal(e) => {
                 write!(
@@ -52,6 +54,10 @@ pub struct Outcome {
     pub code_map: Option<crate::codemap::CodeMap>,
     /// What happened to the module's debug info (DWARF, external DWARF, source map).
     pub debug_info: DebugInfoReport,
+    /// Features the output uses that the input did not (the user enabled them).
+    pub added_features: crate::features::FeatureSet,
+    /// What the input uses, when the run needed to know (any change beyond custom sections).
+    pub input_features: Option<crate::features::InputFeatures>,
 }
 
 /// What happened to a module's debug info, for `--report` and warnings.
@@ -87,7 +93,8 @@ impl DebugInfoReport {
 /// Reads and validates `input`, or says why it is bad input.
 pub fn read(input: &[u8]) -> Result<Module<'_>, Failure> {
     let module = Module::parse(input).map_err(Failure::BadInput)?;
-    validate::validate(input, None).map_err(|e| Failure::BadInput(e.context("invalid module")))?;
+    validate::validate(input, None, validate::features())
+        .map_err(|e| Failure::BadInput(e.context("invalid module")))?;
     Ok(module)
 }
 
@@ -102,6 +109,11 @@ pub fn load(input: &[u8]) -> Result<(Module<'_>, Facts), Failure> {
 pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<Outcome, Failure> {
     let module = read(input)?;
     let facts = std::sync::OnceLock::new();
+    let choice = &options.features;
+    if !choice.disabled.is_empty() {
+        let f = facts.get_or_init(|| Facts::new(&module));
+        crate::features::RunFeatures::new(f.features(&module), choice).map_err(Failure::Usage)?;
+    }
     let mut edits = Edits::default();
     let mut reports = Vec::new();
     for pass in passes {
@@ -134,6 +146,37 @@ pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<
             None => edits.append_custom(&section),
         }
     }
+    // The output is validated with the input's features plus those the passes recorded, so a
+    // pass cannot make the module need more of an engine than the input did without saying so.
+    let output_features = if edits.changes_code_or_structure() {
+        let f = facts.get_or_init(|| Facts::new(&module));
+        let input_features = f.features(&module);
+        if !edits.used_features.is_empty()
+            && let Some(current) = crate::features::target_features(&module)
+            && let Some(data) =
+                crate::features::updated_target_features(&current, edits.used_features)
+        {
+            let index = module
+                .sections
+                .iter()
+                .position(|s| s.custom_name == Some("target_features"))
+                .expect("target_features was read from this section");
+            let section = wasm_encoder::CustomSection {
+                name: "target_features".into(),
+                data: data.into(),
+            };
+            edits.replace_custom(index, &section);
+        }
+        input_features
+            .used
+            .union(edits.used_features)
+            .closed()
+            .wasm_features()
+    } else {
+        validate::features()
+    };
+    let added_features = edits.used_features;
+    let input_features = facts.get().map(|f| f.features(&module).clone());
     // Same-length patches (relocated immediates) go into a copy of the input; every offset in
     // the module model stays valid, so the copy is read as the same module.
     let patched: Vec<u8>;
@@ -185,7 +228,7 @@ pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<
         }
     }
     let must_check = |i: u32| i >= defined || check[i as usize];
-    validate::validate(&bytes, Some(&must_check))
+    validate::validate(&bytes, Some(&must_check), output_features)
         .map_err(|e| Failure::Internal(e.context("the rewritten module does not validate")))?;
     let debug_info = debug_info_report(debug, &mut emitted, options);
     Ok(Outcome {
@@ -194,6 +237,8 @@ pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<
         rewritten_functions: emitted.rewritten_functions.len(),
         code_map: emitted.code_map,
         debug_info,
+        added_features,
+        input_features,
     })
 }
 

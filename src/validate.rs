@@ -11,15 +11,19 @@ use wasmparser::{
     ValidatorResources, WasmFeatures,
 };
 
-/// The features wasmfix accepts: everything wasmparser validates in a core module.
+/// The features wasmfix accepts in its input: everything wasmparser validates in a core module.
 pub fn features() -> WasmFeatures {
     WasmFeatures::all()
 }
 
-/// Validates `bytes`. `check_body(i)` says whether the i-th defined function body must be
-/// checked (all of them when `None`).
-pub fn validate(bytes: &[u8], check_body: Option<&dyn Fn(u32) -> bool>) -> Result<()> {
-    let mut validator = Validator::new_with_features(features());
+/// Validates `bytes` with `features`. `check_body(i)` says whether the i-th defined function
+/// body must be checked (all of them when `None`).
+pub fn validate(
+    bytes: &[u8],
+    check_body: Option<&dyn Fn(u32) -> bool>,
+    features: WasmFeatures,
+) -> Result<()> {
+    let mut validator = Validator::new_with_features(features);
     let mut funcs: Vec<(FuncToValidate<ValidatorResources>, FunctionBody<'_>)> = Vec::new();
     let mut index = 0u32;
     for payload in Parser::new(0).parse_all(bytes) {
