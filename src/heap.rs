@@ -17,11 +17,13 @@
 //!   stack lies between the data and the heap, the stack pointer's initial value (wasm-ld puts
 //!   `__heap_base` right above the stack). Code refers to linker symbols through immediates the
 //!   linker writes as 5-byte padded LEBs, while the compiler writes plain numbers in their shortest
-//!   form; so in a function the linker encoded (one with any padded immediate), a padded
-//!   `i32.const` or load/store offset equal to the heap base is a reference to `__heap_base`, and
-//!   one equal to the end of the initial memory a reference to `__heap_end`. Everything that could
-//!   also be such a reference is refused: a re-encoded function (wasm-opt) holding either value, a
-//!   padded constant elsewhere in the heap, a data word or global holding either value.
+//!   form; so in a function the linker encoded (one with any immediate longer than its shortest
+//!   form), a padded `i32.const` or load/store offset equal to the heap base is a reference to
+//!   `__heap_base`, and one equal to the end of the initial memory a reference to `__heap_end`.
+//!   Nothing else lies at or above the heap base. Everything that could also be such a reference
+//!   is refused: a constant in the heap in a re-encoded function (wasm-opt) or one whose shortest
+//!   form is 5 bytes long, a padded constant elsewhere in the heap, a data word or another global
+//!   holding either value, data at or above the heap base (a memory snapshot).
 //! - **Zig's libc allocator** (`heap.BrkAllocator`, named in the name section) in a module that
 //!   never executes `memory.size`: it takes memory only with `memory.grow` and uses the pages it
 //!   returns (Zig's `std/heap/BrkAllocator.zig`), so no page above the initial memory is its own
@@ -276,6 +278,13 @@ fn linker_heap(m: &Module<'_>, facts: &Facts, memory_end: u64) -> Result<LinkerH
             "__heap_base ({heap_base}) lies above the initial memory ({memory_end})"
         ));
     }
+    if let Some(d) = facts.data.as_ref().filter(|d| d.high > heap_base) {
+        return Err(format!(
+            "data lies at and above __heap_base ({heap_base}) up to {}: a memory snapshot (Wizer) \
+             whose heap is already in use",
+            d.high
+        ));
+    }
     let scan = scan_immediates(m, heap_base, memory_end)?;
     for (i, range) in m.memory0_segments() {
         let Some(range) = range else { continue };
@@ -340,11 +349,9 @@ fn heap_base(facts: &Facts) -> Result<(u64, String), String> {
     match &facts.stack {
         Ok(s) if s.layout == crate::facts::StackLayout::StackAfterData => Ok((
             s.high,
-            format!(
-                "the stack pointer's initial value: the stack lies between the data and the heap, \
-                 and wasm-ld puts __heap_base at its top ({})",
-                s.how
-            ),
+            "the stack pointer's initial value: the stack lies between the data and the heap, \
+             and wasm-ld puts __heap_base at its top"
+                .into(),
         )),
         Ok(_) => Err(
             "no `__heap_base` global, and the stack does not lie between data and heap \
@@ -529,4 +536,31 @@ pub fn grow_only(m: &Module<'_>, facts: &Facts) -> Option<GrowOnlyHeap> {
              uses the pages it returns; no function executes memory.size"
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{leb_width, sleb_len, uleb_len};
+
+    #[test]
+    fn shortest_leb_lengths() {
+        for (v, n) in [(0i64, 1), (63, 1), (64, 2), (-64, 1), (-65, 2), (70880, 3)] {
+            assert_eq!(sleb_len(v), n, "sleb {v}");
+        }
+        for (v, n) in [(1 << 27, 5), ((1 << 27) - 1, 4), (i32::MIN as i64, 5)] {
+            assert_eq!(sleb_len(v), n, "sleb {v}");
+        }
+        for (v, n) in [
+            (0u64, 1),
+            (127, 1),
+            (128, 2),
+            (70880, 3),
+            ((1 << 28) - 1, 4),
+        ] {
+            assert_eq!(uleb_len(v), n, "uleb {v}");
+        }
+        // A linker's padded 70880 and the shortest form.
+        assert_eq!(leb_width(&[0xe0, 0xa9, 0x84, 0x80, 0x00], 0), 5);
+        assert_eq!(leb_width(&[0xe0, 0xa9, 0x04], 0), 3);
+    }
 }

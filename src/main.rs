@@ -19,6 +19,8 @@ Examples:
   wasmfix --check app.wasm              exit 1 if the module has hazards (for a Makefile gate)
   wasmfix inspect app.wasm              stack layout, tables, indirect calls, hazards
   wasmfix passes                        list the passes
+  wasmfix app.component.wasm -o app.component.wasm
+                                        rewrite every core module inside a component
   wasmfix app.wasm -o app.wasm --source-map app.wasm.map
                                         also rewrite the module's source map in place
 
@@ -52,7 +54,7 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct Rewrite {
-    /// Input module (`-` reads standard input).
+    /// Input module or component (`-` reads standard input).
     input: Option<PathBuf>,
     /// Output module (`-` writes standard output; may equal the input).
     #[arg(short, long, value_name = "OUT")]
@@ -103,7 +105,7 @@ struct Rewrite {
 enum Command {
     /// Print the module's facts (stack layout, tables, indirect calls) and its hazards.
     Inspect {
-        /// Input module.
+        /// Input module or component.
         input: PathBuf,
         /// Print JSON for tools instead of text.
         #[arg(long)]
