@@ -233,16 +233,18 @@ fn list_passes() -> Result<u8, Exit> {
         };
         text += &format!("  {mark} {:<14} {}\n", p.name(), p.description());
     }
-    write_stdout(text.as_bytes())?;
+    write_stdout(|w| w.write_all(text.as_bytes()))?;
     Ok(0)
 }
 
-/// Writes `bytes` to standard output. A reader that closed the pipe early (`| head`) has
+/// Writes `contents` to standard output. A reader that closed the pipe early (`| head`) has
 /// taken all it wants: the output ends there, without a message, and the command's status
 /// stays what it would have been. Any other write error fails the command (exit 2).
-fn write_stdout(bytes: &[u8]) -> Result<(), Exit> {
+fn write_stdout(
+    contents: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> Result<(), Exit> {
     let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|()| out.flush()) {
+    match contents(&mut out).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         written => written.map_err(|e| fail(2, format!("cannot write standard output: {e}"))),
     }
@@ -271,7 +273,7 @@ fn inspect(input: &Path, json: bool) -> Result<u8, Exit> {
     } else {
         wasmfix::inspect::text(&input.display().to_string(), &module, &facts)
     };
-    write_stdout(text.as_bytes())?;
+    write_stdout(|w| w.write_all(text.as_bytes()))?;
     Ok(0)
 }
 
@@ -318,7 +320,7 @@ fn inspect_component(input: &Path, bytes: &[u8], json: bool) -> Result<u8, Exit>
         }
         text
     };
-    write_stdout(text.as_bytes())?;
+    write_stdout(|w| w.write_all(text.as_bytes()))?;
     Ok(0)
 }
 
@@ -435,7 +437,7 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         explicit_passes: args.passes.is_some(),
         features,
     };
-    let outcome = pipeline::run(&bytes, &passes, &options).map_err(|f| {
+    let outcome = pipeline::rewrite(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {
             3
         } else {
@@ -483,13 +485,13 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         None
     } else {
         Some(
-            Staged::write(&output, &outcome.bytes)
+            Staged::write(&output, |w| outcome.write_to(w))
                 .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
         )
     };
     let staged_map = match (&rewritten_map, &source_map_out) {
         (Some(m), Some(path)) => Some(
-            Staged::write(path, &m.json)
+            Staged::write(path, |w| w.write_all(&m.json))
                 .map_err(|e| fail(2, format!("{}: cannot write: {e}", path.display())))?,
         ),
         _ => None,
@@ -499,7 +501,7 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
             "input": name,
             "output": output.display().to_string(),
             "input_bytes": bytes.len(),
-            "output_bytes": outcome.bytes.len(),
+            "output_bytes": outcome.len(),
             "rewritten_functions": outcome.rewritten_functions,
             "features": {
                 "input": outcome.input_features.as_ref().map(|f| f.used),
@@ -518,7 +520,7 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         });
         let text = serde_json::to_string_pretty(&json).expect("serializable") + "\n";
         if report == Path::new("-") {
-            write_stdout(text.as_bytes())?;
+            write_stdout(|w| w.write_all(text.as_bytes()))?;
         } else {
             std::fs::write(report, text)
                 .map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
@@ -533,7 +535,7 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         Some(staged) => staged
             .commit()
             .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
-        None => write_stdout(&outcome.bytes)?,
+        None => write_stdout(|w| outcome.write_to(w))?,
     }
     Ok(0)
 }
@@ -591,7 +593,7 @@ fn rewrite_component(
         None
     } else {
         Some(
-            Staged::write(output, &outcome.bytes)
+            Staged::write(output, |w| w.write_all(&outcome.bytes))
                 .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
         )
     };
@@ -619,7 +621,7 @@ fn rewrite_component(
         });
         let text = serde_json::to_string_pretty(&json).expect("serializable") + "\n";
         if report == Path::new("-") {
-            write_stdout(text.as_bytes())?;
+            write_stdout(|w| w.write_all(text.as_bytes()))?;
         } else {
             std::fs::write(report, text)
                 .map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
@@ -629,7 +631,7 @@ fn rewrite_component(
         Some(staged) => staged
             .commit()
             .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
-        None => write_stdout(&outcome.bytes)?,
+        None => write_stdout(|w| w.write_all(&outcome.bytes))?,
     }
     Ok(0)
 }
@@ -644,7 +646,10 @@ struct Staged {
 }
 
 impl Staged {
-    fn write(target: &Path, bytes: &[u8]) -> std::io::Result<Staged> {
+    fn write(
+        target: &Path,
+        contents: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+    ) -> std::io::Result<Staged> {
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -662,8 +667,9 @@ impl Staged {
             target: target.to_path_buf(),
             committed: false,
         };
-        let mut f = std::fs::File::create(&staged.tmp)?;
-        f.write_all(bytes)?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&staged.tmp)?);
+        contents(&mut f)?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         if let Ok(meta) = std::fs::metadata(target) {
             f.set_permissions(meta.permissions())?;
         }

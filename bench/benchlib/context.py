@@ -101,7 +101,7 @@ class Context:
         self.shared = os.path.abspath(args.shared)
         self.cache = os.path.abspath(args.corpus)
         self.checks = []  # dicts: section, what, value, limit, op, ok
-        self._wasmfix = self._wasm_opt = self._corpus = None
+        self._wasmfix = self._wasm_opt = self._corpus = self._floor = None
         self._seq = 0
 
     # ---- tools -------------------------------------------------------------------------------
@@ -123,6 +123,24 @@ class Context:
             raise ToolError("wasmfix not found at %s (build it, or set $WASMFIX)" % path)
         self._wasmfix = os.path.abspath(path)
         return self._wasmfix
+
+    def floor(self):
+        """Path of the floor program (examples/floor.rs: validate + copy, what no rewrite can beat),
+        built on first use unless --no-build; $WASMFIX_FLOOR overrides."""
+        if self._floor:
+            return self._floor
+        path = os.environ.get("WASMFIX_FLOOR")
+        if not path:
+            path = os.path.join(REPO, "target", "release", "examples", "floor")
+            if not self.args.no_build:
+                log("$ cargo build --release --example floor")
+                r = subprocess.run(["cargo", "build", "--release", "--example", "floor"], cwd=REPO, stdout=sys.stderr)
+                if r.returncode != 0:
+                    raise ToolError("cargo build --release --example floor failed (exit %d)" % r.returncode)
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise ToolError("the floor program is not at %s (cargo build --release --example floor)" % path)
+        self._floor = os.path.abspath(path)
+        return self._floor
 
     def wasm_opt(self):
         """Path of wasm-opt: $WASM_OPT, the repo's node_modules, bench/.npm, or npm-installed there."""
