@@ -8,6 +8,7 @@ use crate::features::{Feature, FeatureSet, RunFeatures};
 use crate::module::Module;
 use serde_json::Value;
 
+pub mod adapter_memory;
 pub mod bounds;
 pub mod fpcast;
 pub mod heap_canary;
@@ -41,6 +42,9 @@ pub struct PassOptions {
     /// `--bounds-precise`: bounds stops null-page loads with a message too (a branch per load)
     /// instead of letting them trap as out-of-bounds accesses.
     pub bounds_precise: bool,
+    /// The passes were named with `--passes`: a pass that applies where it can in the default
+    /// pipeline (adapter-memory) then refuses a module it cannot handle instead of warning.
+    pub explicit_passes: bool,
     /// `--enable-X` / `--disable-X`: features passes may use beyond the input's.
     pub features: crate::features::FeatureChoice,
 }
@@ -139,6 +143,7 @@ pub static REGISTRY: &[&dyn Pass] = &[
     &stack_guard::Stack,
     &stack_first::StackFirst,
     &stack_guard::StackGuard,
+    &adapter_memory::AdapterMemory,
     &heap_canary::HeapCanary,
     &bounds::Bounds,
     &stack_canary::StackCanary,
@@ -146,7 +151,7 @@ pub static REGISTRY: &[&dyn Pass] = &[
 ];
 
 /// The passes run when `--passes` is not given.
-pub const DEFAULT_PIPELINE: &[&str] = &["fpcast", "stack", "producers"];
+pub const DEFAULT_PIPELINE: &[&str] = &["fpcast", "stack", "adapter-memory", "producers"];
 
 /// `--harden`: the default pipeline and [`HARDEN_PASSES`], in registry order.
 pub fn harden_pipeline() -> Vec<&'static str> {

@@ -140,6 +140,8 @@ pub struct Edits<'m> {
     pub(crate) item_names: BTreeMap<(u8, u32), String>,
     /// Exports pointed at another function, by export name.
     pub(crate) export_targets: BTreeMap<String, u32>,
+    /// New function exports, by name, appended after the original exports.
+    pub(crate) new_exports: Vec<(String, u32)>,
     /// Defined functions given a new body in their original slot (see [`Edits::move_body`]).
     pub(crate) replaced_bodies: BTreeMap<u32, Function>,
     /// Added functions holding a moved original body: new function index → original
@@ -186,6 +188,7 @@ impl<'m> Edits<'m> {
             && self.data_offsets.is_empty()
             && self.memory_types.is_empty()
             && self.export_targets.is_empty()
+            && self.new_exports.is_empty()
             && self.replaced_bodies.is_empty())
     }
 
@@ -318,6 +321,12 @@ impl<'m> Edits<'m> {
     /// Points the function export `name` at `func` (a start-up wrapper that calls the original).
     pub fn redirect_export(&mut self, name: &str, func: u32) {
         self.export_targets.insert(name.to_string(), func);
+    }
+
+    /// Exports function `func` (usually one a pass added) as `name`, after the original exports.
+    /// The caller makes sure no export of that name exists.
+    pub fn add_function_export(&mut self, name: &str, func: u32) {
+        self.new_exports.push((name.to_string(), func));
     }
 
     /// Moves the body of defined function `func`, byte for byte, to a new function of the same

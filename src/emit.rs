@@ -82,7 +82,10 @@ pub fn emit(
             || !edits.rewriters.is_empty()
             || !edits.replaced_bodies.is_empty(),
     );
-    mark(7, !edits.export_targets.is_empty());
+    mark(
+        7,
+        !edits.export_targets.is_empty() || !edits.new_exports.is_empty(),
+    );
     mark(4, !edits.new_tables.is_empty());
     mark(6, !edits.new_globals.is_empty());
     mark(9, !edits.new_elements.is_empty());
@@ -523,6 +526,9 @@ fn build_section(
                     _ => e.index,
                 };
                 exports.export(e.name, kind, index);
+            }
+            for (name, func) in &edits.new_exports {
+                exports.export(name, wasm_encoder::ExportKind::Func, *func);
             }
             out.section(&exports);
         }

@@ -99,6 +99,8 @@ pub struct CodeFacts {
     pub functions_with_indirect_calls: Vec<u32>,
     /// Mutable i32/i64 global → functions that write it with `global.set`, ascending.
     pub global_writers: BTreeMap<u32, Vec<u32>>,
+    /// Functions that execute `memory.size` (learn how much memory exists), ascending.
+    pub memory_size_functions: Vec<u32>,
     /// The WebAssembly features the code uses (operators, block types, locals).
     #[serde(skip)]
     pub features: crate::features::FeatureSet,
@@ -150,6 +152,7 @@ pub struct Facts {
     pub debug_info: DebugInfoFacts,
     code: OnceLock<CodeFacts>,
     indirect_calls: OnceLock<Vec<IndirectCallFacts>>,
+    heap: OnceLock<Result<crate::heap::HeapStart, String>>,
     features: OnceLock<crate::features::InputFeatures>,
 }
 
@@ -178,6 +181,7 @@ impl Facts {
             debug_info: debug_info(m),
             code: OnceLock::new(),
             indirect_calls: OnceLock::new(),
+            heap: OnceLock::new(),
             features: OnceLock::new(),
         };
         f.heap_base = f.global_address(m, "__heap_base");
@@ -195,6 +199,11 @@ impl Facts {
     /// The walk over every function body, done once on first use.
     pub fn code(&self, m: &Module<'_>) -> &CodeFacts {
         self.code.get_or_init(|| scan_code(m))
+    }
+
+    /// Where the module's runtime starts its heap (see [`crate::heap`]), found on first use.
+    pub fn heap(&self, m: &Module<'_>) -> &Result<crate::heap::HeapStart, String> {
+        self.heap.get_or_init(|| crate::heap::find(m, self))
     }
 
     /// The WebAssembly features the input uses (its `target_features` section and what its
@@ -938,6 +947,7 @@ fn scan_code(m: &Module<'_>) -> CodeFacts {
         for (g, funcs) in p.global_writers {
             all.global_writers.entry(g).or_default().extend(funcs);
         }
+        all.memory_size_functions.extend(p.memory_size_functions);
         all.features = all.features.union(p.features);
     }
     all.tables_changed.sort();
@@ -1010,6 +1020,11 @@ fn scan_bodies(m: &Module<'_>, first: u32, bodies: &[wasmparser::FunctionBody<'_
                     }
                 }
                 Operator::I32Sub | Operator::I64Sub if first_read.is_some() => subtracts = true,
+                Operator::MemorySize { .. }
+                    if facts.memory_size_functions.last() != Some(&func) =>
+                {
+                    facts.memory_size_functions.push(func);
+                }
                 _ => {}
             }
         }

@@ -25,6 +25,21 @@ pub fn count(n: usize) -> String {
     out
 }
 
+/// What `inspect` and `--check` say about a preview1 module the stock adapter would break.
+pub const ADAPTER_HAZARD: &str = "this module's allocator assumes it owns all memory above its heap start; the preview1 → preview2 adapter takes pages with memory.grow and will be overwritten: run wasmfix before `wasm-tools component new`";
+
+/// Whether turning the module into a component with the stock preview1 adapter would let its
+/// allocator hand out the adapter's pages: it imports preview1, has no `cabi_realloc*` export
+/// for the adapter to allocate with, and its allocator is not one known to take only the pages
+/// `memory.grow` returns.
+pub fn adapter_hazard(m: &Module<'_>, facts: &Facts) -> bool {
+    crate::passes::adapter_memory::not_applicable(m).is_none()
+        && !facts.applied.contains_key("adapter-memory")
+        && m.memories.len() == 1
+        && m.imported_memories == 0
+        && crate::heap::grow_only(m, facts).is_none()
+}
+
 pub fn hazards(m: &Module<'_>, facts: &Facts) -> Vec<Hazard> {
     let mut out = Vec::new();
     if let Ok(s) = &facts.stack
@@ -69,7 +84,24 @@ pub fn hazards(m: &Module<'_>, facts: &Facts) -> Vec<Hazard> {
             ),
         });
     }
+    if adapter_hazard(m, facts) {
+        out.push(Hazard {
+            kind: "preview2-adapter",
+            message: ADAPTER_HAZARD.into(),
+        });
+    }
     out
+}
+
+/// The heap facts, for modules the adapter-memory pass would change (WASI preview1 imports,
+/// no `cabi_realloc*` export, not applied yet).
+fn heap_facts<'f>(
+    m: &Module<'_>,
+    facts: &'f Facts,
+) -> Option<&'f Result<crate::heap::HeapStart, String>> {
+    let applies = crate::passes::adapter_memory::not_applicable(m).is_none()
+        && !facts.applied.contains_key("adapter-memory");
+    applies.then(|| facts.heap(m))
 }
 
 pub fn json(m: &Module<'_>, facts: &Facts) -> Value {
@@ -97,6 +129,7 @@ pub fn json(m: &Module<'_>, facts: &Facts) -> Value {
         "global_base": result(&facts.global_base),
         "heap_base": facts.heap_base,
         "data_end": facts.data_end,
+        "heap_start": heap_facts(m, facts).map(result),
         "tables": tables,
         "indirect_calls": facts.indirect_calls(m),
         "pic_markers": facts.pic_markers,
@@ -236,6 +269,15 @@ pub fn text(name: &str, m: &Module<'_>, facts: &Facts) -> String {
         Err(why) => {
             let _ = writeln!(w, "stack: unknown: {why}");
         }
+    }
+    match heap_facts(m, facts) {
+        Some(Ok(h)) => {
+            let _ = writeln!(w, "heap: {}", h.how());
+        }
+        Some(Err(why)) => {
+            let _ = writeln!(w, "heap: start unknown: {why}");
+        }
+        None => {}
     }
     let code = facts.code(m);
     for t in &facts.tables {

@@ -6,12 +6,14 @@
 //! ([`validate`]). [`pipeline::run`] ties these together; the `wasmfix` binary is a thin CLI.
 
 pub mod codemap;
+pub mod component;
 pub mod diag;
 pub mod dwarf;
 pub mod edit;
 pub mod emit;
 pub mod facts;
 pub mod features;
+pub mod heap;
 pub mod inspect;
 pub mod module;
 #[path = "../passes/mod.rs"]

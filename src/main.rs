@@ -21,6 +21,8 @@ Examples:
   wasmfix --check app.wasm              exit 1 if the module has hazards (for a Makefile gate)
   wasmfix inspect app.wasm              stack layout, tables, indirect calls, hazards
   wasmfix passes                        list the passes
+  wasmfix app.component.wasm -o app.component.wasm
+                                        rewrite every core module inside a component
   wasmfix app.wasm -o app.wasm --source-map app.wasm.map
                                         also rewrite the module's source map in place
 
@@ -54,7 +56,7 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct Rewrite {
-    /// Input module (`-` reads standard input).
+    /// Input module or component (`-` reads standard input).
     input: Option<PathBuf>,
     /// Output module (`-` writes standard output; may equal the input).
     #[arg(short, long, value_name = "OUT")]
@@ -125,7 +127,7 @@ enum HardenMode {
 enum Command {
     /// Print the module's facts (stack layout, tables, indirect calls) and its hazards.
     Inspect {
-        /// Input module.
+        /// Input module or component.
         input: PathBuf,
         /// Print JSON for tools instead of text.
         #[arg(long)]
@@ -282,6 +284,9 @@ fn read_input(path: &Path) -> Result<Vec<u8>, Exit> {
 
 fn inspect(input: &Path, json: bool) -> Result<u8, Exit> {
     let bytes = read_input(input)?;
+    if wasmfix::component::is_component(&bytes) {
+        return inspect_component(input, &bytes, json);
+    }
     let (module, facts) =
         pipeline::load(&bytes).map_err(|f| fail(2, format!("{}: {f}", input.display())))?;
     let text = if json {
@@ -292,6 +297,77 @@ fn inspect(input: &Path, json: bool) -> Result<u8, Exit> {
     };
     write_stdout(|w| w.write_all(text.as_bytes()))?;
     Ok(0)
+}
+
+/// `inspect` of a component: each core module's facts, under its label.
+fn inspect_component(input: &Path, bytes: &[u8], json: bool) -> Result<u8, Exit> {
+    let name = input.display().to_string();
+    let modules =
+        wasmfix::component::core_modules(bytes).map_err(|f| fail(2, format!("{name}: {f}")))?;
+    let mut texts = Vec::new();
+    let mut values = Vec::new();
+    for m in &modules {
+        let module_bytes = &bytes[m.range.clone()];
+        let (module, facts) = pipeline::load(module_bytes)
+            .map_err(|f| fail(2, format!("{name}: {}: {f}", m.label)))?;
+        if json {
+            let mut v = wasmfix::inspect::json(&module, &facts);
+            v["label"] = serde_json::json!(m.label);
+            v["offset"] = serde_json::json!(m.range.start);
+            values.push(v);
+        } else {
+            texts.push(wasmfix::inspect::text(
+                &format!("{name}: {}", m.label),
+                &module,
+                &facts,
+            ));
+        }
+    }
+    let text = if json {
+        let v = serde_json::json!({
+            "component": true,
+            "size": bytes.len(),
+            "core_modules": values,
+        });
+        serde_json::to_string_pretty(&v).expect("serializable") + "\n"
+    } else {
+        let mut text = format!(
+            "{name}: component, {} bytes, {} core modules\n",
+            wasmfix::inspect::count(bytes.len()),
+            modules.len()
+        );
+        for t in texts {
+            text.push('\n');
+            text.push_str(&t);
+        }
+        text
+    };
+    write_stdout(|w| w.write_all(text.as_bytes()))?;
+    Ok(0)
+}
+
+/// The hazards of `bytes`, a module or every core module of a component, as
+/// (where, hazard) pairs.
+fn hazards_of(name: &str, bytes: &[u8]) -> Result<Vec<(String, String)>, Exit> {
+    let mut units = Vec::new();
+    if wasmfix::component::is_component(bytes) {
+        let modules =
+            wasmfix::component::core_modules(bytes).map_err(|f| fail(2, format!("{name}: {f}")))?;
+        for m in modules {
+            units.push((format!("{name}: {}", m.label), m.range));
+        }
+    } else {
+        units.push((name.to_string(), 0..bytes.len()));
+    }
+    let mut out = Vec::new();
+    for (label, range) in units {
+        let (module, facts) =
+            pipeline::load(&bytes[range]).map_err(|f| fail(2, format!("{label}: {f}")))?;
+        for h in wasmfix::inspect::hazards(&module, &facts) {
+            out.push((label.clone(), h.message));
+        }
+    }
+    Ok(out)
 }
 
 fn select_passes(list: Option<&str>, harden: bool) -> Result<Vec<&'static dyn Pass>, Exit> {
@@ -320,23 +396,21 @@ fn select_passes(list: Option<&str>, harden: bool) -> Result<Vec<&'static dyn Pa
 }
 
 fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
-    let Some(input) = args.input else {
+    let Some(input) = args.input.clone() else {
         return Err(fail(2, "no input module given (try `wasmfix --help`)"));
     };
     let name = input.display().to_string();
     if args.check {
         let bytes = read_input(&input)?;
-        let (module, facts) =
-            pipeline::load(&bytes).map_err(|f| fail(2, format!("{name}: {f}")))?;
-        let hazards = wasmfix::inspect::hazards(&module, &facts);
+        let hazards = hazards_of(&name, &bytes)?;
         if !args.quiet {
-            for h in &hazards {
-                eprintln!("wasmfix: {name}: hazard: {}", h.message);
+            for (label, message) in &hazards {
+                eprintln!("wasmfix: {label}: hazard: {message}");
             }
         }
         return Ok(if hazards.is_empty() { 0 } else { 1 });
     }
-    let Some(output) = args.output else {
+    let Some(output) = args.output.clone() else {
         return Err(fail(
             2,
             format!("{name}: no output given: add -o OUT (-o {name} rewrites in place)"),
@@ -347,7 +421,7 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
     if to_stdout && args.report.as_deref() == Some(Path::new("-")) {
         return Err(fail(2, "--report - and -o - both write standard output"));
     }
-    let source_map_out = match (&args.source_map, args.source_map_out) {
+    let source_map_out = match (&args.source_map, args.source_map_out.clone()) {
         (None, _) => None,
         (Some(_), Some(out)) => Some(out),
         (Some(_), None) if to_stdout => {
@@ -367,20 +441,16 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         None => None,
     };
     let bytes = read_input(&input)?;
-    let options = PassOptions {
-        fpcast_diagnose: args.fpcast_diagnose,
-        stack_size: args.stack_size,
-        no_dwarf_update: args.no_dwarf_update,
-        code_map: source_map.is_some(),
-        harden: args.harden,
-        on_error: match args.harden_mode {
-            HardenMode::Stop => wasmfix::diag::OnError::Stop,
-            HardenMode::Report => wasmfix::diag::OnError::Report,
-        },
-        harden_allow: args.harden_allow,
-        bounds_precise: args.bounds_precise,
-        features,
-    };
+    if wasmfix::component::is_component(&bytes) {
+        if args.source_map.is_some() {
+            return Err(fail(
+                2,
+                format!("{name}: --source-map applies to core modules, not components"),
+            ));
+        }
+        return rewrite_component(&args, features, &name, &bytes, &passes, &output);
+    }
+    let options = pass_options(&args, features, source_map.is_some());
     let outcome = pipeline::rewrite(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {
             3
@@ -480,6 +550,113 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
             .commit()
             .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
         None => write_stdout(|w| outcome.write_to(w))?,
+    }
+    Ok(0)
+}
+
+/// The passes' options from the command line (`code_map`: a source map is to be rewritten).
+fn pass_options(args: &Rewrite, features: FeatureChoice, code_map: bool) -> PassOptions {
+    PassOptions {
+        fpcast_diagnose: args.fpcast_diagnose,
+        stack_size: args.stack_size,
+        no_dwarf_update: args.no_dwarf_update,
+        code_map,
+        harden: args.harden,
+        on_error: match args.harden_mode {
+            HardenMode::Stop => wasmfix::diag::OnError::Stop,
+            HardenMode::Report => wasmfix::diag::OnError::Report,
+        },
+        harden_allow: args.harden_allow.clone(),
+        bounds_precise: args.bounds_precise,
+        explicit_passes: args.passes.is_some(),
+        features,
+    }
+}
+
+/// Rewrites every core module of a component (see `wasmfix::component`).
+fn rewrite_component(
+    args: &Rewrite,
+    features: FeatureChoice,
+    name: &str,
+    bytes: &[u8],
+    passes: &[&'static dyn Pass],
+    output: &Path,
+) -> Result<u8, Exit> {
+    let options = pass_options(args, features, false);
+    let outcome = wasmfix::component::run(bytes, passes, &options).map_err(|f| {
+        let status = if matches!(f, Failure::Internal(_)) {
+            3
+        } else {
+            2
+        };
+        fail(status, format!("{name}: {f}"))
+    })?;
+    for m in &outcome.modules {
+        for r in &m.outcome.reports {
+            if args.verbose {
+                eprintln!("wasmfix: {}: {}: {}", m.label, r.pass, r.summary);
+            }
+            if !args.quiet {
+                for w in &r.warnings {
+                    eprintln!("wasmfix: {name}: {}: {}: warning: {w}", m.label, r.pass);
+                }
+            }
+        }
+        if !args.quiet {
+            for w in &m.outcome.debug_info.warnings {
+                eprintln!("wasmfix: {name}: {}: debug info: warning: {w}", m.label);
+            }
+        }
+    }
+    if !args.quiet {
+        for w in &outcome.warnings {
+            eprintln!("wasmfix: {name}: warning: {w}");
+        }
+    }
+    let to_stdout = output == Path::new("-");
+    let staged = if to_stdout {
+        None
+    } else {
+        Some(
+            Staged::write(output, |w| w.write_all(&outcome.bytes))
+                .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
+        )
+    };
+    if let Some(report) = &args.report {
+        let modules: Vec<serde_json::Value> = outcome
+            .modules
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "core_module": m.label,
+                    "output_bytes": m.outcome.bytes.len(),
+                    "rewritten_functions": m.outcome.rewritten_functions,
+                    "passes": m.outcome.reports,
+                    "debug_info": m.outcome.debug_info,
+                })
+            })
+            .collect();
+        let json = serde_json::json!({
+            "input": name,
+            "output": output.display().to_string(),
+            "component": true,
+            "input_bytes": bytes.len(),
+            "output_bytes": outcome.bytes.len(),
+            "core_modules": modules,
+        });
+        let text = serde_json::to_string_pretty(&json).expect("serializable") + "\n";
+        if report == Path::new("-") {
+            write_stdout(|w| w.write_all(text.as_bytes()))?;
+        } else {
+            std::fs::write(report, text)
+                .map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
+        }
+    }
+    match staged {
+        Some(staged) => staged
+            .commit()
+            .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
+        None => write_stdout(|w| w.write_all(&outcome.bytes))?,
     }
     Ok(0)
 }
