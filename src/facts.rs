@@ -138,6 +138,7 @@ pub struct Facts {
     pub debug_info: DebugInfoFacts,
     code: OnceLock<CodeFacts>,
     indirect_calls: OnceLock<Vec<IndirectCallFacts>>,
+    allocator: OnceLock<Result<crate::allocator::Allocator, String>>,
 }
 
 impl Facts {
@@ -162,6 +163,7 @@ impl Facts {
             debug_info: debug_info(m),
             code: OnceLock::new(),
             indirect_calls: OnceLock::new(),
+            allocator: OnceLock::new(),
         };
         f.heap_base = f.global_address(m, "__heap_base");
         f.data_end = f.global_address(m, "__data_end");
@@ -176,6 +178,13 @@ impl Facts {
     /// The walk over every function body, done once on first use.
     pub fn code(&self, m: &Module<'_>) -> &CodeFacts {
         self.code.get_or_init(|| scan_code(m))
+    }
+
+    /// The module's allocator (`malloc`, `free` and their family), found by names or by its
+    /// code, or why it cannot be established; see [`crate::allocator`]. Found on first use.
+    pub fn allocator(&self, m: &Module<'_>) -> &Result<crate::allocator::Allocator, String> {
+        self.allocator
+            .get_or_init(|| crate::allocator::find(m, &self.function_names, &Default::default()))
     }
 
     /// A function's name for messages: its name-section name, else `function N`.
