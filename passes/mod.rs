@@ -8,6 +8,7 @@ use crate::module::Module;
 use serde_json::Value;
 
 pub mod bounds;
+pub mod bulk;
 pub mod fpcast;
 pub mod heap_canary;
 pub mod producers;
