@@ -32,6 +32,8 @@ pub struct PassOptions {
     /// `--harden`: a hardening pass that cannot establish what it needs warns and does nothing
     /// instead of refusing the module (alone, with `--passes`, it refuses).
     pub harden: bool,
+    /// heap-canary: the allocator named by hand, the quarantine, stress mode.
+    pub heap: heap_canary::HeapOptions,
 }
 
 /// What a pass sees: the input, its facts, and the edits collected so far.
