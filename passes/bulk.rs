@@ -3,11 +3,13 @@
 //! decides, so every pass that fills or copies (heap-canary's `calloc`, `realloc` and poison)
 //! emits what the engines running the input can run.
 //!
-//! Until the run's feature set reaches passes, bulk memory counts as allowed when the input
-//! already uses it: a `target_features` section that lists `bulk-memory`, a passive data
-//! segment, or a `memory.fill`/`memory.copy`/`memory.init`/`data.drop` in its code.
+//! Whether bulk memory is allowed is the run's feature set (`cx.features()`: the input's
+//! features plus `--enable-bulk-memory`/`--enable-bulk-memory-opt`); the first bulk instruction
+//! emitted for a run that allows it only by the user's choice records the feature, so the
+//! output is validated with it and its `target_features` section lists it.
 
 use crate::edit::Edits;
+use crate::features::{Feature, RunFeatures};
 use crate::module::Module;
 use wasm_encoder::{BlockType, Instruction as I, MemArg, MemArgTarget, ValType};
 use wasmparser::ValType::I32;
@@ -15,6 +17,8 @@ use wasmparser::ValType::I32;
 /// How generated code fills and copies memory 0.
 pub struct Bulk {
     allowed: bool,
+    /// The input does not use bulk memory (the user enabled it): record it when used.
+    record: bool,
     fill: Option<u32>,
     copy: Option<u32>,
 }
@@ -29,9 +33,10 @@ fn mem(offset: u64, align: u32) -> MemArg {
 }
 
 impl Bulk {
-    pub fn new(m: &Module<'_>) -> Bulk {
+    pub fn new(run: &RunFeatures) -> Bulk {
         Bulk {
-            allowed: input_uses_bulk_memory(m),
+            allowed: run.allows(Feature::BulkMemoryOpt),
+            record: !run.input.contains(Feature::BulkMemoryOpt),
             fill: None,
             copy: None,
         }
@@ -45,6 +50,7 @@ impl Bulk {
     /// `(dst, byte, len)` on the stack → filled.
     pub fn fill(&mut self, m: &Module<'_>, edits: &mut Edits<'_>) -> I<'static> {
         if self.allowed {
+            self.used(edits);
             return I::MemoryFill(0);
         }
         let f = *self.fill.get_or_insert_with(|| fill_loop(m, edits));
@@ -54,6 +60,7 @@ impl Bulk {
     /// `(dst, src, len)` on the stack → copied (the ranges must not overlap).
     pub fn copy(&mut self, m: &Module<'_>, edits: &mut Edits<'_>) -> I<'static> {
         if self.allowed {
+            self.used(edits);
             return I::MemoryCopy {
                 src_mem: 0,
                 dst_mem: 0,
@@ -61,6 +68,12 @@ impl Bulk {
         }
         let f = *self.copy.get_or_insert_with(|| copy_loop(m, edits));
         I::Call(f)
+    }
+
+    fn used(&self, edits: &mut Edits<'_>) {
+        if self.record {
+            edits.record_feature(Feature::BulkMemoryOpt);
+        }
     }
 }
 
@@ -163,45 +176,4 @@ fn copy_loop(m: &Module<'_>, edits: &mut Edits<'_>) -> u32 {
     code.extend(step(1, I::I32Load8U(mem(0, 0)), I::I32Store8(mem(0, 0))));
     code.push(I::End);
     edits.add_helper(m, "wasmfix:copy", (&[I32, I32, I32], &[]), &[], &code)
-}
-
-/// Whether the input already uses bulk memory (see the module comment).
-pub fn input_uses_bulk_memory(m: &Module<'_>) -> bool {
-    if let Some(s) = m.custom("target_features") {
-        let mut r = m.section_reader(s);
-        if let Ok(n) = r.read_var_u32() {
-            for _ in 0..n {
-                let (Ok(prefix), Ok(name)) = (r.read_u8(), r.read_string()) else {
-                    break;
-                };
-                if prefix == b'+' && name == "bulk-memory" {
-                    return true;
-                }
-            }
-        }
-    }
-    if m.data
-        .iter()
-        .any(|d| matches!(d.kind, wasmparser::DataKind::Passive))
-    {
-        return true;
-    }
-    m.bodies.iter().any(|body| {
-        let Ok(mut ops) = body.get_operators_reader() else {
-            return false;
-        };
-        while !ops.eof() {
-            match ops.read() {
-                Ok(
-                    wasmparser::Operator::MemoryFill { .. }
-                    | wasmparser::Operator::MemoryCopy { .. }
-                    | wasmparser::Operator::MemoryInit { .. }
-                    | wasmparser::Operator::DataDrop { .. },
-                ) => return true,
-                Ok(_) => {}
-                Err(_) => return false,
-            }
-        }
-        false
-    })
 }

@@ -205,6 +205,14 @@ impl Pass for Fpcast {
             });
         }
 
+        // Shadow and adapter tables, table.get/set and ref.null (issue 14: a WebAssembly 1.0
+        // design is not built yet). Tail calls only where the run allows them.
+        cx.edits
+            .record_feature(crate::features::Feature::ReferenceTypes);
+        let tail_calls = cx.allows(crate::features::Feature::TailCall);
+        if tail_calls {
+            cx.use_feature(crate::features::Feature::TailCall, "fpcast adapters")?;
+        }
         let index_global = cx.edits.add_i32_global(m, true, 0);
         cx.edits.name_global(index_global, "wasmfix:fpcast_index");
         let diagnose = if cx.options.fpcast_diagnose {
@@ -225,7 +233,14 @@ impl Pass for Fpcast {
         let mut adapters_total = 0;
         let mut init = Function::new([(2, ValType::I32), (1, ValType::FUNCREF)]);
         for plan in &plans {
-            let built = build_table(cx, plan, index_global, diagnose.as_ref(), &mut init);
+            let built = build_table(
+                cx,
+                plan,
+                index_global,
+                diagnose.as_ref(),
+                &mut init,
+                tail_calls,
+            );
             adapters_total += built.adapters.len();
             for (k, (sig_t, _)) in plan.targets.iter().enumerate() {
                 let site = built.sites[k];
@@ -401,6 +416,7 @@ fn build_table(
     index_global: u32,
     diagnose: Option<&Diagnose>,
     init: &mut Function,
+    tail_calls: bool,
 ) -> BuiltTable {
     let m = cx.module;
     let table = plan.table.index;
@@ -420,7 +436,7 @@ fn build_table(
                 adapter_items.push(item);
                 continue;
             }
-            let body = adapter_body(sig_u, *ty_u, sig_t, table, index_global);
+            let body = adapter_body(sig_u, *ty_u, sig_t, table, index_global, tail_calls);
             let name = format!("wasmfix:adapt {} as {}", sig::show(sig_u), sig::show(sig_t));
             let f = cx.edits.add_function(
                 m,
@@ -467,7 +483,7 @@ fn build_table(
         );
         shadows.push(shadow);
         sites.push(if plan.dynamic {
-            let func = dispatch_function(cx, sig_t, *ty_t, table, shadow, index_global);
+            let func = dispatch_function(cx, sig_t, *ty_t, table, shadow, index_global, tail_calls);
             Site::Dispatch { func }
         } else {
             Site::Shadow { table: shadow }
@@ -557,8 +573,16 @@ fn zero(ty: wasmparser::ValType) -> Instruction<'static> {
     }
 }
 
-/// An adapter typed `t` that calls the entry at `index` of `table`, typed `u`.
-fn adapter_body(u: &FuncType, ty_u: u32, t: &FuncType, table: u32, index_global: u32) -> Function {
+/// An adapter typed `t` that calls the entry at `index` of `table`, typed `u`; it tail-calls
+/// when nothing needs adapting on the way back and `tail_calls` allows it.
+fn adapter_body(
+    u: &FuncType,
+    ty_u: u32,
+    t: &FuncType,
+    table: u32,
+    index_global: u32,
+    tail_calls: bool,
+) -> Function {
     use wasmparser::ValType as V;
     let mut f = Function::new([]);
     for (i, &want) in u.params().iter().enumerate() {
@@ -577,7 +601,7 @@ fn adapter_body(u: &FuncType, ty_u: u32, t: &FuncType, table: u32, index_global:
         }
     }
     f.instruction(&Instruction::GlobalGet(index_global));
-    if u.results() == t.results() {
+    if u.results() == t.results() && tail_calls {
         // Nothing to adapt on the way back: a tail call saves the adapter's frame.
         f.instruction(&Instruction::ReturnCallIndirect {
             type_index: ty_u,
@@ -636,8 +660,28 @@ fn dispatch_function(
     table: u32,
     shadow: u32,
     index_global: u32,
+    tail_calls: bool,
 ) -> u32 {
     let n = t.params().len() as u32;
+    // Each call ends the function: a tail call, or a call whose results are the function's
+    // (followed by `return` inside the `if`, by the function's `end` last).
+    let call = |table_index, last: bool| {
+        let mut v = vec![if tail_calls {
+            Instruction::ReturnCallIndirect {
+                type_index: ty_t,
+                table_index,
+            }
+        } else {
+            Instruction::CallIndirect {
+                type_index: ty_t,
+                table_index,
+            }
+        }];
+        if !tail_calls && !last {
+            v.push(Instruction::Return);
+        }
+        v
+    };
     let params: Vec<_> = t
         .params()
         .iter()
@@ -659,22 +703,11 @@ fn dispatch_function(
         Instruction::GlobalSet(index_global),
     ];
     code.extend(args.clone());
-    code.extend([
-        Instruction::ReturnCallIndirect {
-            type_index: ty_t,
-            table_index: shadow,
-        },
-        Instruction::End,
-        Instruction::End,
-    ]);
+    code.extend(call(shadow, false));
+    code.extend([Instruction::End, Instruction::End]);
     code.extend(args);
-    code.extend([
-        Instruction::ReturnCallIndirect {
-            type_index: ty_t,
-            table_index: table,
-        },
-        Instruction::End,
-    ]);
+    code.extend(call(table, true));
+    code.push(Instruction::End);
     let name = format!("wasmfix:fpcast_dispatch {} table {table}", sig::show(t));
     cx.edits
         .add_helper(cx.module, &name, (&params, t.results()), &[], &code)

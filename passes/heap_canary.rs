@@ -279,6 +279,7 @@ fn wrap(cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
     let stress = cx.options.heap.stress;
     let opts = &cx.options.heap;
     let custom = custom_functions(m, &facts.function_names, opts, &alloc)?;
+    let bulk = Bulk::new(&cx.features());
     let edits = &mut *cx.edits;
     let key = crate::facts::module_hash(m.bytes) | 1;
     let key2 = key.rotate_left(13) ^ 0x5bd1_e995;
@@ -295,7 +296,7 @@ fn wrap(cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
         }
     };
     let real_free = edits.move_body(m, free, "wasmfix:real_free");
-    let mut h = Helpers::new(m, edits, key as i32, key2 as i32, raw, real_free);
+    let mut h = Helpers::new(m, edits, key as i32, key2 as i32, raw, real_free, bulk);
     h.snapshot = snapshot;
     let frees: Vec<CustomFree> = custom
         .frees
@@ -493,6 +494,7 @@ impl Helpers {
         key2: i32,
         raw: RawAlloc,
         real_free: u32,
+        bulk: Bulk,
     ) -> Helpers {
         let (rawp, q, n, h) = (0, 1, 2, 3);
         let mark = edits.add_helper(
@@ -621,7 +623,7 @@ impl Helpers {
             stress: None,
             key,
             snapshot: None,
-            bulk: Bulk::new(m),
+            bulk,
             globals: None,
             ring: None,
         }

@@ -4,6 +4,7 @@
 
 use crate::edit::Edits;
 use crate::facts::Facts;
+use crate::features::{Feature, FeatureSet, RunFeatures};
 use crate::module::Module;
 use serde_json::Value;
 
@@ -34,6 +35,8 @@ pub struct PassOptions {
     pub harden: bool,
     /// heap-canary: the allocator named by hand, the quarantine, stress mode.
     pub heap: heap_canary::HeapOptions,
+    /// `--enable-X` / `--disable-X`: features passes may use beyond the input's.
+    pub features: crate::features::FeatureChoice,
 }
 
 /// What a pass sees: the input, its facts, and the edits collected so far.
@@ -48,6 +51,35 @@ pub struct PassCx<'c, 'm, 'a> {
 impl<'m> PassCx<'_, 'm, '_> {
     pub fn facts(&self) -> &'m Facts {
         self.facts.get_or_init(|| Facts::new(self.module))
+    }
+
+    /// The features this run may use: the input's plus those the user enabled (see
+    /// [`crate::features`]).
+    pub fn features(&self) -> RunFeatures {
+        let input = self.facts().features(self.module);
+        // A choice that conflicts with the input was refused before any pass ran.
+        RunFeatures::new(input, &self.options.features).unwrap_or(RunFeatures {
+            input: input.used,
+            enabled: FeatureSet::EMPTY,
+        })
+    }
+
+    /// Whether the run allows `f` (the input uses it or the user enabled it).
+    pub fn allows(&self, f: Feature) -> bool {
+        self.features().allows(f)
+    }
+
+    /// Records that the output uses `f`, for validation and `target_features`; `what` (the
+    /// construct that needs it) words the refusal when the run does not allow it.
+    pub fn use_feature(&mut self, f: Feature, what: &str) -> anyhow::Result<()> {
+        let run = self.features();
+        if !run.allows(f) {
+            anyhow::bail!("{}", run.missing(f, what));
+        }
+        if !run.input.contains(f) {
+            self.edits.used_features.insert(f);
+        }
+        Ok(())
     }
 }
 

@@ -72,6 +72,8 @@ impl Diagnostics {
                 bytes: Vec::new(),
             },
         );
+        // The passive segment and memory.init (issue 14: not yet gated).
+        edits.record_feature(crate::features::Feature::BulkMemory);
         let pos = edits.add_i32_global(m, true, 0);
         edits.name_data(data, "wasmfix:messages");
         edits.name_global(pos, "wasmfix:msg_length");

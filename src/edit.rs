@@ -131,6 +131,8 @@ pub struct Edits<'m> {
     pub stack_relocated: Option<u64>,
     /// What each pass applied, recorded in the `wasmfix` custom section (see `record_applied`).
     pub(crate) applied: serde_json::Map<String, serde_json::Value>,
+    /// Features the output uses beyond the input's (see `PassCx::use_feature`).
+    pub(crate) used_features: crate::features::FeatureSet,
     /// New limits for memories, by memory index.
     pub(crate) memory_types: BTreeMap<u32, wasm_encoder::MemoryType>,
     /// Names of added tables, globals and data segments for the name section, by
@@ -155,7 +157,23 @@ pub(crate) const DATA_NAMES: u8 = 9;
 impl<'m> Edits<'m> {
     /// Whether anything at all changes.
     pub fn is_empty(&self) -> bool {
-        self.new_types.is_empty()
+        !self.changes_code_or_structure()
+            && self.custom_replaced.is_empty()
+            && self.custom_appended.is_empty()
+    }
+
+    /// Records that the output uses `f` without asking whether the run allows it. Only for
+    /// designs that have no WebAssembly 1.0 alternative yet (issue 14: fpcast's tables, the
+    /// messages' passive segment, heap-canary's memory.copy/fill); everything else goes through
+    /// `PassCx::use_feature`, which refuses what the run does not allow.
+    pub fn record_feature(&mut self, f: crate::features::Feature) {
+        self.used_features.insert(f);
+    }
+
+    /// Whether the code or any non-custom section changes (then the output is validated with
+    /// the input's features plus the recorded ones).
+    pub fn changes_code_or_structure(&self) -> bool {
+        !(self.new_types.is_empty()
             && self.new_functions.is_empty()
             && self.new_tables.is_empty()
             && self.new_globals.is_empty()
@@ -168,9 +186,7 @@ impl<'m> Edits<'m> {
             && self.data_offsets.is_empty()
             && self.memory_types.is_empty()
             && self.export_targets.is_empty()
-            && self.replaced_bodies.is_empty()
-            && self.custom_replaced.is_empty()
-            && self.custom_appended.is_empty()
+            && self.replaced_bodies.is_empty())
     }
 
     /// The index of function type `ty`: an existing one when the module has it, else a new one.

@@ -99,6 +99,9 @@ pub struct CodeFacts {
     pub functions_with_indirect_calls: Vec<u32>,
     /// Mutable i32/i64 global → functions that write it with `global.set`, ascending.
     pub global_writers: BTreeMap<u32, Vec<u32>>,
+    /// The WebAssembly features the code uses (operators, block types, locals).
+    #[serde(skip)]
+    pub features: crate::features::FeatureSet,
 }
 
 impl CodeFacts {
@@ -139,6 +142,7 @@ pub struct Facts {
     code: OnceLock<CodeFacts>,
     indirect_calls: OnceLock<Vec<IndirectCallFacts>>,
     allocator: OnceLock<Result<crate::allocator::Allocator, String>>,
+    features: OnceLock<crate::features::InputFeatures>,
 }
 
 impl Facts {
@@ -164,6 +168,7 @@ impl Facts {
             code: OnceLock::new(),
             indirect_calls: OnceLock::new(),
             allocator: OnceLock::new(),
+            features: OnceLock::new(),
         };
         f.heap_base = f.global_address(m, "__heap_base");
         f.data_end = f.global_address(m, "__data_end");
@@ -185,6 +190,13 @@ impl Facts {
     pub fn allocator(&self, m: &Module<'_>) -> &Result<crate::allocator::Allocator, String> {
         self.allocator
             .get_or_init(|| crate::allocator::find(m, &self.function_names, &Default::default()))
+    }
+
+    /// The WebAssembly features the input uses (its `target_features` section and what its
+    /// sections and code use), found with the code walk.
+    pub fn features(&self, m: &Module<'_>) -> &crate::features::InputFeatures {
+        self.features
+            .get_or_init(|| crate::features::InputFeatures::new(m, self.code(m).features))
     }
 
     /// A function's name for messages: its name-section name, else `function N`.
@@ -759,6 +771,7 @@ fn scan_code(m: &Module<'_>) -> CodeFacts {
         for (g, funcs) in p.global_writers {
             all.global_writers.entry(g).or_default().extend(funcs);
         }
+        all.features = all.features.union(p.features);
     }
     all.tables_changed.sort();
     all
@@ -772,6 +785,11 @@ fn scan_bodies(m: &Module<'_>, first: u32, bodies: &[wasmparser::FunctionBody<'_
     };
     for (func, body) in (first..).zip(bodies) {
         let mut calls_indirect = false;
+        if let Ok(locals) = body.get_locals_reader() {
+            for (_, ty) in locals.into_iter().flatten() {
+                crate::features::val_type(&mut facts.features, ty);
+            }
+        }
         let Ok(mut ops) = body.get_operators_reader() else {
             continue;
         };
@@ -781,6 +799,7 @@ fn scan_bodies(m: &Module<'_>, first: u32, bodies: &[wasmparser::FunctionBody<'_
         let mut subtracts = false;
         while !ops.eof() {
             let Ok(op) = ops.read() else { break };
+            crate::features::operator_features(&mut facts.features, &op);
             match op {
                 Operator::CallIndirect {
                     type_index,

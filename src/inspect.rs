@@ -88,6 +88,7 @@ pub fn json(m: &Module<'_>, facts: &Facts) -> Value {
         "functions": m.num_funcs(),
         "imported_functions": m.imported_funcs,
         "memories": m.memories.len(),
+        "features": facts.features(m),
         "stack_pointer": result(&facts.stack_pointer),
         "stack_pointer_init": facts.stack_pointer_init,
         "stack": result(&facts.stack),
@@ -174,6 +175,13 @@ pub fn text(name: &str, m: &Module<'_>, facts: &Facts) -> String {
             .collect();
         let _ = writeln!(w, "producers: {}", fields.join("; "));
     }
+    let features = facts.features(m);
+    let _ = writeln!(
+        w,
+        "features: {} ({}); passes use no others unless enabled (--enable-X)",
+        features.used.names(),
+        features.how
+    );
     match &facts.stack_pointer {
         Ok(sp) => {
             let init = facts

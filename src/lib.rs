@@ -12,6 +12,7 @@ pub mod dwarf;
 pub mod edit;
 pub mod emit;
 pub mod facts;
+pub mod features;
 pub mod inspect;
 pub mod module;
 #[path = "../passes/mod.rs"]

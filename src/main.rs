@@ -1,10 +1,13 @@
 //! The `wasmfix` command line. Exit status: 0 done, 1 `--check` found hazards, 2 bad input,
 //! a refusing pass or a usage error (nothing written), 3 internal error (nothing written).
+//! A reader that closes standard output early (`wasmfix inspect app.wasm | head`) ends the
+//! output there without a message; the status is what it would have been (see `write_stdout`).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use wasmfix::features::{Feature, FeatureChoice};
 use wasmfix::passes::{self, DEFAULT_PIPELINE, Pass, PassOptions};
 use wasmfix::pipeline::{self, Failure};
 
@@ -24,8 +27,13 @@ keeps its source location; DWARF wasmfix cannot update is refused (strip it with
 --strip-debug). A source map is rewritten only when given with --source-map. The name section
 names what wasmfix adds (wasmfix:adapt …, wasmfix:stack_overflow, …).
 
+Features: passes use only the WebAssembly features the input uses (its target_features section
+and what its code uses; `wasmfix inspect` shows them), so the output runs wherever the input ran.
+--enable-X / --disable-X (binaryen's names, listed by --help) and --enable-all change that.
+
 Exit status: 0 done; 1 --check found hazards; 2 bad input, a pass refused the module, or a
-usage error (no output is written and the input is never modified); 3 internal error.";
+usage error (no output is written and the input is never modified); 3 internal error. A reader
+that closes standard output early (| head) ends the output quietly: no message, status 0.";
 
 #[derive(Parser)]
 #[command(
@@ -182,15 +190,88 @@ fn fail(status: u8, message: impl Into<String>) -> Exit {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::Passes) => {
-            list_passes();
-            Ok(0)
+/// `--enable-X` / `--disable-X` for every feature, `--enable-all` (alias `--all-features`)
+/// and `--mvp-features`, as binaryen names them; added to the derived parser so the list
+/// follows [`Feature::ALL`].
+fn feature_args() -> Vec<clap::Arg> {
+    use clap::{Arg, ArgAction};
+    let mut args = vec![
+        Arg::new("enable-all")
+            .long("enable-all")
+            .alias("all-features")
+            .action(ArgAction::SetTrue)
+            .help("Let passes use every feature wasmfix knows")
+            .help_heading("Features (default: only those the input uses)"),
+        Arg::new("mvp-features")
+            .long("mvp-features")
+            .action(ArgAction::SetTrue)
+            .help("Let passes use no feature beyond what the input uses (the default)")
+            .help_heading("Features (default: only those the input uses)"),
+    ];
+    for f in Feature::ALL {
+        for (verb, what) in [("enable", "may use"), ("disable", "must not use")] {
+            args.push(
+                Arg::new(format!("{verb}-{}", f.name()))
+                    .long(format!("{verb}-{}", f.name()))
+                    .action(ArgAction::SetTrue)
+                    .hide_short_help(true)
+                    .help(format!("Passes {what} {}", f.name()))
+                    .help_heading("Features (default: only those the input uses)"),
+            );
         }
+    }
+    args
+}
+
+/// The feature flags in the order given: a later flag overrides an earlier one.
+fn feature_choice(matches: &clap::ArgMatches) -> FeatureChoice {
+    let mut flags: Vec<(usize, String)> = Vec::new();
+    let ids = ["enable-all".to_string(), "mvp-features".to_string()]
+        .into_iter()
+        .chain(Feature::ALL.iter().flat_map(|f| {
+            [
+                format!("enable-{}", f.name()),
+                format!("disable-{}", f.name()),
+            ]
+        }));
+    for id in ids {
+        if matches.get_flag(&id)
+            && let Some(i) = matches.index_of(&id)
+        {
+            flags.push((i, id));
+        }
+    }
+    flags.sort();
+    let mut choice = FeatureChoice::default();
+    for (_, id) in flags {
+        match id.as_str() {
+            "enable-all" => choice.enable_all(),
+            "mvp-features" => choice.mvp(),
+            _ => {
+                let (verb, name) = id.split_once('-').expect("flag ids are verb-name");
+                let f = Feature::from_name(name).expect("flag ids name features");
+                if verb == "enable" {
+                    choice.enable(f)
+                } else {
+                    choice.disable(f)
+                }
+            }
+        }
+    }
+    choice
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().args(feature_args()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let features = feature_choice(&matches);
+    let result = match cli.command {
+        Some(Command::Passes) => list_passes(),
         Some(Command::Inspect { input, json }) => inspect(&input, json),
-        None => rewrite(cli.rewrite),
+        None => rewrite(cli.rewrite, features),
     };
     match result {
         Ok(status) => ExitCode::from(status),
@@ -201,8 +282,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn list_passes() {
-    println!("passes (in pipeline order; * = default, h = added by --harden):");
+fn list_passes() -> Result<u8, Exit> {
+    let mut text =
+        String::from("passes (in pipeline order; * = default, h = added by --harden):\n");
     for p in passes::REGISTRY {
         let mark = if DEFAULT_PIPELINE.contains(&p.name()) {
             "*"
@@ -211,7 +293,22 @@ fn list_passes() {
         } else {
             " "
         };
-        println!("  {mark} {:<14} {}", p.name(), p.description());
+        text += &format!("  {mark} {:<14} {}\n", p.name(), p.description());
+    }
+    write_stdout(|w| w.write_all(text.as_bytes()))?;
+    Ok(0)
+}
+
+/// Writes `contents` to standard output. A reader that closed the pipe early (`| head`) has
+/// taken all it wants: the output ends there, without a message, and the command's status
+/// stays what it would have been. Any other write error fails the command (exit 2).
+fn write_stdout(
+    contents: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> Result<(), Exit> {
+    let mut out = std::io::stdout().lock();
+    match contents(&mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.map_err(|e| fail(2, format!("cannot write standard output: {e}"))),
     }
 }
 
@@ -229,18 +326,13 @@ fn inspect(input: &Path, json: bool) -> Result<u8, Exit> {
     let bytes = read_input(input)?;
     let (module, facts) =
         pipeline::load(&bytes).map_err(|f| fail(2, format!("{}: {f}", input.display())))?;
-    if json {
+    let text = if json {
         let v = wasmfix::inspect::json(&module, &facts);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).expect("serializable")
-        );
+        serde_json::to_string_pretty(&v).expect("serializable") + "\n"
     } else {
-        print!(
-            "{}",
-            wasmfix::inspect::text(&input.display().to_string(), &module, &facts)
-        );
-    }
+        wasmfix::inspect::text(&input.display().to_string(), &module, &facts)
+    };
+    write_stdout(|w| w.write_all(text.as_bytes()))?;
     Ok(0)
 }
 
@@ -269,7 +361,7 @@ fn select_passes(list: Option<&str>, harden: bool) -> Result<Vec<&'static dyn Pa
         .collect()
 }
 
-fn rewrite(args: Rewrite) -> Result<u8, Exit> {
+fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
     let heap = heap_options(&args);
     let Some(input) = args.input else {
         return Err(fail(2, "no input module given (try `wasmfix --help`)"));
@@ -325,8 +417,9 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
         code_map: source_map.is_some(),
         harden: args.harden,
         heap,
+        features,
     };
-    let outcome = pipeline::run(&bytes, &passes, &options).map_err(|f| {
+    let outcome = pipeline::rewrite(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {
             3
         } else {
@@ -374,13 +467,13 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
         None
     } else {
         Some(
-            Staged::write(&output, &outcome.bytes)
+            Staged::write(&output, |w| outcome.write_to(w))
                 .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
         )
     };
     let staged_map = match (&rewritten_map, &source_map_out) {
         (Some(m), Some(path)) => Some(
-            Staged::write(path, &m.json)
+            Staged::write(path, |w| w.write_all(&m.json))
                 .map_err(|e| fail(2, format!("{}: cannot write: {e}", path.display())))?,
         ),
         _ => None,
@@ -390,8 +483,13 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
             "input": name,
             "output": output.display().to_string(),
             "input_bytes": bytes.len(),
-            "output_bytes": outcome.bytes.len(),
+            "output_bytes": outcome.len(),
             "rewritten_functions": outcome.rewritten_functions,
+            "features": {
+                "input": outcome.input_features.as_ref().map(|f| f.used),
+                "how": outcome.input_features.as_ref().map(|f| f.how.clone()),
+                "added": outcome.added_features,
+            },
             "passes": outcome.reports,
             "debug_info": outcome.debug_info,
             "source_map": rewritten_map.as_ref().map(|m| serde_json::json!({
@@ -403,12 +501,12 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
             })),
         });
         let text = serde_json::to_string_pretty(&json).expect("serializable") + "\n";
-        let written = if report == Path::new("-") {
-            std::io::stdout().write_all(text.as_bytes())
+        if report == Path::new("-") {
+            write_stdout(|w| w.write_all(text.as_bytes()))?;
         } else {
             std::fs::write(report, text)
-        };
-        written.map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
+                .map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
+        }
     }
     if let (Some(staged), Some(path)) = (staged_map, &source_map_out) {
         staged
@@ -419,12 +517,7 @@ fn rewrite(args: Rewrite) -> Result<u8, Exit> {
         Some(staged) => staged
             .commit()
             .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&outcome.bytes)
-                .and_then(|_| out.flush())
-                .map_err(|e| fail(2, format!("cannot write standard output: {e}")))?;
-        }
+        None => write_stdout(|w| outcome.write_to(w))?,
     }
     Ok(0)
 }
@@ -487,7 +580,10 @@ struct Staged {
 }
 
 impl Staged {
-    fn write(target: &Path, bytes: &[u8]) -> std::io::Result<Staged> {
+    fn write(
+        target: &Path,
+        contents: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+    ) -> std::io::Result<Staged> {
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -505,8 +601,9 @@ impl Staged {
             target: target.to_path_buf(),
             committed: false,
         };
-        let mut f = std::fs::File::create(&staged.tmp)?;
-        f.write_all(bytes)?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&staged.tmp)?);
+        contents(&mut f)?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         if let Ok(meta) = std::fs::metadata(target) {
             f.set_permissions(meta.permissions())?;
         }

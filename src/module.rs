@@ -56,6 +56,10 @@ pub struct Module<'a> {
     pub data_count: Option<u32>,
     /// Bodies of the defined functions, in order.
     pub bodies: Vec<FunctionBody<'a>>,
+    /// Whether a type section holds an explicit rec group (`0x4e`, a GC construct).
+    pub explicit_rec_groups: bool,
+    /// Initializer expressions of defined tables that have one (typed function references).
+    pub table_inits: Vec<ConstExpr<'a>>,
 }
 
 impl<'a> Module<'a> {
@@ -100,6 +104,8 @@ impl<'a> Module<'a> {
             data: Vec::new(),
             data_count: None,
             bodies: Vec::new(),
+            explicit_rec_groups: false,
+            table_inits: Vec::new(),
         };
         // Sections are contiguous: each header starts where the previous section ended.
         let mut section_start = 8usize;
@@ -141,7 +147,9 @@ impl<'a> Module<'a> {
         match payload {
             Payload::TypeSection(r) => {
                 for group in r {
-                    self.types.extend(group.map_err(malformed)?.into_types());
+                    let group = group.map_err(malformed)?;
+                    self.explicit_rec_groups |= group.is_explicit_rec_group();
+                    self.types.extend(group.into_types());
                 }
             }
             Payload::ImportSection(r) => {
@@ -176,7 +184,11 @@ impl<'a> Module<'a> {
             }
             Payload::TableSection(r) => {
                 for t in r {
-                    self.tables.push(t.map_err(malformed)?.ty);
+                    let t = t.map_err(malformed)?;
+                    if let wasmparser::TableInit::Expr(e) = t.init {
+                        self.table_inits.push(e);
+                    }
+                    self.tables.push(t.ty);
                 }
             }
             Payload::MemorySection(r) => {

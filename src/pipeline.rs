@@ -18,12 +18,14 @@ pub enum Failure {
     },
     /// wasmfix produced an invalid module or failed to encode one: a bug.
     Internal(anyhow::Error),
+    /// The options contradict the input (`--disable-X` of a feature the input uses).
+    Usage(anyhow::Error),
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::BadInput(e) => write!(f, "{}", one_line(e)),
+            Failure::BadInput(e) | Failure::Usage(e) => write!(f, "{}", one_line(e)),
             Failure::Refused { pass, error } => write!(f, "{pass}: {}", one_line(error)),
             Failure::Internal(e) => {
                 write!(
@@ -52,6 +54,10 @@ pub struct Outcome {
     pub code_map: Option<crate::codemap::CodeMap>,
     /// What happened to the module's debug info (DWARF, external DWARF, source map).
     pub debug_info: DebugInfoReport,
+    /// Features the output uses that the input did not (the user enabled them).
+    pub added_features: crate::features::FeatureSet,
+    /// What the input uses, when the run needed to know (any change beyond custom sections).
+    pub input_features: Option<crate::features::InputFeatures>,
 }
 
 /// What happened to a module's debug info, for `--report` and warnings.
@@ -87,7 +93,8 @@ impl DebugInfoReport {
 /// Reads and validates `input`, or says why it is bad input.
 pub fn read(input: &[u8]) -> Result<Module<'_>, Failure> {
     let module = Module::parse(input).map_err(Failure::BadInput)?;
-    validate::validate(input, None).map_err(|e| Failure::BadInput(e.context("invalid module")))?;
+    validate::validate(input, None, validate::features())
+        .map_err(|e| Failure::BadInput(e.context("invalid module")))?;
     Ok(module)
 }
 
@@ -98,10 +105,72 @@ pub fn load(input: &[u8]) -> Result<(Module<'_>, Facts), Failure> {
     Ok((module, facts))
 }
 
-/// Runs `passes` over `input` and returns the validated output.
+/// Runs `passes` over `input` and returns the validated output as one buffer.
 pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<Outcome, Failure> {
+    rewrite(input, passes, options).map(Rewritten::into_outcome)
+}
+
+/// A validated output module that is not one buffer: the pieces of [`emit::Output`] over the
+/// input (or over its patched copy). Writing it streams the pieces, so the rewrite never holds
+/// two copies of the module.
+pub struct Rewritten<'a> {
+    /// What the output's input ranges point into: the input, or its patched copy.
+    source: std::borrow::Cow<'a, [u8]>,
+    output: emit::Output,
+    pub reports: Vec<PassReport>,
+    /// Function bodies that were re-encoded.
+    pub rewritten_functions: usize,
+    /// See [`Outcome::code_map`].
+    pub code_map: Option<crate::codemap::CodeMap>,
+    pub debug_info: DebugInfoReport,
+    /// See [`Outcome::added_features`].
+    pub added_features: crate::features::FeatureSet,
+    /// See [`Outcome::input_features`].
+    pub input_features: Option<crate::features::InputFeatures>,
+}
+
+impl Rewritten<'_> {
+    /// Length of the output module in bytes.
+    pub fn len(&self) -> usize {
+        self.output.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.output.is_empty()
+    }
+
+    /// Writes the output module to `w`, piece by piece.
+    pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        self.output.write_to(&self.source, w)
+    }
+
+    /// The output as one buffer, with the rest of what the run found.
+    pub fn into_outcome(self) -> Outcome {
+        Outcome {
+            bytes: self.output.to_vec(&self.source),
+            reports: self.reports,
+            rewritten_functions: self.rewritten_functions,
+            code_map: self.code_map,
+            debug_info: self.debug_info,
+            added_features: self.added_features,
+            input_features: self.input_features,
+        }
+    }
+}
+
+/// Runs `passes` over `input` and returns the validated output, in pieces.
+pub fn rewrite<'a>(
+    input: &'a [u8],
+    passes: &[&dyn Pass],
+    options: &PassOptions,
+) -> Result<Rewritten<'a>, Failure> {
     let module = read(input)?;
     let facts = std::sync::OnceLock::new();
+    let choice = &options.features;
+    if !choice.disabled.is_empty() {
+        let f = facts.get_or_init(|| Facts::new(&module));
+        crate::features::RunFeatures::new(f.features(&module), choice).map_err(Failure::Usage)?;
+    }
     let mut edits = Edits::default();
     let mut reports = Vec::new();
     for pass in passes {
@@ -134,39 +203,77 @@ pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<
             None => edits.append_custom(&section),
         }
     }
+    // The output is validated with the input's features plus those the passes recorded, so a
+    // pass cannot make the module need more of an engine than the input did without saying so.
+    let output_features = if edits.changes_code_or_structure() {
+        let f = facts.get_or_init(|| Facts::new(&module));
+        let input_features = f.features(&module);
+        if !edits.used_features.is_empty()
+            && let Some(current) = crate::features::target_features(&module)
+            && let Some(data) =
+                crate::features::updated_target_features(&current, edits.used_features)
+        {
+            let index = module
+                .sections
+                .iter()
+                .position(|s| s.custom_name == Some("target_features"))
+                .expect("target_features was read from this section");
+            let section = wasm_encoder::CustomSection {
+                name: "target_features".into(),
+                data: data.into(),
+            };
+            edits.replace_custom(index, &section);
+        }
+        input_features
+            .used
+            .union(edits.used_features)
+            .closed()
+            .wasm_features()
+    } else {
+        validate::features()
+    };
+    let added_features = edits.used_features;
+    let input_features = facts.get().map(|f| f.features(&module).clone());
     // Same-length patches (relocated immediates) go into a copy of the input; every offset in
     // the module model stays valid, so the copy is read as the same module.
-    let patched: Vec<u8>;
-    let patched_module;
-    let source = if edits.patches.is_empty() {
-        &module
+    let source: std::borrow::Cow<'a, [u8]> = if edits.patches.is_empty() {
+        std::borrow::Cow::Borrowed(input)
     } else {
         let mut copy = input.to_vec();
         for (at, bytes) in &edits.patches {
             copy[*at..*at + bytes.len()].copy_from_slice(bytes);
         }
-        patched = copy;
-        patched_module = Module::parse(&patched).map_err(Failure::Internal)?;
-        &patched_module
+        std::borrow::Cow::Owned(copy)
     };
-    let mut bytes = Vec::new();
-    let debug = crate::facts::debug_info(source);
-    let update_dwarf = !options.no_dwarf_update && !debug.dwarf_sections.is_empty();
-    // A map is built only when debug info needs one: modules without it pay nothing.
-    let emit_options = emit::EmitOptions {
-        code_map: update_dwarf || options.code_map || !debug.is_empty(),
-        update_dwarf,
-    };
-    let mut emitted = emit::emit(source, &mut edits, &mut bytes, emit_options).map_err(|e| {
-        if e.is::<crate::dwarf::CannotUpdate>() {
-            Failure::Refused {
-                pass: "dwarf",
-                error: e,
-            }
+    let (output, mut emitted, debug) = {
+        let patched_module;
+        let emitted_from = if edits.patches.is_empty() {
+            &module
         } else {
-            Failure::Internal(e)
-        }
-    })?;
+            patched_module = Module::parse(&source).map_err(Failure::Internal)?;
+            &patched_module
+        };
+        let mut output = emit::Output::default();
+        let debug = crate::facts::debug_info(emitted_from);
+        let update_dwarf = !options.no_dwarf_update && !debug.dwarf_sections.is_empty();
+        // A map is built only when debug info needs one: modules without it pay nothing.
+        let emit_options = emit::EmitOptions {
+            code_map: update_dwarf || options.code_map || !debug.is_empty(),
+            update_dwarf,
+        };
+        let emitted =
+            emit::emit(emitted_from, &mut edits, &mut output, emit_options).map_err(|e| {
+                if e.is::<crate::dwarf::CannotUpdate>() {
+                    Failure::Refused {
+                        pass: "dwarf",
+                        error: e,
+                    }
+                } else {
+                    Failure::Internal(e)
+                }
+            })?;
+        (output, emitted, debug)
+    };
 
     let defined = module.bodies.len() as u32;
     let mut check = vec![false; defined as usize];
@@ -185,15 +292,20 @@ pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<
         }
     }
     let must_check = |i: u32| i >= defined || check[i as usize];
-    validate::validate(&bytes, Some(&must_check))
+    let pieces = output.slices_without_custom(&source);
+    validate::validate_pieces(&pieces, Some(&must_check), output_features)
         .map_err(|e| Failure::Internal(e.context("the rewritten module does not validate")))?;
+    drop(pieces);
     let debug_info = debug_info_report(debug, &mut emitted, options);
-    Ok(Outcome {
-        bytes,
+    Ok(Rewritten {
+        source,
+        output,
         reports,
         rewritten_functions: emitted.rewritten_functions.len(),
         code_map: emitted.code_map,
         debug_info,
+        added_features,
+        input_features,
     })
 }
 

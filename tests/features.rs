@@ -525,3 +525,78 @@ fn stack_first_refuses_custom_page_sizes() {
     assert!(refusal.contains("1-byte pages"), "{refusal}");
     assert!(common::try_rewrite(&fixture, "stack-first").is_ok());
 }
+
+/// The `target_features` section, when the input has one, lists what the passes added (a `-`
+/// entry for an added feature turns into `+`) and keeps every other entry in order; a run that
+/// adds no feature keeps it byte for byte. The output validates with exactly the input's
+/// features plus the added ones (the pipeline checks that itself).
+#[test]
+fn target_features_lists_what_passes_add() {
+    let mut input = wat::parse_str(
+        r#"(module
+          (type $one (func (param i32) (result i32)))
+          (type $two (func (param i32 i32) (result i32)))
+          (table $t 4 funcref)
+          (elem (table $t) (i32.const 1) func $f1)
+          (func $f1 (type $one) local.get 0 i32.const 1 i32.add)
+          (func (export "cast") (param i32 i32) (result i32)
+            local.get 0 local.get 1 i32.const 1 call_indirect $t (type $two)))"#,
+    )
+    .unwrap();
+    // target_features: +mutable-globals, -tail-call, +some-future-feature
+    let mut section = vec![3u8];
+    for (prefix, name) in [
+        (b'+', "mutable-globals"),
+        (b'-', "tail-call"),
+        (b'+', "some-future-feature"),
+    ] {
+        section.push(prefix);
+        section.push(name.len() as u8);
+        section.extend_from_slice(name.as_bytes());
+    }
+    let custom = wasm_encoder::CustomSection {
+        name: "target_features".into(),
+        data: section.into(),
+    };
+    wasm_encoder::Section::append_to(&custom, &mut input);
+    let read = |bytes: &[u8]| {
+        let module = wasmfix::module::Module::parse(bytes).unwrap();
+        wasmfix::features::target_features(&module).expect("a well-formed target_features")
+    };
+
+    // A run that adds nothing keeps the section byte for byte.
+    let kept = common::rewrite(&input, "producers");
+    assert_eq!(
+        common::custom_sections(&kept)
+            .into_iter()
+            .find(|(n, _)| n == "target_features"),
+        common::custom_sections(&input)
+            .into_iter()
+            .find(|(n, _)| n == "target_features")
+    );
+
+    let mut options = wasmfix::passes::PassOptions::default();
+    options
+        .features
+        .enable(wasmfix::features::Feature::TailCall);
+    let outcome = wasmfix::pipeline::run(&input, &common::passes("fpcast"), &options)
+        .unwrap_or_else(|f| panic!("{f}"));
+    let added: Vec<&str> = outcome.added_features.iter().map(|f| f.name()).collect();
+    assert!(added.contains(&"tail-call"), "added: {added:?}");
+    let after = read(&outcome.bytes).entries;
+    // The input's entries first, in order, `-tail-call` now `+tail-call`.
+    assert_eq!(
+        after[..3],
+        [
+            (b'+', "mutable-globals".to_string()),
+            (b'+', "tail-call".to_string()),
+            (b'+', "some-future-feature".to_string()),
+        ]
+    );
+    // Then one entry per other added feature, nothing else.
+    assert_eq!(
+        read(&outcome.bytes).plus,
+        read(&input).plus.union(outcome.added_features)
+    );
+    assert_eq!(after.len(), 2 + outcome.added_features.iter().count());
+}

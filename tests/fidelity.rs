@@ -301,10 +301,11 @@ fn wat_programs_run_the_same_after_rewriting() {
 /// Custom sections a run may legitimately add, rewrite or drop: `name` gains the names of added
 /// functions, `producers` gains wasmfix, the applied-fixes section records what the passes did,
 /// relocating the stack consumes `linking`/`reloc.*` and applies `reloc.X` to section `X`
-/// (DWARF's data addresses, for example), and DWARF's code addresses follow rewritten bodies
-/// (`tests/debug_info.rs` checks what they become).
+/// (DWARF's data addresses, for example), DWARF's code addresses follow rewritten bodies
+/// (`tests/debug_info.rs` checks what they become), and `target_features` lists the features
+/// passes added (`tests/features.rs` checks what it becomes).
 fn rewritten_by_passes(name: &str, input: &[(String, Vec<u8>)]) -> bool {
-    matches!(name, "name" | "producers" | "linking")
+    matches!(name, "name" | "producers" | "linking" | "target_features")
         || name.starts_with(".debug_")
         || name == wasmfix::facts::APPLIED_SECTION
         || name.starts_with("reloc.")

@@ -299,6 +299,9 @@ fn check(input: &[u8], pipelines: &[diff::Pipeline]) -> Result<bool, String> {
                     wasmfix::pipeline::Failure::Internal(_) => {
                         return Err(format!("`{}`: internal error: {m}", p.name));
                     }
+                    wasmfix::pipeline::Failure::Usage(_) => {
+                        return Err(format!("`{}`: default options refused: {m}", p.name));
+                    }
                     wasmfix::pipeline::Failure::BadInput(_) if valid => {
                         return Err(format!(
                             "`{}`: bad input after load accepted it: {m}",

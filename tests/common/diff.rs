@@ -256,7 +256,8 @@ pub fn check_module(input: &[u8], stats: &mut Stats) -> Result<(), Finding> {
                         stats.refused += 1;
                         continue;
                     }
-                    wasmfix::pipeline::Failure::BadInput(_) => {
+                    wasmfix::pipeline::Failure::BadInput(_)
+                    | wasmfix::pipeline::Failure::Usage(_) => {
                         return Err(finding(
                             Class::BadFailure,
                             name,

@@ -1,0 +1,689 @@
+//! The WebAssembly features of a run: what the input uses, plus what the user enables.
+//!
+//! A post-link step must not shrink the set of engines a module runs on (wasm3, WAMR builds
+//! without tail calls, MVP-only engines, older browsers). So a pass may use a post-MVP
+//! feature (an extra table, `return_call`, a passive data segment, `ref.test`, …) only when
+//! the input already uses it — then using it is free — or the user enabled it
+//! (`--enable-tail-call`, `--enable-all`, binaryen's names). Passes ask [`RunFeatures::allows`]
+//! to choose a design and record what they emit with `PassCx::use_feature`; the output is
+//! validated with exactly the input's features plus the recorded ones, and a `target_features`
+//! section, when the input has one, lists the recorded ones too.
+//!
+//! What the input uses is its `target_features` section (the toolchain's declaration, when
+//! present) together with what its sections and code actually use: the sections are read
+//! here, the code by the one walk over every function body that the facts already make
+//! ([`crate::facts::CodeFacts::features`], classified by [`operator_feature`]).
+
+use crate::module::Module;
+use anyhow::{Result, bail};
+use wasmparser::{
+    CompositeInnerType, ElementItems, ElementKind, HeapType, Operator, RefType, TypeRef, ValType,
+    WasmFeatures,
+};
+
+/// A WebAssembly proposal beyond 1.0, named as binaryen names it (`--enable-NAME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Feature {
+    SignExt,
+    NontrappingFloatToInt,
+    BulkMemory,
+    /// `memory.copy` and `memory.fill` only (LLVM 20 split them off bulk memory).
+    BulkMemoryOpt,
+    ReferenceTypes,
+    /// An over-long LEB for `call_indirect`'s table (part of reference types, split off by LLVM 20).
+    CallIndirectOverlong,
+    Multivalue,
+    TailCall,
+    Simd,
+    RelaxedSimd,
+    Threads,
+    ExceptionHandling,
+    Memory64,
+    Multimemory,
+    ExtendedConst,
+    /// GC and typed function references (binaryen folds both into `gc`).
+    Gc,
+    CustomPageSizes,
+    WideArithmetic,
+    StackSwitching,
+    SharedEverything,
+    CustomDescriptors,
+}
+
+use Feature as F;
+
+impl Feature {
+    pub const ALL: [Feature; 21] = [
+        F::SignExt,
+        F::NontrappingFloatToInt,
+        F::BulkMemory,
+        F::BulkMemoryOpt,
+        F::ReferenceTypes,
+        F::CallIndirectOverlong,
+        F::Multivalue,
+        F::TailCall,
+        F::Simd,
+        F::RelaxedSimd,
+        F::Threads,
+        F::ExceptionHandling,
+        F::Memory64,
+        F::Multimemory,
+        F::ExtendedConst,
+        F::Gc,
+        F::CustomPageSizes,
+        F::WideArithmetic,
+        F::StackSwitching,
+        F::SharedEverything,
+        F::CustomDescriptors,
+    ];
+
+    /// binaryen's name, as in `--enable-NAME` / `--disable-NAME`.
+    pub fn name(self) -> &'static str {
+        match self {
+            F::SignExt => "sign-ext",
+            F::NontrappingFloatToInt => "nontrapping-float-to-int",
+            F::BulkMemory => "bulk-memory",
+            F::BulkMemoryOpt => "bulk-memory-opt",
+            F::ReferenceTypes => "reference-types",
+            F::CallIndirectOverlong => "call-indirect-overlong",
+            F::Multivalue => "multivalue",
+            F::TailCall => "tail-call",
+            F::Simd => "simd",
+            F::RelaxedSimd => "relaxed-simd",
+            F::Threads => "threads",
+            F::ExceptionHandling => "exception-handling",
+            F::Memory64 => "memory64",
+            F::Multimemory => "multimemory",
+            F::ExtendedConst => "extended-const",
+            F::Gc => "gc",
+            F::CustomPageSizes => "custom-page-sizes",
+            F::WideArithmetic => "wide-arithmetic",
+            F::StackSwitching => "stack-switching",
+            F::SharedEverything => "shared-everything",
+            F::CustomDescriptors => "custom-descriptors",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Feature> {
+        Feature::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// The names LLVM writes in a `target_features` section for this feature (the first is
+    /// the one wasmfix writes).
+    fn target_feature_names(self) -> &'static [&'static str] {
+        match self {
+            F::SignExt => &["sign-ext"],
+            F::NontrappingFloatToInt => &["nontrapping-fptoint"],
+            F::BulkMemory => &["bulk-memory"],
+            F::BulkMemoryOpt => &["bulk-memory-opt"],
+            F::ReferenceTypes => &["reference-types"],
+            F::CallIndirectOverlong => &["call-indirect-overlong"],
+            F::Multivalue => &["multivalue"],
+            F::TailCall => &["tail-call"],
+            F::Simd => &["simd128"],
+            F::RelaxedSimd => &["relaxed-simd"],
+            F::Threads => &["atomics", "shared-mem"],
+            F::ExceptionHandling => &["exception-handling"],
+            F::Memory64 => &["memory64"],
+            F::Multimemory => &["multimemory"],
+            F::ExtendedConst => &["extended-const"],
+            F::Gc => &["gc", "typed-function-references"],
+            F::CustomPageSizes => &["custom-page-sizes"],
+            F::WideArithmetic => &["wide-arithmetic"],
+            F::StackSwitching => &["stack-switching"],
+            F::SharedEverything => &["shared-everything"],
+            F::CustomDescriptors => &["custom-descriptors"],
+        }
+    }
+
+    /// Features that come with this one: allowing it allows them too.
+    fn implies(self) -> &'static [Feature] {
+        match self {
+            F::BulkMemory => &[F::BulkMemoryOpt],
+            F::ReferenceTypes => &[F::CallIndirectOverlong],
+            F::Gc => &[F::ReferenceTypes, F::CallIndirectOverlong],
+            F::RelaxedSimd => &[F::Simd],
+            _ => &[],
+        }
+    }
+
+    /// What the validator must accept for a module that uses this feature.
+    fn wasm_features(self) -> WasmFeatures {
+        type W = WasmFeatures;
+        match self {
+            F::SignExt => W::SIGN_EXTENSION,
+            F::NontrappingFloatToInt => W::SATURATING_FLOAT_TO_INT,
+            F::BulkMemory => W::BULK_MEMORY | W::BULK_MEMORY_OPT,
+            F::BulkMemoryOpt => W::BULK_MEMORY_OPT,
+            F::ReferenceTypes => W::REFERENCE_TYPES | W::CALL_INDIRECT_OVERLONG,
+            F::CallIndirectOverlong => W::CALL_INDIRECT_OVERLONG,
+            F::Multivalue => W::MULTI_VALUE,
+            F::TailCall => W::TAIL_CALL,
+            F::Simd => W::SIMD,
+            F::RelaxedSimd => W::SIMD | W::RELAXED_SIMD,
+            F::Threads => W::THREADS,
+            F::ExceptionHandling => W::EXCEPTIONS | W::LEGACY_EXCEPTIONS,
+            F::Memory64 => W::MEMORY64,
+            F::Multimemory => W::MULTI_MEMORY,
+            F::ExtendedConst => W::EXTENDED_CONST,
+            F::Gc => W::GC | W::FUNCTION_REFERENCES | W::REFERENCE_TYPES,
+            F::CustomPageSizes => W::CUSTOM_PAGE_SIZES,
+            F::WideArithmetic => W::WIDE_ARITHMETIC,
+            F::StackSwitching => W::STACK_SWITCHING,
+            F::SharedEverything => W::SHARED_EVERYTHING_THREADS,
+            F::CustomDescriptors => W::CUSTOM_DESCRIPTORS,
+        }
+    }
+}
+
+/// A set of [`Feature`]s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct FeatureSet(u32);
+
+impl FeatureSet {
+    pub const EMPTY: FeatureSet = FeatureSet(0);
+
+    pub fn all() -> FeatureSet {
+        Feature::ALL.into_iter().collect()
+    }
+
+    pub fn contains(self, f: Feature) -> bool {
+        self.0 & bit(f) != 0
+    }
+
+    pub fn insert(&mut self, f: Feature) {
+        self.0 |= bit(f);
+    }
+
+    pub fn remove(&mut self, f: Feature) {
+        self.0 &= !bit(f);
+    }
+
+    pub fn union(self, other: FeatureSet) -> FeatureSet {
+        FeatureSet(self.0 | other.0)
+    }
+
+    pub fn minus(self, other: FeatureSet) -> FeatureSet {
+        FeatureSet(self.0 & !other.0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The set with every feature its members imply (see `Feature::implies`).
+    pub fn closed(self) -> FeatureSet {
+        let mut s = self;
+        for f in self.iter() {
+            for &g in f.implies() {
+                s.insert(g);
+            }
+        }
+        s
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Feature> {
+        Feature::ALL.into_iter().filter(move |&f| self.contains(f))
+    }
+
+    /// `a, b, c`, or `none beyond WebAssembly 1.0`.
+    pub fn names(self) -> String {
+        if self.is_empty() {
+            return "none beyond WebAssembly 1.0".into();
+        }
+        self.iter()
+            .map(Feature::name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// What a validator must accept: WebAssembly 1.0 plus these features.
+    pub fn wasm_features(self) -> WasmFeatures {
+        self.iter()
+            .fold(WasmFeatures::WASM1, |w, f| w | f.wasm_features())
+    }
+}
+
+fn bit(f: Feature) -> u32 {
+    1 << f as u32
+}
+
+impl FromIterator<Feature> for FeatureSet {
+    fn from_iter<I: IntoIterator<Item = Feature>>(iter: I) -> Self {
+        let mut s = FeatureSet::EMPTY;
+        for f in iter {
+            s.insert(f);
+        }
+        s
+    }
+}
+
+impl serde::Serialize for FeatureSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter().map(Feature::name))
+    }
+}
+
+/// What the user asked for on the command line: `--enable-X`, `--disable-X`, `--enable-all`,
+/// `--mvp-features`, applied in order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FeatureChoice {
+    pub enabled: FeatureSet,
+    pub disabled: FeatureSet,
+}
+
+impl FeatureChoice {
+    pub fn enable(&mut self, f: Feature) {
+        self.enabled.insert(f);
+        self.disabled.remove(f);
+    }
+
+    pub fn disable(&mut self, f: Feature) {
+        self.disabled.insert(f);
+        self.enabled.remove(f);
+    }
+
+    pub fn enable_all(&mut self) {
+        self.enabled = FeatureSet::all();
+        self.disabled = FeatureSet::EMPTY;
+    }
+
+    /// `--mvp-features`: nothing beyond what the input uses.
+    pub fn mvp(&mut self) {
+        self.disabled = FeatureSet::all();
+        self.enabled = FeatureSet::EMPTY;
+    }
+}
+
+/// What the input uses, and how that was found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InputFeatures {
+    /// Used by the input: declared in `target_features` or found in its sections and code.
+    pub used: FeatureSet,
+    /// Listed with `+` in the input's `target_features` section, when it has one.
+    pub declared: Option<FeatureSet>,
+    /// Found in the sections and code.
+    pub detected: FeatureSet,
+    pub how: String,
+}
+
+impl InputFeatures {
+    /// `code`: the features found by the facts' walk over every function body.
+    pub fn new(m: &Module<'_>, code: FeatureSet) -> InputFeatures {
+        let detected = section_features(m).union(code);
+        let declared = target_features(m).map(|t| t.plus);
+        let used = detected.union(declared.unwrap_or_default()).closed();
+        let how = match declared {
+            Some(d) => format!(
+                "target_features section declares {}; sections and code use {}",
+                d.names(),
+                detected.names()
+            ),
+            None => format!(
+                "no target_features section; sections and code use {}",
+                detected.names()
+            ),
+        };
+        InputFeatures {
+            used,
+            declared,
+            detected,
+            how,
+        }
+    }
+}
+
+/// The features a run may use: the input's plus what the user enabled.
+#[derive(Debug, Clone, Copy)]
+pub struct RunFeatures {
+    pub input: FeatureSet,
+    pub enabled: FeatureSet,
+}
+
+impl RunFeatures {
+    /// The run's features; a user who disables a feature the input uses gets an error.
+    pub fn new(input: &InputFeatures, choice: &FeatureChoice) -> Result<RunFeatures> {
+        let conflict = choice.disabled.iter().find(|&f| input.used.contains(f));
+        if let Some(f) = conflict
+            && choice.disabled != FeatureSet::all()
+        {
+            bail!(
+                "--disable-{}: the input already uses {} ({}); a rewrite cannot remove it",
+                f.name(),
+                f.name(),
+                input.how
+            );
+        }
+        Ok(RunFeatures {
+            input: input.used,
+            enabled: choice.enabled.closed().minus(input.used),
+        })
+    }
+
+    /// Whether a pass may emit what `f` allows.
+    pub fn allows(&self, f: Feature) -> bool {
+        self.input.contains(f) || self.enabled.contains(f)
+    }
+
+    /// The one-line reason a pass gives when it needs `f` and the run does not allow it.
+    pub fn missing(&self, f: Feature, what: &str) -> String {
+        format!(
+            "{what} needs {}, which the input does not use: enable it with --enable-{}",
+            f.name(),
+            f.name()
+        )
+    }
+}
+
+/// A `target_features` section: features listed with `+` (used) and `-` (disallowed).
+#[derive(Debug, Clone, Default)]
+pub struct TargetFeatures {
+    pub plus: FeatureSet,
+    /// Every entry in order: (prefix, name), names wasmfix does not know included.
+    pub entries: Vec<(u8, String)>,
+}
+
+/// Reads the `target_features` section (`vec(prefix: byte, name: string)`), if present and
+/// well formed.
+pub fn target_features(m: &Module<'_>) -> Option<TargetFeatures> {
+    let s = m.custom("target_features")?;
+    let mut r = m.section_reader(s);
+    let n = r.read_var_u32().ok()?;
+    let mut out = TargetFeatures::default();
+    for _ in 0..n {
+        let prefix = r.read_u8().ok()?;
+        let name = r.read_string().ok()?;
+        if prefix == b'+'
+            && let Some(f) = Feature::ALL
+                .into_iter()
+                .find(|f| f.target_feature_names().contains(&name))
+        {
+            out.plus.insert(f);
+        }
+        out.entries.push((prefix, name.to_string()));
+    }
+    r.eof().then_some(out)
+}
+
+/// The contents of a `target_features` section that lists `added` with `+` besides the
+/// input's entries (a `-` entry for an added feature becomes `+`), or `None` when the section
+/// already lists them all.
+pub fn updated_target_features(current: &TargetFeatures, added: FeatureSet) -> Option<Vec<u8>> {
+    let missing: Vec<Feature> = added.minus(current.plus).iter().collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let mut entries = current.entries.clone();
+    for f in missing {
+        let names = f.target_feature_names();
+        match entries
+            .iter_mut()
+            .find(|(_, n)| names.contains(&n.as_str()))
+        {
+            Some(entry) => entry.0 = b'+',
+            None => entries.push((b'+', names[0].to_string())),
+        }
+    }
+    let mut out = Vec::new();
+    leb(&mut out, entries.len() as u32);
+    for (prefix, name) in &entries {
+        out.push(*prefix);
+        leb(&mut out, name.len() as u32);
+        out.extend_from_slice(name.as_bytes());
+    }
+    Some(out)
+}
+
+fn leb(out: &mut Vec<u8>, mut n: u32) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Features used by the module's sections (types, imports, tables, memories, globals, tags,
+/// element and data segments); the code is classified by [`operator_feature`].
+fn section_features(m: &Module<'_>) -> FeatureSet {
+    let mut s = FeatureSet::EMPTY;
+    for t in &m.types {
+        if !t.is_final || !t.supertype_idxs.is_empty() || t.composite_type.shared {
+            s.insert(F::Gc);
+        }
+        match &t.composite_type.inner {
+            CompositeInnerType::Func(f) => {
+                if f.results().len() > 1 {
+                    s.insert(F::Multivalue);
+                }
+                for &v in f.params().iter().chain(f.results()) {
+                    val_type(&mut s, v);
+                }
+            }
+            CompositeInnerType::Cont(_) => s.insert(F::StackSwitching),
+            CompositeInnerType::Array(a) => {
+                s.insert(F::Gc);
+                storage_type(&mut s, a.0.element_type);
+            }
+            CompositeInnerType::Struct(st) => {
+                s.insert(F::Gc);
+                for field in st.fields.iter() {
+                    storage_type(&mut s, field.element_type);
+                }
+            }
+        }
+    }
+    if m.explicit_rec_groups {
+        s.insert(F::Gc);
+    }
+    if m.tables.len() > 1 {
+        s.insert(F::ReferenceTypes);
+    }
+    for t in &m.tables {
+        if t.table64 {
+            s.insert(F::Memory64);
+        }
+        if t.shared {
+            s.insert(F::SharedEverything);
+        }
+        // WebAssembly 1.0 tables hold funcref; any other element type is a reference type.
+        if t.element_type != RefType::FUNCREF {
+            ref_type(&mut s, t.element_type);
+        }
+    }
+    for init in &m.table_inits {
+        s.insert(F::Gc);
+        const_expr(&mut s, init);
+    }
+    if m.memories.len() > 1 {
+        s.insert(F::Multimemory);
+    }
+    for mem in &m.memories {
+        if mem.memory64 {
+            s.insert(F::Memory64);
+        }
+        if mem.shared {
+            s.insert(F::Threads);
+        }
+        if mem.page_size_log2.is_some() {
+            s.insert(F::CustomPageSizes);
+        }
+    }
+    for g in &m.global_types {
+        val_type(&mut s, g.content_type);
+        if g.shared {
+            s.insert(F::SharedEverything);
+        }
+    }
+    for g in &m.defined_globals {
+        const_expr(&mut s, &g.init);
+    }
+    for i in &m.imports {
+        if let TypeRef::FuncExact(_) = i.ty {
+            s.insert(F::CustomDescriptors);
+        }
+    }
+    if !m.tags.is_empty() {
+        s.insert(F::ExceptionHandling);
+    }
+    for e in &m.elements {
+        match &e.kind {
+            ElementKind::Passive => s.insert(F::BulkMemory),
+            // Declared segments came with reference types, encoded as bulk memory's.
+            ElementKind::Declared => {
+                s.insert(F::BulkMemory);
+                s.insert(F::ReferenceTypes);
+            }
+            ElementKind::Active {
+                table_index,
+                offset_expr,
+            } => {
+                if table_index.is_some_and(|t| t != 0) {
+                    s.insert(F::ReferenceTypes);
+                }
+                const_expr(&mut s, offset_expr);
+            }
+        }
+        // The expressions encoding (even of funcref items) came with reference types.
+        if let ElementItems::Expressions(ty, items) = &e.items {
+            ref_type(&mut s, *ty);
+            for item in items.clone().into_iter().flatten() {
+                const_expr(&mut s, &item);
+            }
+        }
+    }
+    if m.data_count.is_some() {
+        s.insert(F::BulkMemory);
+    }
+    for d in &m.data {
+        match &d.kind {
+            wasmparser::DataKind::Passive => s.insert(F::BulkMemory),
+            wasmparser::DataKind::Active {
+                memory_index,
+                offset_expr,
+            } => {
+                if *memory_index != 0 {
+                    s.insert(F::Multimemory);
+                }
+                const_expr(&mut s, offset_expr);
+            }
+        }
+    }
+    s
+}
+
+/// Features a value type needs (function signatures, locals, globals, block types).
+pub fn val_type(s: &mut FeatureSet, v: ValType) {
+    match v {
+        ValType::I32 | ValType::I64 | ValType::F32 | ValType::F64 => {}
+        ValType::V128 => s.insert(F::Simd),
+        ValType::Ref(r) => ref_type(s, r),
+    }
+}
+
+/// Features a reference type needs as a value (every one needs reference types).
+fn ref_type(s: &mut FeatureSet, r: RefType) {
+    s.insert(F::ReferenceTypes);
+    if r == RefType::FUNCREF || r == RefType::EXTERNREF {
+        return;
+    }
+    match r.heap_type() {
+        HeapType::Abstract {
+            ty: wasmparser::AbstractHeapType::Exn | wasmparser::AbstractHeapType::NoExn,
+            ..
+        } => s.insert(F::ExceptionHandling),
+        _ => s.insert(F::Gc),
+    }
+}
+
+fn storage_type(s: &mut FeatureSet, t: wasmparser::StorageType) {
+    if let wasmparser::StorageType::Val(v) = t {
+        val_type(s, v);
+    }
+}
+
+/// Features of the operators of a constant expression.
+fn const_expr(s: &mut FeatureSet, expr: &wasmparser::ConstExpr<'_>) {
+    for op in expr.get_operators_reader().into_iter().flatten() {
+        match op {
+            Operator::I32Add
+            | Operator::I32Sub
+            | Operator::I32Mul
+            | Operator::I64Add
+            | Operator::I64Sub
+            | Operator::I64Mul => s.insert(F::ExtendedConst),
+            other => operator_features(s, &other),
+        }
+    }
+}
+
+/// The features one operator needs, beyond its proposal: a `call_indirect` on another table
+/// than 0, a block type with several values, typed values in blocks and `select`.
+pub fn operator_features(s: &mut FeatureSet, op: &Operator<'_>) {
+    if let Some(f) = operator_feature(op) {
+        s.insert(f);
+    }
+    match op {
+        Operator::CallIndirect { table_index, .. } if *table_index != 0 => {
+            s.insert(F::ReferenceTypes)
+        }
+        Operator::Block { blockty }
+        | Operator::Loop { blockty }
+        | Operator::If { blockty }
+        | Operator::Try { blockty } => block_type(s, *blockty),
+        Operator::TryTable { try_table } => block_type(s, try_table.ty),
+        Operator::TypedSelect { ty } => val_type(s, *ty),
+        Operator::RefNull { hty } => ref_type(
+            s,
+            RefType::new(true, *hty).unwrap_or(RefType::FUNCREF.as_non_null()),
+        ),
+        // An access to a memory other than 0 needs a second memory, which the sections show.
+        _ => {}
+    }
+}
+
+fn block_type(s: &mut FeatureSet, ty: wasmparser::BlockType) {
+    match ty {
+        wasmparser::BlockType::Empty => {}
+        wasmparser::BlockType::Type(v) => val_type(s, v),
+        // Even `[] -> []` spelled as a type index is multi-value's encoding.
+        wasmparser::BlockType::FuncType(_) => s.insert(F::Multivalue),
+    }
+}
+
+/// The proposal an operator belongs to (`None` for WebAssembly 1.0 operators).
+pub fn operator_feature(op: &Operator<'_>) -> Option<Feature> {
+    macro_rules! classify {
+        ($( @$proposal:ident $op:ident $({ $($arg:ident: $argty:ty),* })? => $visit:ident ($($ann:tt)*))*) => {
+            match op {
+                $( Operator::$op { .. } => classify!(one @$proposal $op), )*
+                _ => Some(F::Gc),
+            }
+        };
+        (one @mvp $op:ident) => { None };
+        (one @sign_extension $op:ident) => { Some(F::SignExt) };
+        (one @saturating_float_to_int $op:ident) => { Some(F::NontrappingFloatToInt) };
+        (one @bulk_memory MemoryCopy) => { Some(F::BulkMemoryOpt) };
+        (one @bulk_memory MemoryFill) => { Some(F::BulkMemoryOpt) };
+        (one @bulk_memory $op:ident) => { Some(F::BulkMemory) };
+        (one @reference_types $op:ident) => { Some(F::ReferenceTypes) };
+        (one @tail_call $op:ident) => { Some(F::TailCall) };
+        (one @simd $op:ident) => { Some(F::Simd) };
+        (one @relaxed_simd $op:ident) => { Some(F::RelaxedSimd) };
+        (one @threads $op:ident) => { Some(F::Threads) };
+        (one @acquire_release_atomics $op:ident) => { Some(F::Threads) };
+        (one @shared_everything_threads $op:ident) => { Some(F::SharedEverything) };
+        (one @exceptions $op:ident) => { Some(F::ExceptionHandling) };
+        (one @legacy_exceptions $op:ident) => { Some(F::ExceptionHandling) };
+        (one @gc $op:ident) => { Some(F::Gc) };
+        (one @function_references $op:ident) => { Some(F::Gc) };
+        (one @stack_switching $op:ident) => { Some(F::StackSwitching) };
+        (one @wide_arithmetic $op:ident) => { Some(F::WideArithmetic) };
+        (one @memory_control $op:ident) => { Some(F::Gc) };
+        (one @custom_descriptors $op:ident) => { Some(F::CustomDescriptors) };
+    }
+    wasmparser::for_each_operator!(classify)
+}
