@@ -100,6 +100,67 @@ fn correct_programs_behave_identically() {
     }
 }
 
+/// Poisoning, `calloc`'s clearing and `realloc`'s copy use `memory.fill`/`memory.copy` only
+/// where the run allows bulk memory: clang 14's builds do not use it, so they get loops; with
+/// bulk memory enabled the output uses it, says so (`added_features`), and behaves the same.
+#[test]
+fn bulk_memory_only_where_the_run_allows_it() {
+    let bulk_ops = |bytes: &[u8]| {
+        let mut n = 0;
+        for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+            if let Ok(wasmparser::Payload::CodeSectionEntry(body)) = payload {
+                let mut ops = body.get_operators_reader().unwrap();
+                while !ops.eof() {
+                    if matches!(
+                        ops.read().unwrap(),
+                        wasmparser::Operator::MemoryFill { .. }
+                            | wasmparser::Operator::MemoryCopy { .. }
+                    ) {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    };
+    let original = fixture("uaf.O2.wasm");
+    assert_eq!(bulk_ops(&original), 0, "the fixture uses no bulk memory");
+    let plain = heap_canary("O2", HeapOptions::default());
+    assert_eq!(
+        bulk_ops(&plain),
+        0,
+        "loops where the input has no bulk memory"
+    );
+    let mut options = wasmfix::passes::PassOptions::default();
+    options
+        .features
+        .enable(wasmfix::features::Feature::BulkMemory);
+    let outcome = wasmfix::pipeline::run(&original, &common::passes("heap-canary"), &options)
+        .unwrap_or_else(|f| panic!("{f}"));
+    assert!(bulk_ops(&outcome.bytes) > 0);
+    assert!(
+        outcome
+            .added_features
+            .contains(wasmfix::features::Feature::BulkMemoryOpt),
+        "{:?}",
+        outcome.added_features
+    );
+    for args in [
+        &["list", "3000"][..],
+        &["strings", "3000"],
+        &["churn", "2000"],
+    ] {
+        let before = run_wasi(&original, args);
+        assert_eq!(before, run_wasi(&plain, args), "{args:?}");
+        assert_eq!(before, run_wasi(&outcome.bytes, args), "bulk {args:?}");
+    }
+    // A write after free is found with either.
+    for fixed in [&plain, &outcome.bytes] {
+        let after = run_wasi(fixed, &["write"]);
+        assert!(after.stderr.starts_with(WRITTEN), "{after:?}");
+    }
+}
+
 /// `write` frees a block, writes into it, then allocates and frees 100 more blocks of 24–63
 /// bytes: with a small quarantine the block leaves it during that loop, before the program
 /// prints anything.
