@@ -79,7 +79,7 @@ pub struct HeapOptions {
     /// Allocator functions named on the command line.
     pub allocator: crate::allocator::Manual,
     /// Bytes of freed blocks held back before they go back to the allocator (`None`: the
-    /// default; 0: freed blocks are poisoned and released at once).
+    /// default; 0: freed blocks go back to the allocator at once, unpoisoned).
     pub quarantine: Option<u32>,
     /// Check every block in the quarantine at every allocation (and run `collect_fn` before
     /// every custom allocation).
@@ -648,7 +648,7 @@ impl Helpers {
 
     /// The quarantine's globals and helpers: `release(q, n)`, `evict()`, `verify(q, n)` and
     /// `verify_all()`, and the ring that holds blocks of custom allocators (`--free-fn`). With
-    /// `limit` 0 a freed block is poisoned and released at once.
+    /// `limit` 0 a freed block goes back at once, unpoisoned.
     fn add_quarantine(
         &mut self,
         m: &Module<'_>,
