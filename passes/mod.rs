@@ -10,6 +10,7 @@ use serde_json::Value;
 
 pub mod adapter_memory;
 pub mod bounds;
+pub mod bulk;
 pub mod fpcast;
 pub mod heap_canary;
 pub mod producers;
@@ -45,6 +46,8 @@ pub struct PassOptions {
     /// The passes were named with `--passes`: a pass that applies where it can in the default
     /// pipeline (adapter-memory) then refuses a module it cannot handle instead of warning.
     pub explicit_passes: bool,
+    /// heap-canary: the allocator named by hand, the quarantine, stress mode.
+    pub heap: heap_canary::HeapOptions,
     /// `--enable-X` / `--disable-X`: features passes may use beyond the input's.
     pub features: crate::features::FeatureChoice,
 }

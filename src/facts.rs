@@ -153,6 +153,7 @@ pub struct Facts {
     code: OnceLock<CodeFacts>,
     indirect_calls: OnceLock<Vec<IndirectCallFacts>>,
     heap: OnceLock<Result<crate::heap::HeapStart, String>>,
+    allocator: OnceLock<Result<crate::allocator::Allocator, String>>,
     features: OnceLock<crate::features::InputFeatures>,
 }
 
@@ -182,6 +183,7 @@ impl Facts {
             code: OnceLock::new(),
             indirect_calls: OnceLock::new(),
             heap: OnceLock::new(),
+            allocator: OnceLock::new(),
             features: OnceLock::new(),
         };
         f.heap_base = f.global_address(m, "__heap_base");
@@ -204,6 +206,13 @@ impl Facts {
     /// Where the module's runtime starts its heap (see [`crate::heap`]), found on first use.
     pub fn heap(&self, m: &Module<'_>) -> &Result<crate::heap::HeapStart, String> {
         self.heap.get_or_init(|| crate::heap::find(m, self))
+    }
+
+    /// The module's allocator (`malloc`, `free` and their family), found by names or by its
+    /// code, or why it cannot be established; see [`crate::allocator`]. Found on first use.
+    pub fn allocator(&self, m: &Module<'_>) -> &Result<crate::allocator::Allocator, String> {
+        self.allocator
+            .get_or_init(|| crate::allocator::find(m, &self.function_names, &Default::default()))
     }
 
     /// The WebAssembly features the input uses (its `target_features` section and what its

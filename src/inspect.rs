@@ -141,9 +141,17 @@ pub fn json(m: &Module<'_>, facts: &Facts) -> Value {
         })),
         "producers": facts.producers,
         "debug_info": facts.debug_info,
+        "allocator": allocator_json(m, facts),
         "applied_by_wasmfix": facts.applied,
         "hazards": hazards(m, facts),
     })
+}
+
+fn allocator_json(m: &Module<'_>, facts: &Facts) -> Value {
+    if let Some(done) = facts.applied.get("heap-canary") {
+        return json!({ "wrapped_by_wasmfix": done });
+    }
+    result(facts.allocator(m))
 }
 
 fn result<T: serde::Serialize>(r: &Result<T, String>) -> Value {
@@ -339,6 +347,32 @@ pub fn text(name: &str, m: &Module<'_>, facts: &Facts) -> String {
         let _ = writeln!(w, "dynamic linking / PIC: {}", facts.pic_markers.join(", "));
     }
     let _ = writeln!(w, "debug info: {}", debug_info_text(&facts.debug_info));
+    if !facts.applied.contains_key("heap-canary") {
+        match facts.allocator(m) {
+            Ok(a) => {
+                let fs: Vec<String> = a
+                    .functions
+                    .iter()
+                    .map(|f| format!("{} {}", f.role.c_name(), f.label))
+                    .collect();
+                let _ = writeln!(
+                    w,
+                    "allocator: {}{}",
+                    a.family.map_or(String::new(), |f| format!("{} ", f.name())),
+                    fs.join(", ")
+                );
+                for f in &a.functions {
+                    let _ = writeln!(w, "  {} {}: {}", f.role.c_name(), f.label, f.how);
+                }
+                for e in &a.evidence {
+                    let _ = writeln!(w, "  {e}");
+                }
+            }
+            Err(why) => {
+                let _ = writeln!(w, "allocator: unknown: {why}");
+            }
+        }
+    }
     for (what, detail) in &facts.applied {
         let _ = writeln!(w, "fixed by wasmfix: {what} {detail}");
     }

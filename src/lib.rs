@@ -5,6 +5,7 @@
 //! result with untouched parts copied byte for byte ([`emit`]), and validates it
 //! ([`validate`]). [`pipeline::run`] ties these together; the `wasmfix` binary is a thin CLI.
 
+pub mod allocator;
 pub mod codemap;
 pub mod component;
 pub mod diag;

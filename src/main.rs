@@ -102,6 +102,70 @@ struct Rewrite {
     /// Where to write the rewritten source map (default: OUT.map; may equal IN.map).
     #[arg(long, value_name = "OUT.map", requires = "source_map")]
     source_map_out: Option<PathBuf>,
+    /// heap-canary: the allocation function (`malloc`, or what it forwards to), by name (name
+    /// section or export) or function index, when the module is stripped or its allocator is
+    /// not one wasmfix recognizes. Needs --free too.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    malloc: Option<wasmfix::allocator::Selector>,
+    /// heap-canary: the release function (`free`).
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    free: Option<wasmfix::allocator::Selector>,
+    /// heap-canary: `calloc(count, size)`.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    calloc: Vec<wasmfix::allocator::Selector>,
+    /// heap-canary: `realloc(pointer, size)`.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    realloc: Vec<wasmfix::allocator::Selector>,
+    /// heap-canary: an aligned allocation `(alignment, size) -> pointer` (`aligned_alloc`,
+    /// `memalign`); may be given several times.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    aligned_alloc: Vec<wasmfix::allocator::Selector>,
+    /// heap-canary: `posix_memalign(out, alignment, size)`.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    posix_memalign: Vec<wasmfix::allocator::Selector>,
+    /// heap-canary: `malloc_usable_size(pointer)`.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    malloc_usable_size: Vec<wasmfix::allocator::Selector>,
+    /// heap-canary: bytes of freed blocks held back (poisoned) before they go back to the
+    /// allocator, so a use after free finds the poison instead of a new block [default: 4 MiB;
+    /// 0: none]. Peak memory grows by up to this much.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Allocator")]
+    quarantine: Option<u32>,
+    /// heap-canary: check every block in the quarantine at every allocation, and run the
+    /// --collect-fn collector before every --alloc-fn allocation (slow; for tests: a write
+    /// after free shows at the next allocation, a block a collector frees too early shows on
+    /// the first run).
+    #[arg(long, help_heading = "Allocator")]
+    heap_stress: bool,
+    /// heap-canary: an allocation function of a runtime that is not malloc (a garbage
+    /// collector's): i32 arguments, returns the block. Its blocks keep their addresses (no
+    /// header); may be given several times.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    alloc_fn: Vec<wasmfix::passes::heap_canary::FnSpec>,
+    /// heap-canary: the runtime's release function (a collector's sweep calls it): which
+    /// argument is the block (default 0) and which its size (required), e.g.
+    /// `gc_release:ptr=0:size=1`. Released blocks are poisoned and held in a ring before the
+    /// real release.
+    #[arg(
+        long,
+        value_name = "NAME|INDEX:ptr=N:size=N",
+        help_heading = "Allocator"
+    )]
+    free_fn: Vec<wasmfix::passes::heap_canary::FnSpec>,
+    /// heap-canary: the runtime's collector (no arguments), run before every --alloc-fn
+    /// allocation under --heap-stress.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    collect_fn: Option<wasmfix::allocator::Selector>,
+    /// heap-canary: stop when a listed import (MODULE.NAME) returns, or the host passes a listed
+    /// export (export:NAME), an i32 that points into a block released and still held back:
+    /// `wasmfix: env.map_get returned 0x…, which points into a block freed at …`.
+    #[arg(
+        long,
+        value_name = "MODULE.NAME|export:NAME,…",
+        value_delimiter = ',',
+        help_heading = "Allocator"
+    )]
+    check_host_pointers: Vec<wasmfix::passes::heap_canary::HostPointer>,
     /// Copy DWARF unchanged even when bodies move, leaving its code addresses stale (for
     /// measuring what the update costs).
     #[arg(long, hide = true)]
@@ -569,6 +633,7 @@ fn pass_options(args: &Rewrite, features: FeatureChoice, code_map: bool) -> Pass
         harden_allow: args.harden_allow.clone(),
         bounds_precise: args.bounds_precise,
         explicit_passes: args.passes.is_some(),
+        heap: heap_options(args),
         features,
     }
 }
@@ -659,6 +724,54 @@ fn rewrite_component(
         None => write_stdout(|w| w.write_all(&outcome.bytes))?,
     }
     Ok(0)
+}
+
+/// heap-canary's options from the command line.
+fn heap_options(args: &Rewrite) -> wasmfix::passes::heap_canary::HeapOptions {
+    use wasmfix::allocator::Role;
+    let mut functions = Vec::new();
+    functions.extend(args.malloc.clone().map(|s| (Role::Malloc, s)));
+    functions.extend(args.free.clone().map(|s| (Role::Free, s)));
+    for (role, list) in [
+        (Role::Calloc, &args.calloc),
+        (Role::Realloc, &args.realloc),
+        (Role::Aligned, &args.aligned_alloc),
+        (Role::PosixMemalign, &args.posix_memalign),
+        (Role::UsableSize, &args.malloc_usable_size),
+    ] {
+        functions.extend(list.iter().cloned().map(|s| (role, s)));
+    }
+    wasmfix::passes::heap_canary::HeapOptions {
+        allocator: wasmfix::allocator::Manual { functions },
+        quarantine: args.quarantine,
+        stress: args.heap_stress,
+        alloc_fns: args.alloc_fn.clone(),
+        free_fns: args.free_fn.clone(),
+        collect_fn: args.collect_fn.clone(),
+        host_pointers: args.check_host_pointers.clone(),
+    }
+}
+
+/// `4096`, `64k`, `4m`/`4MiB`: a byte count below 4 GiB.
+fn parse_bytes(s: &str) -> Result<u32, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t.as_str(), ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count (like 4096, 64k or 4m)"))?;
+    let scale: u64 = match unit {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use k or m)")),
+    };
+    n.checked_mul(scale)
+        .and_then(|v| u32::try_from(v).ok())
+        .filter(|&v| v < i32::MAX as u32)
+        .ok_or_else(|| format!("`{s}` is too large (at most 2 GiB)"))
 }
 
 /// A module written to a temporary file beside its target, renamed over the target by

@@ -126,12 +126,9 @@ fn a_second_run_changes_nothing() {
     }
 }
 
-/// The builds that keep their names: heap-canary finds the allocator there.
-const NAMED: &[&str] = &["O0", "O2", "O0.wasmopt", "O2.wasmopt"];
-
 #[test]
 fn heap_overflows_stop_at_free_with_the_block_size() {
-    for variant in NAMED {
+    for variant in VARIANTS {
         let original = fixture(&format!("harden.{variant}.wasm"));
         // 28 bytes stay inside the allocator's slack: only a redzone at the exact size sees them.
         for n in ["28", "32", "48"] {
@@ -159,7 +156,7 @@ fn heap_overflows_stop_at_free_with_the_block_size() {
 
 #[test]
 fn double_free_is_reported() {
-    for variant in NAMED {
+    for variant in VARIANTS {
         let original = fixture(&format!("harden.{variant}.wasm"));
         let before = run_wasi(&original, &["doublefree"]);
         assert_eq!(before.stdout, "double free accepted\n", "{variant}");
@@ -168,11 +165,34 @@ fn double_free_is_reported() {
     }
 }
 
-/// Without a name section the allocator cannot be found: `heap-canary` alone refuses with the
-/// reason (exit 2, nothing written), `--harden` warns and applies the other passes.
+/// Without a name section the allocator is found by its code: dlmalloc's request
+/// normalization and its free's shared state (see `src/allocator.rs`).
 #[test]
-fn stripped_modules_are_refused_by_heap_canary_and_warned_about_by_harden() {
-    let path = common::repo().join("tests/fixtures/wasm/harden.O2.stripped.wasm");
+fn stripped_modules_get_heap_canary_from_the_allocators_code() {
+    let out = wasmfix::pipeline::run(
+        &fixture("harden.O2.stripped.wasm"),
+        &common::passes("heap-canary"),
+        &Default::default(),
+    )
+    .unwrap();
+    let summary = &out.reports[0].summary;
+    assert!(
+        summary.contains("wrapped dlmalloc malloc function ") && summary.contains("free function "),
+        "{summary}"
+    );
+    let evidence = out.reports[0].details["evidence"].to_string();
+    assert!(
+        evidence.contains("normalizes requests like dlmalloc"),
+        "{evidence}"
+    );
+}
+
+/// An allocator wasmfix does not recognize (zig 0.15+'s own malloc), stripped: `heap-canary`
+/// alone refuses with the reason (exit 2, nothing written), `--harden` warns and applies the
+/// other passes.
+#[test]
+fn unrecognized_allocators_are_refused_by_heap_canary_and_warned_about_by_harden() {
+    let path = common::repo().join("tests/fixtures/wasm/uaf.zig.O2.stripped.wasm");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.wasm");
     let refused = common::wasmfix()
@@ -185,7 +205,9 @@ fn stripped_modules_are_refused_by_heap_canary_and_warned_about_by_harden() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("heap-canary: cannot find `malloc`") && stderr.contains("name section"),
+        stderr.contains("heap-canary: cannot find `malloc`")
+            && stderr.contains("not an allocator wasmfix recognizes")
+            && stderr.contains("--malloc"),
         "{stderr}"
     );
     assert!(!out.exists());
@@ -203,9 +225,9 @@ fn stripped_modules_are_refused_by_heap_canary_and_warned_about_by_harden() {
         "{stderr}"
     );
     let fixed = std::fs::read(&out).unwrap();
-    let after = run_wasi(&fixed, &["heap", "48"]);
+    let after = run_wasi(&fixed, &["write"]);
     assert_eq!(
-        after.stdout, "heap ok\n",
+        after.stdout, "write after free accepted (4950)\n",
         "not checked, as the warning says"
     );
 }
