@@ -445,18 +445,38 @@ impl Pass for Fpcast {
     }
 }
 
-/// Table entries whose whole body is `unreachable`: what wasm-opt leaves of a function it
-/// proved callable only through a mismatched `call_indirect`. A cast to it cannot be repaired.
+/// Table entries whose whole body is `unreachable` where there is evidence that a post-link
+/// optimizer made them so: what `wasm-opt -O` leaves of a function it proved callable only
+/// through a mismatched `call_indirect` (a cast to it cannot be repaired). Such bodies are also
+/// written by hand (wasi-libc's `__SIG_ERR`, the destructor of an abstract C++ class), so
+/// without evidence nothing is said. Evidence is either of:
+/// - the producers section names binaryen or wasm-opt;
+/// - no `call_indirect` in the module has the entry's signature, so only a cast can call it
+///   (what makes wasm-opt empty a table entry).
 fn erased_cast_targets(
     m: &Module<'_>,
     facts: &crate::facts::Facts,
     plans: &[TablePlan<'_>],
 ) -> Option<String> {
     const UNREACHABLE_BODY: [u8; 3] = [0x00, 0x00, 0x0b];
+    let optimized = facts.producers.iter().any(|(_, values)| {
+        values.iter().any(|(name, _)| {
+            let name = name.to_ascii_lowercase();
+            name.contains("binaryen") || name.contains("wasm-opt")
+        })
+    });
+    let called: Vec<&FuncType> = facts
+        .code(m)
+        .indirect_sites
+        .keys()
+        .filter_map(|&(ty, _)| m.func_type(ty))
+        .collect();
+    let only_cast = |f: u32| m.func_sig(f).is_some_and(|u| !called.contains(&u));
     let mut erased: Vec<u32> = plans
         .iter()
         .flat_map(|p| p.table.contents.values().copied())
         .filter(|&f| m.body(f).is_some_and(|b| b.as_bytes() == UNREACHABLE_BODY))
+        .filter(|&f| optimized || only_cast(f))
         .collect();
     erased.sort_unstable();
     erased.dedup();
@@ -473,11 +493,16 @@ fn erased_cast_targets(
     } else {
         String::new()
     };
+    let evidence = if optimized {
+        "the producers section names binaryen (wasm-opt)"
+    } else {
+        "no call_indirect has their signature, so only a function-pointer cast can call them, \
+         which is when wasm-opt -O empties a function"
+    };
     Some(format!(
-        "{} table entries ({}{more}) have a body that is only `unreachable`. If a post-link \
-         optimizer (wasm-opt) emptied them because they are reached only through \
-         function-pointer casts, those casts still trap: run wasmfix before wasm-opt (clang runs \
-         wasm-opt after linking whenever it is on PATH)",
+        "{} table entries ({}{more}) have a body that is only `unreachable`, and {evidence}: if \
+         a post-link optimizer emptied them, the casts that reach them still trap: run wasmfix \
+         before wasm-opt (clang runs wasm-opt after linking whenever it is on PATH)",
         erased.len(),
         names.join(", ")
     ))

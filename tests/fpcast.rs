@@ -331,3 +331,54 @@ fn wat_cases_call_casts_with_c_semantics() {
         }
     }
 }
+
+/// The warning about entries whose body is only `unreachable` needs evidence that an optimizer
+/// emptied them: wasi-libc's `__SIG_ERR` and abstract C++ destructors are written that way by
+/// hand (issue 13.4).
+#[test]
+fn unreachable_entries_are_reported_only_with_evidence() {
+    let module = |producers: &str, extra: &str| {
+        wat::parse_str(format!(
+            r#"(module
+              {producers}
+              (type $void1 (func (param i32)))
+              (type $void2 (func (param i32 i32)))
+              (type $int2 (func (param i32 i32) (result i32)))
+              (table 4 4 funcref)
+              (elem (i32.const 1) func $sig_err $erased $add)
+              (func $sig_err (type $void1) unreachable)
+              (func $erased (type $void2) unreachable)
+              (func $add (type $int2) local.get 0 local.get 1 i32.add)
+              (func (export "call_void1") (param i32 i32) local.get 0 local.get 1 call_indirect (type $void1))
+              (func (export "call_int2") (param i32 i32 i32) (result i32)
+                local.get 0 local.get 1 local.get 2 call_indirect (type $int2))
+              {extra})"#
+        ))
+        .unwrap()
+    };
+    let warnings = |input: &[u8]| {
+        let out =
+            wasmfix::pipeline::run(input, &common::passes("fpcast"), &Default::default()).unwrap();
+        out.reports[0].warnings.join("\n")
+    };
+    // $sig_err's signature is called indirectly: written by hand as far as anyone can tell.
+    let w = warnings(&module("", ""));
+    assert!(
+        w.contains("1 table entries (erased)")
+            && w.contains("no call_indirect has their signature"),
+        "{w}"
+    );
+    let w = warnings(&module(r#"(@producers (processed-by "binaryen" "132"))"#, ""));
+    assert!(
+        w.contains("2 table entries (sig_err, erased)")
+            && w.contains("the producers section names binaryen"),
+        "{w}"
+    );
+    // Neither: $erased's signature is called indirectly too.
+    let w = warnings(&module(
+        "",
+        r#"(func (export "call_void2") (param i32 i32 i32)
+             local.get 0 local.get 1 local.get 2 call_indirect (type $void2))"#,
+    ));
+    assert!(!w.contains("unreachable"), "{w}");
+}
