@@ -368,7 +368,10 @@ fn unreachable_entries_are_reported_only_with_evidence() {
             && w.contains("no call_indirect has their signature"),
         "{w}"
     );
-    let w = warnings(&module(r#"(@producers (processed-by "binaryen" "132"))"#, ""));
+    let w = warnings(&module(
+        r#"(@producers (processed-by "binaryen" "132"))"#,
+        "",
+    ));
     assert!(
         w.contains("2 table entries (sig_err, erased)")
             && w.contains("the producers section names binaryen"),

@@ -198,21 +198,23 @@ fn run_wasmtime(engine: &Engine, main: &[u8], side: &[u8]) -> Vec<Want> {
             let mut result = [Val::I32(0)];
             match f.call(&mut store, &args, &mut result) {
                 Ok(()) => Value(result[0].unwrap_i32()),
-                Err(e) => {
-                    let text = format!("{e:?}");
-                    if text.contains("indirect call type mismatch") {
-                        Mismatch
-                    } else if text.contains("uninitialized element") {
-                        Null
-                    } else if text.contains("out of bounds table access") {
-                        OutOfBounds
-                    } else {
-                        panic!("{export}{args:?}: unexpected trap {text}")
-                    }
-                }
+                Err(e) => trap(&format!("{e:?}")),
             }
         })
         .collect()
+}
+
+/// A wasmtime trap, classified by its text.
+fn trap(text: &str) -> Want {
+    if text.contains("indirect call type mismatch") {
+        Mismatch
+    } else if text.contains("uninitialized element") {
+        Null
+    } else if text.contains("out of bounds table access") {
+        OutOfBounds
+    } else {
+        panic!("unexpected trap: {text}")
+    }
 }
 
 /// V8 says the same for a null entry and a signature mismatch.
@@ -362,6 +364,78 @@ fn run_time_entries_in_v8() {
         assert_eq!(run_node(&node22, &out, &side), want, "{} (node 22)", v.name);
         if !v.gc && has_node20 {
             assert_eq!(run_node(&node20, &out, &side), want, "{} (node)", v.name);
+        }
+    }
+}
+
+/// An Emscripten side module (issue 13.5): its table is the loader's, filled at
+/// `__table_base`, so no entry's type is known before it runs. Without GC fpcast refuses it,
+/// naming --enable-gc; with GC every adapted site goes through the forwarder, which types the
+/// entry with ref.test: casts to the module's own functions and to the main module's get C
+/// semantics, everything else is unchanged.
+#[test]
+fn side_module_is_adapted_with_gc_or_refused() {
+    let side = fixture("side-module.wat");
+    let refused = wasmfix::pipeline::run(&side, &common::passes("fpcast"), &Default::default())
+        .err()
+        .expect("refused without GC")
+        .to_string();
+    assert!(
+        refused.contains("Emscripten side module") && refused.contains("--enable-gc"),
+        "{refused}"
+    );
+    let mut features = FeatureChoice::default();
+    features.enable(Feature::Gc);
+    let fixed = wasmfix::pipeline::run(
+        &side,
+        &common::passes("fpcast"),
+        &PassOptions {
+            features,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|f| panic!("--enable-gc: {f}"))
+    .bytes;
+    let main = fixture("main.wat");
+    let engine = engine(true);
+    // (export, self, k or slot): before, after.
+    let calls: &[(&str, i32, i32, Want, Want)] = &[
+        ("call_own", 6, 0, Mismatch, Value(67)),
+        ("call_own", 6, 1, Value(7), Value(7)),
+        ("call_slot", 6, 1, Mismatch, Value(7)),
+        ("call_slot", 6, 2, Value(6), Value(6)),
+        ("call_slot", 6, 3, Mismatch, Mismatch),
+        ("call_slot", 6, 0, Null, Null),
+        ("call_slot", 6, 100_000, OutOfBounds, OutOfBounds),
+    ];
+    for (module, after) in [(&side, false), (&fixed, true)] {
+        let mut store = Store::new(&engine, ());
+        let main = Instance::new(&mut store, &Module::new(&engine, &main).unwrap(), &[]).unwrap();
+        let table = main
+            .get_table(&mut store, "__indirect_function_table")
+            .unwrap();
+        // What an Emscripten loader does: grow the table by the module's size, pass the base.
+        let base = table
+            .grow(&mut store, 2, wasmtime::Ref::Func(None))
+            .unwrap() as i32;
+        let table_base = wasmtime::Global::new(
+            &mut store,
+            wasmtime::GlobalType::new(wasmtime::ValType::I32, wasmtime::Mutability::Const),
+            Val::I32(base),
+        )
+        .unwrap();
+        let module = Module::new(&engine, module).unwrap();
+        let side = Instance::new(&mut store, &module, &[table.into(), table_base.into()]).unwrap();
+        for &(export, this, k, before, fixed) in calls {
+            let f = side
+                .get_typed_func::<(i32, i32), i32>(&mut store, export)
+                .unwrap();
+            let got = match f.call(&mut store, (this, k)) {
+                Ok(v) => Value(v),
+                Err(e) => trap(&format!("{e:?}")),
+            };
+            let want = if after { fixed } else { before };
+            assert_eq!(got, want, "{export}({this}, {k}) after={after}");
         }
     }
 }
