@@ -1,5 +1,7 @@
 //! The `wasmfix` command line. Exit status: 0 done, 1 `--check` found hazards, 2 bad input,
 //! a refusing pass or a usage error (nothing written), 3 internal error (nothing written).
+//! A reader that closes standard output early (`wasmfix inspect app.wasm | head`) ends the
+//! output there without a message; the status is what it would have been (see `write_stdout`).
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::Write;
@@ -30,7 +32,8 @@ and what its code uses; `wasmfix inspect` shows them), so the output runs wherev
 --enable-X / --disable-X (binaryen's names, listed by --help) and --enable-all change that.
 
 Exit status: 0 done; 1 --check found hazards; 2 bad input, a pass refused the module, or a
-usage error (no output is written and the input is never modified); 3 internal error.";
+usage error (no output is written and the input is never modified); 3 internal error. A reader
+that closes standard output early (| head) ends the output quietly: no message, status 0.";
 
 #[derive(Parser)]
 #[command(
@@ -207,10 +210,7 @@ fn main() -> ExitCode {
     };
     let features = feature_choice(&matches);
     let result = match cli.command {
-        Some(Command::Passes) => {
-            list_passes();
-            Ok(0)
-        }
+        Some(Command::Passes) => list_passes(),
         Some(Command::Inspect { input, json }) => inspect(&input, json),
         None => rewrite(cli.rewrite, features),
     };
@@ -223,8 +223,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn list_passes() {
-    println!("passes (in pipeline order; * = default, h = added by --harden):");
+fn list_passes() -> Result<u8, Exit> {
+    let mut text =
+        String::from("passes (in pipeline order; * = default, h = added by --harden):\n");
     for p in passes::REGISTRY {
         let mark = if DEFAULT_PIPELINE.contains(&p.name()) {
             "*"
@@ -233,7 +234,22 @@ fn list_passes() {
         } else {
             " "
         };
-        println!("  {mark} {:<14} {}", p.name(), p.description());
+        text += &format!("  {mark} {:<14} {}\n", p.name(), p.description());
+    }
+    write_stdout(|w| w.write_all(text.as_bytes()))?;
+    Ok(0)
+}
+
+/// Writes `contents` to standard output. A reader that closed the pipe early (`| head`) has
+/// taken all it wants: the output ends there, without a message, and the command's status
+/// stays what it would have been. Any other write error fails the command (exit 2).
+fn write_stdout(
+    contents: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> Result<(), Exit> {
+    let mut out = std::io::stdout().lock();
+    match contents(&mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.map_err(|e| fail(2, format!("cannot write standard output: {e}"))),
     }
 }
 
@@ -251,18 +267,13 @@ fn inspect(input: &Path, json: bool) -> Result<u8, Exit> {
     let bytes = read_input(input)?;
     let (module, facts) =
         pipeline::load(&bytes).map_err(|f| fail(2, format!("{}: {f}", input.display())))?;
-    if json {
+    let text = if json {
         let v = wasmfix::inspect::json(&module, &facts);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).expect("serializable")
-        );
+        serde_json::to_string_pretty(&v).expect("serializable") + "\n"
     } else {
-        print!(
-            "{}",
-            wasmfix::inspect::text(&input.display().to_string(), &module, &facts)
-        );
-    }
+        wasmfix::inspect::text(&input.display().to_string(), &module, &facts)
+    };
+    write_stdout(|w| w.write_all(text.as_bytes()))?;
     Ok(0)
 }
 
@@ -351,7 +362,7 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         harden: args.harden,
         features,
     };
-    let outcome = pipeline::run(&bytes, &passes, &options).map_err(|f| {
+    let outcome = pipeline::rewrite(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {
             3
         } else {
@@ -399,13 +410,13 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         None
     } else {
         Some(
-            Staged::write(&output, &outcome.bytes)
+            Staged::write(&output, |w| outcome.write_to(w))
                 .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
         )
     };
     let staged_map = match (&rewritten_map, &source_map_out) {
         (Some(m), Some(path)) => Some(
-            Staged::write(path, &m.json)
+            Staged::write(path, |w| w.write_all(&m.json))
                 .map_err(|e| fail(2, format!("{}: cannot write: {e}", path.display())))?,
         ),
         _ => None,
@@ -415,7 +426,7 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
             "input": name,
             "output": output.display().to_string(),
             "input_bytes": bytes.len(),
-            "output_bytes": outcome.bytes.len(),
+            "output_bytes": outcome.len(),
             "rewritten_functions": outcome.rewritten_functions,
             "features": {
                 "input": outcome.input_features.as_ref().map(|f| f.used),
@@ -433,12 +444,12 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
             })),
         });
         let text = serde_json::to_string_pretty(&json).expect("serializable") + "\n";
-        let written = if report == Path::new("-") {
-            std::io::stdout().write_all(text.as_bytes())
+        if report == Path::new("-") {
+            write_stdout(|w| w.write_all(text.as_bytes()))?;
         } else {
             std::fs::write(report, text)
-        };
-        written.map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
+                .map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
+        }
     }
     if let (Some(staged), Some(path)) = (staged_map, &source_map_out) {
         staged
@@ -449,12 +460,7 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         Some(staged) => staged
             .commit()
             .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&outcome.bytes)
-                .and_then(|_| out.flush())
-                .map_err(|e| fail(2, format!("cannot write standard output: {e}")))?;
-        }
+        None => write_stdout(|w| outcome.write_to(w))?,
     }
     Ok(0)
 }
@@ -469,7 +475,10 @@ struct Staged {
 }
 
 impl Staged {
-    fn write(target: &Path, bytes: &[u8]) -> std::io::Result<Staged> {
+    fn write(
+        target: &Path,
+        contents: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+    ) -> std::io::Result<Staged> {
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -487,8 +496,9 @@ impl Staged {
             target: target.to_path_buf(),
             committed: false,
         };
-        let mut f = std::fs::File::create(&staged.tmp)?;
-        f.write_all(bytes)?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&staged.tmp)?);
+        contents(&mut f)?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         if let Ok(meta) = std::fs::metadata(target) {
             f.set_permissions(meta.permissions())?;
         }

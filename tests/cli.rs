@@ -591,3 +591,92 @@ fn inspect_finds_the_stack_of_corpus_modules() {
         );
     }
 }
+
+/// A module whose `inspect` output is larger than a pipe's buffer (64 KiB on Linux): 400 call
+/// signatures, each with a table entry and a `call_indirect` site, all castable to each other,
+/// so inspect lists 400 hazards (text ~90 KB) and every pair of them (JSON, megabytes).
+fn many_signatures() -> Vec<u8> {
+    let params: Vec<String> = (0..9u32)
+        .flat_map(|n| {
+            (0..1u32 << n).map(move |bits| {
+                (0..n)
+                    .map(|k| if bits >> k & 1 == 1 { " i64" } else { " i32" })
+                    .collect()
+            })
+        })
+        .take(400)
+        .collect();
+    let mut wat = format!("(module (memory 1) (table {} funcref)\n", params.len());
+    for (i, p) in params.iter().enumerate() {
+        wat += &format!("(type $t{i} (func (param{p}) (result i32)))\n");
+        wat += &format!("(func $f{i} (type $t{i}) i32.const {i})\n");
+        let args: String = p
+            .split_whitespace()
+            .map(|t| format!("{t}.const 0 "))
+            .collect();
+        wat += &format!(
+            "(func (export \"call{i}\") (param i32) (result i32) {args} local.get 0 call_indirect (type $t{i}))\n"
+        );
+    }
+    let entries: Vec<String> = (0..params.len()).map(|i| format!("$f{i}")).collect();
+    wat += &format!("(elem (i32.const 0) {}))", entries.join(" "));
+    wat::parse_str(&wat).expect("valid wat")
+}
+
+/// `wasmfix inspect big.wasm | head -1`: a reader that stops early closes the pipe while
+/// wasmfix is still writing. The output ends there without a message and the status is the
+/// command's own, 0 (documented in `--help`, docs/cli.md): no panic (exit 101, "failed
+/// printing to stdout"), no "cannot write" error. Each command is read by a reader that takes
+/// one line and closes, and written into a pipe whose reader closed before wasmfix started
+/// (so the write fails for certain, whatever the output's size).
+#[test]
+fn a_reader_that_closes_standard_output_early_ends_the_output_quietly() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.wasm");
+    std::fs::write(&big, many_signatures()).unwrap();
+    let big = big.to_str().unwrap();
+    let text = run_in(dir.path(), &["inspect", big]);
+    assert!(
+        text.status.success() && text.stdout.len() > 1 << 16,
+        "inspect's text output ({} bytes) must overflow a pipe",
+        text.stdout.len()
+    );
+    let commands: [&[&str]; 5] = [
+        &["inspect", big],
+        &["inspect", "--json", big],
+        &[big, "-o", "-", "--passes", "none", "-q"],
+        &[big, "-o", "/dev/null", "--report", "-", "-q"],
+        &["passes"],
+    ];
+    for args in commands {
+        let what = args.join(" ");
+        let mut child = common::wasmfix()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = Vec::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_until(b'\n', &mut first)
+            .unwrap();
+        assert!(!first.is_empty(), "{what}: printed nothing");
+        let head = child.wait_with_output().unwrap();
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let closed = common::wasmfix()
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        for (how, out) in [("| head -1", head), ("into a closed pipe", closed)] {
+            assert_eq!(
+                (out.status.code(), stderr(&out).as_str()),
+                (Some(0), ""),
+                "wasmfix {what} {how}: exit status and stderr"
+            );
+        }
+    }
+}
