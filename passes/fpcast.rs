@@ -7,7 +7,91 @@
 //! unwanted result is dropped, and i32/i64 arguments are wrapped or zero-extended
 //! ([`crate::sig::castable`]).
 //!
-//! DESIGN_NOTES
+//! What it inserts. For each funcref table and each signature `T` used by a `call_indirect`
+//! on it that can reach an entry of another castable signature `U`:
+//! - one adapter per `(U, T)` pair, typed `T`: it passes its arguments on as `U` wants them,
+//!   calls slot `index` of the original table with `call_indirect (type U)` and adapts the
+//!   result. `index` is the global `wasmfix:fpcast_index`, which the site writes just before
+//!   the call and the adapter reads first.
+//! - a *view* of the table for `T`: slot i holds the original entry when it is a `T` or cannot
+//!   be cast to `T`, and the `(U, T)` adapter when it is a castable `U`. The site calls
+//!   through the view with `call_indirect (type T)`. Two designs (`--fpcast-design`), chosen
+//!   by the run's features:
+//!   * `tables` (when the run allows reference types): each view is a shadow table, filled at
+//!     instantiation by a start function (then calling the original start) from two compact
+//!     sources: a `br_table` function mapping each slot to the class of its signature, and an
+//!     "adapters" table indexed by (target, class). Encoding each shadow as element segments
+//!     instead costs a function index per slot per target (~5% of ruby.wasm, 33 targets x
+//!     8,775 slots); this costs under 1%.
+//!   * `mvp` (WebAssembly 1.0: no extra table, no `table.get/set`, no tail call unless the run
+//!     allows it): the views are appended to the table itself, `len + 1` slots each after its
+//!     original size, written by plain element segments of function indices; the table's
+//!     limits grow by that much. A site adds the view's base to the index.
+//! - the site's index goes to the view only below the table's link-time length `len` (the
+//!   slots its element segments fill); any other index goes to the view's last slot, a
+//!   *forwarder* typed `T` that makes the original call (`call_indirect (type T)` on the
+//!   original table with the stored index). A static table's shadow needs no bound: it has the
+//!   table's size, and an index past it traps as before. The bound is a `select`, no branch:
+//!   `index < len ? index : len`. In the `mvp` design the forwarder first turns an index that
+//!   points into the appended views into -1, and every other call through the table (sites
+//!   that are not adapted) does the same, so such an index traps out of bounds as it did
+//!   before the table grew.
+//!
+//! Tables that change at run time. A table that is imported, exported or grown by code
+//! (Emscripten's `__indirect_function_table`: side modules loaded by `dlopen`, `addFunction`, a
+//! host's `Table.set`) keeps its link-time entries in its views, and sends every other index to
+//! the forwarder, so entries added later are called exactly as before: a matching call costs
+//! what it costs through a static table, not a function call (Pyodide's dispatch function cost
+//! 1.20x its eval time). In those views the empty slots and the entries no cast fixes hold the
+//! forwarder too (not the entry), so a slot the host fills later is called as before. The
+//! design assumes what Emscripten does: slots are added with `table.grow`, and the only slots
+//! written again are ones added at run time (`removeFunction`/`addFunction` reuse slots they
+//! appended; `dlopen` places a side module at `__table_base`, past the link-time part). An entry
+//! present at instantiation that the host replaces later is still reached through its view (the
+//! old entry, or its adapter). Code in the module that writes computed slots
+//! (`table.set/fill/copy/init`) breaks the assumption: such a table is left alone, with a
+//! warning, unless GC is allowed (below). In the `mvp` design an exported table is larger than
+//! before (by the views): the host sees that size, and appends after the views.
+//!
+//! Entries added at run time are adapted where the engine can tell their type: when the run
+//! allows GC (the input uses it, or `--enable-gc`), the forwarder reads the entry with
+//! `table.get`, calls it as before when it is a `T` (`ref.test`), and otherwise tests it for
+//! each signature `U` it may be cast from ([`crate::sig::run_time_candidates`]: the module's
+//! castable signatures and the common C variants of `T`) and calls the `(U, T)` adapter on a
+//! match; anything else (null, out of range, not castable, a signature not tested) makes the
+//! original call and traps as before. A table of unknown contents (written by code, or filled
+//! by position-independent segments: an Emscripten side module) is then adapted entirely
+//! through the forwarder; without GC a side module is refused (naming `--enable-gc`) and any
+//! other such table is left alone with a warning. Without GC the report and `inspect` say
+//! that entries added at run time are not adapted.
+//!
+//! Why every execution that worked is unchanged: a call that did not trap called an entry
+//! whose type is `T`. Below `len`, its view holds that same entry (copied at instantiation, or
+//! written by the same element segments), so the same function runs with the same arguments;
+//! from `len` on (and for slots empty or mismatched at link time in a changing table), the
+//! forwarder makes that same call on the original table. With GC, `ref.test (ref T)` succeeds
+//! exactly for the entries `call_indirect (type T)` accepts, and those are called unchanged.
+//! Calls that trapped because the entry was null, out of range, or of a non-castable type reach
+//! the same entry through `call_indirect (type T)` (in the view, or on the original table from
+//! the forwarder) and trap the same way; in the `mvp` design an index that would now land in
+//! the views is turned into -1 first. Only calls that trapped on a castable mismatch now run,
+//! through an adapter. The index global is written immediately before the call and read first
+//! thing by the adapter or the forwarder (which passes it to the adapter untouched), so nested
+//! calls cannot disturb it.
+//!
+//! `--fpcast-diagnose`: mismatched entries no cast can fix get, in the view, a reporter typed
+//! `T` instead of the original entry; sites also record their function in a global. The
+//! reporter prints `wasmfix: indirect call type mismatch in <caller>: expected <T>,
+//! table[<i>] = <entry> has <U>` (when the module imports WASI `fd_write`) and traps on
+//! `unreachable` rather than on the engine's type check: the call still never runs. It covers
+//! entries present at link time.
+//!
+//! Limits: 64-bit tables, tables whose segments write past their size (instantiation traps),
+//! sparse tables (a few entries far apart, which would make the class map and the views
+//! large), tables with more (entry signature, call signature) pairs than [`pair_budget`]
+//! allows for the module's size (the adapters grow with their product, so a small hostile
+//! module could make a huge output), and, in the `mvp` design, imported tables (they cannot
+//! grow) and views larger than [`view_budget`], are left alone, with a warning.
 
 use super::{Pass, PassCx, PassReport};
 use crate::diag::{Message, RECORD_SCRATCH, store_bytes, store_text};
@@ -335,6 +419,8 @@ impl Pass for Fpcast {
         let mut init = Function::new([(2, ValType::I32), (1, ValType::FUNCREF)]);
         let mut init_used = false;
         let mut not_adapted_at_run_time = Vec::new();
+        // (table, slots appended to it): what a host sees of the WebAssembly 1.0 design.
+        let mut views = Vec::new();
         for plan in &plans {
             let built = build_table(
                 cx,
@@ -356,6 +442,7 @@ impl Pass for Fpcast {
                 }
             };
             if let Some((start, span)) = built.views {
+                views.push((plan.table.index, span));
                 // Every other call through the table must not reach the views either.
                 for &(ty, table) in code.indirect_sites.keys() {
                     if table == plan.table.index {
@@ -410,6 +497,7 @@ impl Pass for Fpcast {
                 "adapters": adapters_total,
                 "design": design.name(),
                 "run_time_entries_adapted": gc,
+                "views": views,
             }),
         );
         cx.edits.add_rewriter(Box::new(SiteRewriter {
@@ -708,7 +796,7 @@ fn build_table(
             } else if let Some(&a) = adapter_of[k].get(sig_u) {
                 Some(a)
             } else if let Some(d) = diagnose {
-                Some(d.reporter(cx, sig_u, &target.sig, plan, index_global))
+                Some(d.reporter(cx, sig_u, target, plan, index_global))
             } else {
                 forward.filter(|_| dynamic)
             });
@@ -1068,7 +1156,7 @@ fn forwarder(
     };
     let name = format!("wasmfix:fpcast_forward {} table {table}", sig::show(t));
     cx.edits
-        .add_helper(cx.module, &name, (t.params(), t.results()), locals, &code)
+        .add_helper_typed(cx.module, &name, target.ty, locals, &code)
 }
 
 /// `class_of(slot) -> class` as one `br_table` over the table's filled slots.
@@ -1313,10 +1401,11 @@ impl Diagnose {
         &self,
         cx: &mut PassCx<'_, '_, '_>,
         u: &FuncType,
-        t: &FuncType,
+        target: &Target,
         plan: &TablePlan<'_>,
         index_global: u32,
     ) -> u32 {
+        let t = &target.sig;
         let m = cx.module;
         let slots = self.slot_maps[&plan.table.index];
         let load = Instruction::I32Load(wasm_encoder::MemArg {
@@ -1361,8 +1450,7 @@ impl Diagnose {
             sig::show(u),
             sig::show(t)
         );
-        cx.edits
-            .add_helper(m, &name, (t.params(), t.results()), &[], &body)
+        cx.edits.add_helper_typed(m, &name, target.ty, &[], &body)
     }
 }
 

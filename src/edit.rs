@@ -246,6 +246,31 @@ impl<'m> Edits<'m> {
         )
     }
 
+    /// [`Edits::add_helper`] typed by the existing type index `type_index` (a function that
+    /// must have exactly that type, e.g. one stored where `call_indirect (type T)` reaches it:
+    /// an equal signature spelled by another type is another type under GC's subtyping).
+    pub fn add_helper_typed(
+        &mut self,
+        module: &Module<'_>,
+        name: &str,
+        type_index: u32,
+        locals: &[(u32, ValType)],
+        code: &[Instruction<'_>],
+    ) -> u32 {
+        let mut body = Function::new(locals.iter().copied());
+        for ins in code {
+            body.instruction(ins);
+        }
+        self.add_function(
+            module,
+            NewFunction {
+                type_index,
+                body,
+                name: name.to_string(),
+            },
+        )
+    }
+
     /// Adds an i32 global initialized to `value`; returns its index in the output.
     pub fn add_i32_global(&mut self, module: &Module<'_>, mutable: bool, value: i32) -> u32 {
         let ty = GlobalType {
