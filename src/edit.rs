@@ -248,7 +248,8 @@ impl<'m> Edits<'m> {
 
     /// [`Edits::add_helper`] typed by the existing type index `type_index` (a function that
     /// must have exactly that type, e.g. one stored where `call_indirect (type T)` reaches it:
-    /// an equal signature spelled by another type is another type under GC's subtyping).
+    /// under GC a type's identity includes its recursion group and supertypes, so an equal
+    /// parameter and result list spelled by another type index need not be the same type).
     pub fn add_helper_typed(
         &mut self,
         module: &Module<'_>,
