@@ -410,7 +410,7 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         None
     } else {
         Some(
-            Staged::write(&output, |w| outcome.write_to(w))
+            Staged::write(&output, |mut w| outcome.write_to(&mut w))
                 .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
         )
     };
@@ -468,17 +468,51 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
 /// A module written to a temporary file beside its target, renamed over the target by
 /// [`Staged::commit`] and removed if dropped uncommitted: an interrupted or failed run never
 /// leaves a half-written module, and `-o` may name the input.
+///
+/// Only a regular file (or a path where nothing is yet) is replaced by renaming. A symbolic link
+/// is followed, so the file it names receives the module and the link stays a link. Anything else
+/// -- `/dev/null`, a FIFO, a terminal -- is opened and written when the output is committed:
+/// renaming over `/dev/null` would put a regular file in its place (as root), and every later
+/// program would read what was written "to /dev/null" from it.
 struct Staged {
-    tmp: PathBuf,
+    how: Staging,
     target: PathBuf,
     committed: bool,
+}
+
+enum Staging {
+    /// Written to this temporary file, renamed over the target on commit.
+    Rename(PathBuf),
+    /// Kept in memory, written into the (non-regular) target on commit.
+    Direct(Vec<u8>),
 }
 
 impl Staged {
     fn write(
         target: &Path,
-        contents: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+        contents: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> std::io::Result<Staged> {
+        let target = match std::fs::symlink_metadata(target) {
+            Ok(meta) if meta.file_type().is_symlink() => std::fs::canonicalize(target)?,
+            _ => target.to_path_buf(),
+        };
+        if let Ok(meta) = std::fs::metadata(&target)
+            && !meta.is_file()
+        {
+            if meta.is_dir() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::IsADirectory,
+                    "is a directory",
+                ));
+            }
+            let mut bytes = Vec::new();
+            contents(&mut bytes)?;
+            return Ok(Staged {
+                how: Staging::Direct(bytes),
+                target,
+                committed: false,
+            });
+        }
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -492,21 +526,27 @@ impl Staged {
             std::process::id()
         ));
         let staged = Staged {
-            tmp,
-            target: target.to_path_buf(),
+            how: Staging::Rename(tmp.clone()),
+            target: target.clone(),
             committed: false,
         };
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&staged.tmp)?);
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         contents(&mut f)?;
         let f = f.into_inner().map_err(|e| e.into_error())?;
-        if let Ok(meta) = std::fs::metadata(target) {
+        if let Ok(meta) = std::fs::metadata(&target) {
             f.set_permissions(meta.permissions())?;
         }
         Ok(staged)
     }
 
     fn commit(mut self) -> std::io::Result<()> {
-        std::fs::rename(&self.tmp, &self.target)?;
+        match &self.how {
+            Staging::Rename(tmp) => std::fs::rename(tmp, &self.target)?,
+            Staging::Direct(bytes) => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.target)?
+                .write_all(bytes)?,
+        }
         self.committed = true;
         Ok(())
     }
@@ -514,8 +554,8 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
+        if let (false, Staging::Rename(tmp)) = (self.committed, &self.how) {
+            let _ = std::fs::remove_file(tmp);
         }
     }
 }

@@ -241,6 +241,84 @@ fn output_may_be_the_input() {
     }
 }
 
+/// `-o /dev/null` writes into the device: renaming the staged file over it (as root) would leave
+/// a regular file in its place, from which every later program reads what was thrown away.
+#[cfg(unix)]
+#[test]
+fn output_into_dev_null_leaves_the_device_a_device() {
+    use std::os::unix::fs::FileTypeExt;
+    let (dir, _, _) = dir_with_app();
+    let out = run_in(dir.path(), &["app.wasm", "-o", "/dev/null"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let kind = std::fs::metadata("/dev/null").unwrap().file_type();
+    assert!(kind.is_char_device(), "/dev/null is no longer a device");
+    assert_eq!(listing(dir.path()), ["app.wasm"], "files left behind");
+}
+
+/// A FIFO named by `-o` receives the module and stays a FIFO; a symbolic link stays a link and
+/// the file it names receives the module.
+#[cfg(unix)]
+#[test]
+fn output_into_a_fifo_or_through_a_symlink_keeps_the_path_what_it_was() {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let (dir, _, original) = dir_with_app();
+    let expected = common::rewrite(&original, &default_pipeline());
+
+    let fifo = dir.path().join("out.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo");
+    // The reader is a child process, so a wasmfix that replaces the FIFO instead of writing into
+    // it fails the test (the reader is killed after a while) rather than hanging it.
+    let mut reader = std::process::Command::new("cat")
+        .arg(&fifo)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader_out = reader.stdout.take().unwrap();
+    let collected = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        reader_out.read_to_end(&mut bytes).unwrap();
+        bytes
+    });
+    let out = run_in(dir.path(), &["app.wasm", "-o", "out.fifo"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while reader.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = reader.kill();
+    let _ = reader.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        collected.join().unwrap() == expected,
+        "what the FIFO's reader got"
+    );
+    let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+    assert!(kind.is_fifo(), "out.fifo is no longer a FIFO");
+
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    std::fs::write(dir.path().join("real/app.out.wasm"), b"old").unwrap();
+    std::os::unix::fs::symlink("real/app.out.wasm", dir.path().join("link.wasm")).unwrap();
+    let out = run_in(dir.path(), &["app.wasm", "-o", "link.wasm"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let link = dir.path().join("link.wasm");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(std::fs::read(dir.path().join("real/app.out.wasm")).unwrap() == expected);
+    assert_eq!(
+        listing(&dir.path().join("real")),
+        ["app.out.wasm"],
+        "files left behind"
+    );
+}
+
 #[test]
 fn output_dash_writes_the_module_to_stdout() {
     let (dir, _, original) = dir_with_app();
