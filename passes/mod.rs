@@ -24,6 +24,9 @@ mod trap_blocks;
 pub struct PassOptions {
     /// fpcast: calls that still trap on a non-castable mismatch first print what was called.
     pub fpcast_diagnose: bool,
+    /// fpcast: where the per-signature views live (`--fpcast-design`); by default shadow
+    /// tables when the run allows reference types, else views in the table itself.
+    pub fpcast_design: Option<fpcast::Design>,
     /// stack-first: the size of the relocated stack (default: the module's own stack size).
     pub stack_size: Option<u64>,
     /// Copy DWARF unchanged even when bodies move (its code addresses are then stale). Only

@@ -17,13 +17,20 @@ pub struct NewFunction {
     pub name: String,
 }
 
-/// An active element segment a pass adds: `items` (constant expressions of type `ty`) are
-/// written to `table` from `offset` at instantiation.
+/// An active element segment a pass adds: `items` are written to `table` from `offset` at
+/// instantiation.
 pub struct NewElement {
     pub table: u32,
     pub offset: ConstExpr,
-    pub ty: RefType,
-    pub items: Vec<ConstExpr>,
+    pub items: ElementItems,
+}
+
+/// What an added element segment holds.
+pub enum ElementItems {
+    /// Function indices: on table 0 this is WebAssembly 1.0's only kind of segment.
+    Functions(Vec<u32>),
+    /// Constant expressions of a reference type (`ref.null`, `ref.func`): reference types.
+    Expressions(RefType, Vec<ConstExpr>),
 }
 
 /// A data segment a pass adds: active at `(memory, offset)`, or passive when `active` is
@@ -135,6 +142,8 @@ pub struct Edits<'m> {
     pub(crate) used_features: crate::features::FeatureSet,
     /// New limits for memories, by memory index.
     pub(crate) memory_types: BTreeMap<u32, wasm_encoder::MemoryType>,
+    /// New types (limits) for defined tables, by table index.
+    pub(crate) table_types: BTreeMap<u32, TableType>,
     /// Names of added tables, globals and data segments for the name section, by
     /// (name subsection id, index); added functions carry their own (`NewFunction::name`).
     pub(crate) item_names: BTreeMap<(u8, u32), String>,
@@ -187,6 +196,7 @@ impl<'m> Edits<'m> {
             && self.global_inits.is_empty()
             && self.data_offsets.is_empty()
             && self.memory_types.is_empty()
+            && self.table_types.is_empty()
             && self.export_targets.is_empty()
             && self.new_exports.is_empty()
             && self.replaced_bodies.is_empty())
@@ -225,6 +235,32 @@ impl<'m> Edits<'m> {
     ) -> u32 {
         let ty = FuncType::new(params.iter().copied(), results.iter().copied());
         let type_index = self.func_type(module, ty);
+        let mut body = Function::new(locals.iter().copied());
+        for ins in code {
+            body.instruction(ins);
+        }
+        self.add_function(
+            module,
+            NewFunction {
+                type_index,
+                body,
+                name: name.to_string(),
+            },
+        )
+    }
+
+    /// [`Edits::add_helper`] typed by the existing type index `type_index` (a function that
+    /// must have exactly that type, e.g. one stored where `call_indirect (type T)` reaches it:
+    /// under GC a type's identity includes its recursion group and supertypes, so an equal
+    /// parameter and result list spelled by another type index need not be the same type).
+    pub fn add_helper_typed(
+        &mut self,
+        module: &Module<'_>,
+        name: &str,
+        type_index: u32,
+        locals: &[(u32, ValType)],
+        code: &[Instruction<'_>],
+    ) -> u32 {
         let mut body = Function::new(locals.iter().copied());
         for ins in code {
             body.instruction(ins);
@@ -361,6 +397,11 @@ impl<'m> Edits<'m> {
     /// Gives memory `memory` new limits.
     pub fn set_memory_type(&mut self, memory: u32, ty: wasm_encoder::MemoryType) {
         self.memory_types.insert(memory, ty);
+    }
+
+    /// Gives defined table `table` a new type (larger limits, for slots a pass appends).
+    pub fn set_table_type(&mut self, table: u32, ty: TableType) {
+        self.table_types.insert(table, ty);
     }
 
     /// Records in the output's `wasmfix` custom section that `what` was applied, so a later

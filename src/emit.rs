@@ -18,7 +18,7 @@
 //! one buffer for the whole output and a second copy of the Code section cost 2.9x and 3.0x).
 
 use crate::codemap::CodeMap;
-use crate::edit::{BodyCx, BodyRewriter, Edits};
+use crate::edit::{BodyCx, BodyRewriter, Edits, ElementItems};
 use crate::module::Module;
 use anyhow::{Context, Result, anyhow};
 use std::collections::BTreeMap;
@@ -86,7 +86,10 @@ pub fn emit(
         7,
         !edits.export_targets.is_empty() || !edits.new_exports.is_empty(),
     );
-    mark(4, !edits.new_tables.is_empty());
+    mark(
+        4,
+        !edits.new_tables.is_empty() || !edits.table_types.is_empty(),
+    );
     mark(6, !edits.new_globals.is_empty());
     mark(9, !edits.new_elements.is_empty());
     mark(11, !edits.new_data.is_empty());
@@ -455,8 +458,21 @@ fn build_section(
             let mut tables = TableSection::new();
             if let Some(c) = original(module, 4) {
                 let r = wasmparser::TableSectionReader::new(reader(c, start(4)))?;
-                re.parse_table_section(&mut tables, r)
-                    .map_err(encoding_error)?;
+                for (k, table) in r.into_iter().enumerate() {
+                    let index = module.imported_tables + k as u32;
+                    let table = table?;
+                    let ty = match edits.table_types.get(&index) {
+                        Some(ty) => *ty,
+                        None => re.table_type(table.ty).map_err(encoding_error)?,
+                    };
+                    match table.init {
+                        wasmparser::TableInit::RefNull => tables.table(ty),
+                        wasmparser::TableInit::Expr(e) => {
+                            let init = re.const_expr(e).map_err(encoding_error)?;
+                            tables.table_with_init(ty, &init)
+                        }
+                    };
+                }
             }
             for (ty, init) in &edits.new_tables {
                 match init {
@@ -491,12 +507,23 @@ fn build_section(
                 elements.raw(&module.bytes[e.range.start as usize..e.range.end as usize]);
             }
             for e in &edits.new_elements {
+                let (table, items) = match &e.items {
+                    // Table 0 with function indices: the WebAssembly 1.0 encoding.
+                    ElementItems::Functions(f) => (
+                        (e.table != 0).then_some(e.table),
+                        wasm_encoder::Elements::Functions(f[..].into()),
+                    ),
+                    ElementItems::Expressions(ty, items) => (
+                        Some(e.table),
+                        wasm_encoder::Elements::Expressions(*ty, items[..].into()),
+                    ),
+                };
                 elements.segment(wasm_encoder::ElementSegment {
                     mode: wasm_encoder::ElementMode::Active {
-                        table: Some(e.table),
+                        table,
                         offset: &e.offset,
                     },
-                    elements: wasm_encoder::Elements::Expressions(e.ty, (&e.items[..]).into()),
+                    elements: items,
                 });
             }
             out.section(&elements);

@@ -92,6 +92,9 @@ pub struct CodeFacts {
     pub indirect_sites: BTreeMap<(u32, u32), usize>,
     /// Tables written by `table.set/grow/fill/copy/init` in code.
     pub tables_changed: Vec<u32>,
+    /// Tables written at slots the code computes (`table.set/fill/copy/init`): unlike
+    /// `table.grow`, these may overwrite entries that were there at instantiation.
+    pub tables_written: Vec<u32>,
     /// Global → functions whose first global access reads it and that also write it: the
     /// stack-pointer prologue idiom (`global.get g; i32.const N; i32.sub; … global.set g`).
     pub prologue_globals: BTreeMap<u32, usize>,
@@ -109,6 +112,11 @@ pub struct CodeFacts {
 impl CodeFacts {
     pub fn table_changed_by_code(&self, table: u32) -> bool {
         self.tables_changed.contains(&table)
+    }
+
+    /// Whether code may overwrite existing slots of `table` (anything but `table.grow`).
+    pub fn table_written_by_code(&self, table: u32) -> bool {
+        self.tables_written.contains(&table)
     }
 }
 
@@ -948,6 +956,11 @@ fn scan_code(m: &Module<'_>) -> CodeFacts {
                 all.tables_changed.push(t);
             }
         }
+        for t in p.tables_written {
+            if !all.tables_written.contains(&t) {
+                all.tables_written.push(t);
+            }
+        }
         for (k, v) in p.prologue_globals {
             *all.prologue_globals.entry(k).or_default() += v;
         }
@@ -960,6 +973,7 @@ fn scan_code(m: &Module<'_>) -> CodeFacts {
         all.features = all.features.union(p.features);
     }
     all.tables_changed.sort();
+    all.tables_written.sort();
     all
 }
 
@@ -1001,14 +1015,19 @@ fn scan_bodies(m: &Module<'_>, first: u32, bodies: &[wasmparser::FunctionBody<'_
                         .or_default() += 1;
                     calls_indirect = true;
                 }
+                Operator::TableGrow { table } if !facts.tables_changed.contains(&table) => {
+                    facts.tables_changed.push(table);
+                }
                 Operator::TableSet { table }
-                | Operator::TableGrow { table }
                 | Operator::TableFill { table }
                 | Operator::TableInit { table, .. }
                 | Operator::TableCopy {
                     dst_table: table, ..
-                } if !facts.tables_changed.contains(&table) => {
-                    facts.tables_changed.push(table);
+                } if !facts.tables_written.contains(&table) => {
+                    facts.tables_written.push(table);
+                    if !facts.tables_changed.contains(&table) {
+                        facts.tables_changed.push(table);
+                    }
                 }
                 Operator::GlobalGet { global_index } if !saw_access => {
                     saw_access = true;

@@ -112,6 +112,8 @@ pub fn json(m: &Module<'_>, facts: &Facts) -> Value {
         .map(|t| {
             let mut v = serde_json::to_value(t).expect("serializable");
             v["changed_by_code"] = json!(code.table_changed_by_code(t.index));
+            v["written_by_code"] = json!(code.table_written_by_code(t.index));
+            v["run_time_entries"] = json!(run_time_entries(m, facts, t));
             v
         })
         .collect();
@@ -152,6 +154,32 @@ fn allocator_json(m: &Module<'_>, facts: &Facts) -> Value {
         return json!({ "wrapped_by_wasmfix": done });
     }
     result(facts.allocator(m))
+}
+
+/// What fpcast does for casts to entries a funcref table gets at run time (when it can get any
+/// and is called through): they are typed with `ref.test` only when the run allows GC.
+fn run_time_entries(m: &Module<'_>, facts: &Facts, t: &crate::facts::TableFacts) -> Option<String> {
+    let code = facts.code(m);
+    let called = code
+        .indirect_sites
+        .keys()
+        .any(|&(_, table)| table == t.index);
+    if !called || t.element_type != "funcref" || !t.changes_at_run_time(code) {
+        return None;
+    }
+    Some(
+        if facts
+            .features(m)
+            .used
+            .contains(crate::features::Feature::Gc)
+        {
+            "fpcast adapts casts to them (the input uses GC: ref.test types them)".into()
+        } else {
+            "fpcast does not adapt casts to them unless GC is enabled (--enable-gc: ref.test \
+         types them; the input does not use GC)"
+                .into()
+        },
+    )
 }
 
 fn result<T: serde::Serialize>(r: &Result<T, String>) -> Value {
@@ -297,8 +325,10 @@ pub fn text(name: &str, m: &Module<'_>, facts: &Facts) -> String {
         if t.exported {
             notes.push("exported");
         }
-        if code.table_changed_by_code(t.index) {
-            notes.push("changed by code");
+        if code.table_written_by_code(t.index) {
+            notes.push("written by code");
+        } else if code.table_changed_by_code(t.index) {
+            notes.push("grown by code");
         }
         if notes.is_empty() {
             notes.push("static");
@@ -312,6 +342,9 @@ pub fn text(name: &str, m: &Module<'_>, facts: &Facts) -> String {
             t.initial,
             notes.join(", ")
         );
+        if let Some(note) = run_time_entries(m, facts, t) {
+            let _ = writeln!(w, "  entries added at run time: {note}");
+        }
     }
     let calls = facts.indirect_calls(m);
     if !calls.is_empty() {

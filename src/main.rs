@@ -91,6 +91,11 @@ struct Rewrite {
     /// expected signature and the table entry's name and signature to stderr.
     #[arg(long)]
     fpcast_diagnose: bool,
+    /// fpcast: `tables` (a shadow table per call signature; needs reference types) or `mvp`
+    /// (views appended to the table itself, WebAssembly 1.0). Default: `tables` when the
+    /// input uses reference types or they are enabled, else `mvp`.
+    #[arg(long, value_name = "DESIGN", value_parser = ["tables", "mvp"])]
+    fpcast_design: Option<String>,
     /// stack-first: size in bytes of the relocated stack (default: the module's own).
     #[arg(long, value_name = "BYTES")]
     stack_size: Option<u64>,
@@ -622,6 +627,10 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
 fn pass_options(args: &Rewrite, features: FeatureChoice, code_map: bool) -> PassOptions {
     PassOptions {
         fpcast_diagnose: args.fpcast_diagnose,
+        fpcast_design: args
+            .fpcast_design
+            .as_deref()
+            .and_then(passes::fpcast::Design::from_name),
         stack_size: args.stack_size,
         no_dwarf_update: args.no_dwarf_update,
         code_map,

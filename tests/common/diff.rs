@@ -16,7 +16,11 @@
 //!   - fpcast: a call that trapped with `indirect call type mismatch` may now run (the castable
 //!     mismatch gets C semantics). With an oracle (the C-like generator's plan) the result must
 //!     be the one C semantics define; without one, the call may return or trap *inside the
-//!     called function*, never again at the call site in another way;
+//!     called function*, never again at the call site in another way. A castable mismatch with
+//!     an entry the harness added to an exported table at run time gets C semantics only when
+//!     the output types such entries (GC: `fpcast --enable-gc`); otherwise it traps as before.
+//!     In fpcast's WebAssembly 1.0 design an exported table is larger by the views it appends
+//!     (recorded in the `wasmfix` section): table sizes are compared without them;
 //!   - stack-guard: an overflow stops earlier. The rewritten module traps with `unreachable` in
 //!     the handler wasmfix added (and prints `wasmfix: stack overflow in` when it can write);
 //!     with an oracle this must happen exactly on the calls that overflow;
@@ -71,6 +75,14 @@ const STACK_MESSAGE: &[u8] = b"wasmfix: stack overflow in ";
 /// Name of the custom section in which the C-like generator stores its call plan.
 pub const PLAN_SECTION: &str = "wasmfix-fuzz-plan";
 
+/// Plan steps that are not calls: the harness changes the exported table
+/// `__indirect_function_table` as a host would (Emscripten's `addFunction`, `dlopen`).
+/// `@grow [f]` appends function export `t{f}` (null for -1); `@set [Appended(n), f]` writes
+/// the n-th appended slot.
+pub const TABLE_GROW: &str = "@grow";
+pub const TABLE_SET: &str = "@set";
+pub const TABLE_EXPORT: &str = "__indirect_function_table";
+
 /// One pipeline: a name for reports, the passes and their options.
 pub struct Pipeline {
     pub name: String,
@@ -114,6 +126,16 @@ pub fn pipelines() -> Vec<Pipeline> {
         });
     }
     if let Some(fpcast) = passes::find("fpcast") {
+        let mut features = wasmfix::features::FeatureChoice::default();
+        features.enable(wasmfix::features::Feature::Gc);
+        out.push(Pipeline {
+            name: "fpcast --enable-gc".into(),
+            passes: vec![fpcast],
+            options: PassOptions {
+                features,
+                ..Default::default()
+            },
+        });
         out.push(Pipeline {
             name: "fpcast --fpcast-diagnose".into(),
             passes: vec![fpcast],
@@ -139,6 +161,9 @@ pub struct Stats {
     pub calls_compared: u64,
     pub cast_contract: u64,
     pub cast_checked_value: u64,
+    /// Of those, castable mismatches with an entry the harness added to the table at run time
+    /// (adapted through GC's `ref.test`).
+    pub run_time_cast_checked: u64,
     pub guard_stops: u64,
     pub relocated_overflow_traps: u64,
     /// An overflow neither guarded nor relocated, under stack-canary (16 more bytes per frame)
@@ -162,6 +187,7 @@ impl Stats {
         self.calls_compared += o.calls_compared;
         self.cast_contract += o.cast_contract;
         self.cast_checked_value += o.cast_checked_value;
+        self.run_time_cast_checked += o.run_time_cast_checked;
         self.guard_stops += o.guard_stops;
         self.relocated_overflow_traps += o.relocated_overflow_traps;
         self.overflow_layout_changed += o.overflow_layout_changed;
@@ -310,7 +336,7 @@ pub fn check_module(input: &[u8], stats: &mut Stats) -> Result<(), Finding> {
             continue;
         }
         executed.push((shape.code_hash, name.to_string()));
-        let original = original.get_or_insert_with(|| run(input, &plan, Side::Original));
+        let original = original.get_or_insert_with(|| run(input, &plan, Side::Original, &[]));
         let Some(original) = original else {
             if std::env::var_os("WASMFIX_FUZZ_DEBUG").is_some() {
                 let e = Module::new(engine(Side::Original), input).err();
@@ -334,14 +360,19 @@ pub fn check_module(input: &[u8], stats: &mut Stats) -> Result<(), Finding> {
             let region = wasmfix::facts::Facts::new(&m).stack.ok()?;
             Some((region.low, region.high))
         });
-        let rewritten =
-            run(&bytes, &plan, Side::Rewritten(meta.extra_memory)).ok_or_else(|| {
-                finding(
-                    Class::Divergence,
-                    name,
-                    "the rewritten module does not compile in wasmtime while the original does",
-                )
-            })?;
+        let rewritten = run(
+            &bytes,
+            &plan,
+            Side::Rewritten(meta.extra_memory),
+            &shape.table_views(),
+        )
+        .ok_or_else(|| {
+            finding(
+                Class::Divergence,
+                name,
+                "the rewritten module does not compile in wasmtime while the original does",
+            )
+        })?;
         compare(original, &rewritten, &plan, &meta, stats)
             .map_err(|e| finding(Class::Divergence, name, e))?;
     }
@@ -365,6 +396,23 @@ struct Shape {
 }
 
 impl Shape {
+    /// Exported tables with the slots fpcast's WebAssembly 1.0 design appended to them (the
+    /// `views` its `wasmfix` record lists): (export name, slots).
+    fn table_views(&self) -> Vec<(String, u64)> {
+        let Some(views) = self.applied.get("fpcast").and_then(|f| f.get("views")) else {
+            return Vec::new();
+        };
+        let views: Vec<(u32, u64)> = serde_json::from_value(views.clone()).unwrap_or_default();
+        self.exports
+            .iter()
+            .filter(|(_, kind, _)| kind == "Table")
+            .filter_map(|(name, _, index)| {
+                let (_, n) = views.iter().find(|(t, _)| t == index)?;
+                Some((name.clone(), *n))
+            })
+            .collect()
+    }
+
     fn of(bytes: &[u8]) -> Result<Shape, String> {
         let mut s = Shape {
             imports: Vec::new(),
@@ -502,6 +550,8 @@ struct Meta {
     writes_stderr: bool,
     /// fpcast's diagnose reporters trap on `unreachable` in an added function.
     diagnose: bool,
+    /// fpcast types entries added at run time (GC) and adapts castable calls to them.
+    run_time_typed: bool,
     extra_memory: usize,
     /// stack-canary protected frames: each takes 16 more bytes of stack.
     canary: bool,
@@ -533,6 +583,13 @@ impl Meta {
         let had = |k: &str| before.applied.contains_key(k);
         Meta {
             fpcast: after.applied.contains_key("fpcast") && !had("fpcast"),
+            run_time_typed: !had("fpcast")
+                && after
+                    .applied
+                    .get("fpcast")
+                    .and_then(|f| f.get("run_time_entries_adapted"))
+                    .and_then(|v| v.as_bool())
+                    == Some(true),
             guarded: !had("stack") && stack.is_some_and(|s| s.get("guarded").is_some()),
             relocated: !had("stack") && stack.is_some_and(|s| s.get("relocated").is_some()),
             original_funcs: before.funcs,
@@ -575,6 +632,9 @@ pub enum Arg {
     F64(u64),
     V128(u128),
     Null,
+    /// The n-th slot the harness appended to the exported table in this session (`@grow`):
+    /// its index differs between modules whose table sizes differ.
+    Appended(u32),
 }
 
 /// What the plan says a call must do in a rewritten module.
@@ -592,6 +652,9 @@ pub enum Expect {
     /// The call fits the stack, but not with stack-canary's 16 more bytes per frame: exactly
     /// what the original does, unless stack-canary applied; then an overflow.
     ExactUnlessCanary,
+    /// A castable mismatch with an entry added at run time: exactly what the original does
+    /// (it traps), unless fpcast types run-time entries (GC); then [`Expect::Cast`].
+    CastAtRunTime(Option<i64>),
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -916,9 +979,54 @@ fn to_val(arg: &Arg, ty: &ValType) -> Option<Val> {
     })
 }
 
+/// A harness step that changes the exported table (`@grow`, `@set`); `None` when the module
+/// has no such table or function to store (the session ends).
+fn change_table(
+    store: &mut Store<Host>,
+    instance: &Instance,
+    call: &Call,
+    appended: &mut Vec<u64>,
+) -> Option<Event> {
+    let table = instance.get_table(&mut *store, TABLE_EXPORT)?;
+    let entry = |store: &mut Store<Host>, arg: Option<&Arg>| -> Option<wasmtime::Ref> {
+        let f = match arg? {
+            Arg::I64(f) if *f < 0 => None,
+            Arg::I64(f) => Some(instance.get_func(&mut *store, &format!("t{f}"))?),
+            _ => return None,
+        };
+        Some(wasmtime::Ref::Func(f))
+    };
+    let done = match call.export.as_str() {
+        TABLE_GROW => {
+            let f = entry(store, call.args.first())?;
+            table
+                .grow(&mut *store, 1, f)
+                .map(|slot| appended.push(slot))
+        }
+        TABLE_SET => {
+            let Some(&Arg::Appended(n)) = call.args.first() else {
+                return None;
+            };
+            let slot = *appended.get(n as usize)?;
+            let f = entry(store, call.args.get(1))?;
+            table.set(&mut *store, slot, f)
+        }
+        _ => return None,
+    };
+    Some(match done {
+        Ok(()) => Event::Values(Vec::new()),
+        Err(e) => event_of(&e),
+    })
+}
+
 /// Hash of what the module exports besides functions and memory contents, and the memory
-/// contents by chunk, after a call.
-fn state(store: &mut Store<Host>, instance: &Instance) -> (u64, Vec<Vec<u64>>) {
+/// contents by chunk, after a call. `views`: exported tables with slots fpcast appended, which
+/// their sizes do not count.
+fn state(
+    store: &mut Store<Host>,
+    instance: &Instance,
+    views: &[(String, u64)],
+) -> (u64, Vec<Vec<u64>>) {
     let mut h = DefaultHasher::new();
     let mut memories = Vec::new();
     let exports: Vec<(String, Extern)> = instance
@@ -935,7 +1043,10 @@ fn state(store: &mut Store<Host>, instance: &Instance) -> (u64, Vec<Vec<u64>>) {
                 memories.push(data.chunks(CHUNK).map(hash).collect());
             }
             Extern::SharedMemory(m) => m.data_size().hash(&mut h),
-            Extern::Table(t) => t.size(&*store).hash(&mut h),
+            Extern::Table(t) => {
+                let appended = views.iter().find(|(n, _)| *n == name).map_or(0, |v| v.1);
+                t.size(&*store).saturating_sub(appended).hash(&mut h)
+            }
             _ => {}
         }
     }
@@ -985,7 +1096,7 @@ fn fd_write(
 
 /// Runs the plan in wasmtime. `None` when the module cannot run here at all (wasmtime does not
 /// compile it, or one of its imports cannot be given a default).
-fn run(bytes: &[u8], plan: &Plan, side: Side) -> Option<Trace> {
+fn run(bytes: &[u8], plan: &Plan, side: Side, views: &[(String, u64)]) -> Option<Trace> {
     let engine = engine(side);
     let module = Module::new(engine, bytes).ok()?;
     let extra = match side {
@@ -1035,7 +1146,21 @@ fn run(bytes: &[u8], plan: &Plan, side: Side) -> Option<Trace> {
             }
         };
         let mut steps = Vec::new();
+        let mut appended: Vec<u64> = Vec::new();
         for call in calls {
+            if call.export.starts_with('@') {
+                let Some(event) = change_table(&mut store, &instance, call, &mut appended) else {
+                    break;
+                };
+                let (state, memories) = state(&mut store, &instance, views);
+                steps.push(Step {
+                    event,
+                    state,
+                    memories,
+                    stderr: String::new(),
+                });
+                continue;
+            }
             let Some(func) = instance.get_func(&mut store, &call.export) else {
                 break;
             };
@@ -1043,8 +1168,12 @@ fn run(bytes: &[u8], plan: &Plan, side: Side) -> Option<Trace> {
             let args: Option<Vec<Val>> = call
                 .args
                 .iter()
+                .map(|a| match a {
+                    Arg::Appended(n) => appended.get(*n as usize).map(|&s| Arg::I32(s as i32)),
+                    other => Some(*other),
+                })
                 .zip(ty.params())
-                .map(|(a, t)| to_val(a, &t))
+                .map(|(a, t)| to_val(&a?, &t))
                 .collect();
             let Some(args) = args.filter(|a| a.len() == ty.params().len()) else {
                 break;
@@ -1064,7 +1193,7 @@ fn run(bytes: &[u8], plan: &Plan, side: Side) -> Option<Trace> {
                 Err(e) => event_of(&e),
             };
             let stop = matches!(event, Event::Trap { .. });
-            let (state, memories) = state(&mut store, &instance);
+            let (state, memories) = state(&mut store, &instance, views);
             steps.push(Step {
                 event,
                 state,
@@ -1268,6 +1397,13 @@ fn judge(a: &Step, b: &Step, expect: Expect, meta: &Meta, stats: &mut Stats) -> 
             } else {
                 Verdict::Differ("an overflow of the relocated stack did not trap")
             };
+        }
+        Expect::CastAtRunTime(want) if meta.fpcast && meta.run_time_typed => {
+            let verdict = judge(a, b, Expect::Cast(want), meta, stats);
+            if matches!(verdict, Verdict::Stop) {
+                stats.run_time_cast_checked += 1;
+            }
+            return verdict;
         }
         Expect::Cast(want) if meta.fpcast => {
             if a.event.trap() != Some(Trap::BadSignature) {
