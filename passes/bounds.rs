@@ -58,8 +58,9 @@
 //! Measured on Pyodide 314.0.7 (`--passes bounds`, size growth / eval-time ratio on
 //! bench/pyodide's workload, node 20, medians of 9 interleaved rounds at load 17-21, so ±10%):
 //! inline branch per access (before): +49% / 1.17x; rebased loads, offset trap blocks, known
-//! lower bounds (now): +20.3% / 1.07x; the same with `--bounds-precise` (branches for loads):
-//! +26.5%.
+//! lower bounds, store values held back behind their checks: +20.3% / 1.07x; the same without
+//! holding values back (now, see `DEFER_STORE_VALUES`): +23.5%; with `--bounds-precise`
+//! (branches for loads): +29.7%.
 //! Alternatives considered: a shared check helper called per access (binaryen `--safe-heap`'s
 //! shape: +10% size on Ruby but a call per access, 4.6x run time on the Ruby workload, which
 //! neither V8 nor wasmtime inlines); checking only the first access of a base per block (a
