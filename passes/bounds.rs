@@ -58,8 +58,9 @@
 //! Measured on Pyodide 314.0.7 (`--passes bounds`, size growth / eval-time ratio on
 //! bench/pyodide's workload, node 20, medians of 9 interleaved rounds at load 17-21, so ±10%):
 //! inline branch per access (before): +49% / 1.17x; rebased loads, offset trap blocks, known
-//! lower bounds (now): +20.3% / 1.07x; the same with `--bounds-precise` (branches for loads):
-//! +26.5%.
+//! lower bounds, store values held back behind their checks: +20.3% / 1.07x; the same without
+//! holding values back (now, see `DEFER_STORE_VALUES`): +23.5%; with `--bounds-precise`
+//! (branches for loads): +29.7%.
 //! Alternatives considered: a shared check helper called per access (binaryen `--safe-heap`'s
 //! shape: +10% size on Ruby but a call per access, 4.6x run time on the Ruby workload, which
 //! neither V8 nor wasmtime inlines); checking only the first access of a base per block (a
@@ -837,14 +838,15 @@ impl BodyRewriter for Checks {
                         out.extend(pending);
                         match &remembered {
                             // A value a store may follow: emitted with the next instruction,
-                            // so that a store's check can come before it.
+                            // so that a store's check can come before it (see
+                            // `DEFER_STORE_VALUES`).
                             Some(
                                 i @ (Instruction::LocalGet(_)
                                 | Instruction::I32Const(_)
                                 | Instruction::I64Const(_)
                                 | Instruction::F32Const(_)
                                 | Instruction::F64Const(_)),
-                            ) => self.f.pending = Some(i.clone()),
+                            ) if DEFER_STORE_VALUES => self.f.pending = Some(i.clone()),
                             _ => out.push(ins),
                         }
                     }
@@ -923,6 +925,13 @@ fn with_offset(ins: Instruction<'_>, offset: u64) -> Instruction<'_> {
         other => unreachable!("only loads are rebased, not {other:?}"),
     }
 }
+
+/// Whether a store's simple value (`local.get`, a constant) is held back and emitted after the
+/// store's check, saving the local that keeps the value. Off: the emitter's code map (and so
+/// DWARF lines) attributes output to the input instruction being rewritten, and a held-back
+/// value would land on the next instruction's line (tests/debug_info.rs). Turning it on needs a
+/// way for a rewriter to attribute output to an earlier input offset.
+const DEFER_STORE_VALUES: bool = false;
 
 /// At most this many offsets get a trap block of their own per function (deeper branch
 /// labels would need two-byte immediates).
