@@ -31,11 +31,12 @@ fn recipe(name: &str) -> String {
     body[..body.find("\n```").unwrap() + 1].to_string()
 }
 
-/// Whether `tool` runs (`tool --version`); without it a test skips, except where CI requires
-/// every tool (WASMFIX_REQUIRE_TOOLS), where it fails.
+/// Whether `tool` runs (`tool --version`; go knows only `go version`); without it a test skips,
+/// except where CI requires every tool (WASMFIX_REQUIRE_TOOLS), where it fails.
 fn have(tool: &str) -> bool {
+    let version = if tool == "go" { "version" } else { "--version" };
     let found = Command::new(tool)
-        .arg("--version")
+        .arg(version)
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
