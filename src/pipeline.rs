@@ -93,8 +93,16 @@ impl DebugInfoReport {
 /// Reads and validates `input`, or says why it is bad input.
 pub fn read(input: &[u8]) -> Result<Module<'_>, Failure> {
     let module = Module::parse(input).map_err(Failure::BadInput)?;
-    validate::validate(input, None, validate::features())
-        .map_err(|e| Failure::BadInput(e.context("invalid module")))?;
+    validate::validate(input, None, validate::features()).map_err(|e| {
+        // Valid with a proposal wasmfix cannot name (so passes could not tell what the output
+        // may use): say so rather than call it invalid.
+        let unsupported = validate::validate(input, None, wasmparser::WasmFeatures::all()).is_ok();
+        Failure::BadInput(e.context(if unsupported {
+            "uses a WebAssembly proposal wasmfix does not support"
+        } else {
+            "invalid module"
+        }))
+    })?;
     Ok(module)
 }
 
