@@ -85,6 +85,10 @@ struct Rewrite {
     /// measuring what the update costs).
     #[arg(long, hide = true)]
     no_dwarf_update: bool,
+    /// Keep the messages' text in code even when the input uses bulk memory (for measuring
+    /// the WebAssembly 1.0 design on such modules).
+    #[arg(long, hide = true)]
+    messages_in_code: bool,
     /// Analyze only: print hazards and exit 1 if any remain, 0 if none.
     #[arg(long)]
     check: bool,
@@ -341,6 +345,7 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         code_map: source_map.is_some(),
         harden: args.harden,
         features,
+        messages_in_code: args.messages_in_code,
     };
     let outcome = pipeline::run(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {

@@ -137,6 +137,23 @@ pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<
         })?;
         reports.push(report);
     }
+    // The messages' text, now that every pass has stored its own: in a passive segment when
+    // the run allows bulk memory, else written by code (see `diag`).
+    if edits.diagnostics.is_some() {
+        let mut cx = PassCx {
+            module: &module,
+            facts: &facts,
+            edits: &mut edits,
+            options,
+        };
+        let bulk_memory =
+            !options.messages_in_code && cx.allows(crate::features::Feature::BulkMemory);
+        if bulk_memory {
+            cx.use_feature(crate::features::Feature::BulkMemory, "messages")
+                .map_err(Failure::Internal)?;
+        }
+        crate::diag::finish(&module, &mut edits, bulk_memory);
+    }
     if !edits.applied.is_empty() {
         let mut applied = crate::facts::applied(&module);
         applied.extend(std::mem::take(&mut edits.applied));

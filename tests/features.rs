@@ -879,3 +879,69 @@ fn target_features_names_as_llvm_writes_them() {
     assert_eq!(input.used, want.closed());
     check_detection("declared", &bytes);
 }
+
+/// Issue 14: every fixture (C builds and .wat) through every pipeline (none, default,
+/// --harden, each pass alone, fpcast --fpcast-diagnose), with and without --enable-all: each
+/// output validates with exactly the input's features plus the enabled ones. Outputs of a pass
+/// whose WebAssembly 1.0 design has not landed may use its feature
+/// (`diff::WAITING_FOR_MVP_DESIGN`); while an entry there is no longer needed by any fixture,
+/// this test fails, so the entry goes when the design lands.
+#[test]
+fn only_the_input_features_and_the_enabled_ones() {
+    let mut inputs = common::fixtures();
+    for path in common::wat_files() {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        inputs.push((name, wat::parse_file(&path).unwrap()));
+    }
+    let mut pipelines = diff::pipelines();
+    for mut p in diff::pipelines() {
+        p.name += " --enable-all";
+        p.options.features.enable_all();
+        pipelines.push(p);
+    }
+    // Entries of WAITING_FOR_MVP_DESIGN some output needed, and the outputs that needed one.
+    let mut needed: Vec<&str> = Vec::new();
+    let mut waited: Vec<(String, String)> = Vec::new();
+    let mut checked = 0;
+    for (name, input) in &inputs {
+        for pipeline in &pipelines {
+            let outcome = match wasmfix::pipeline::run(input, &pipeline.passes, &pipeline.options) {
+                Ok(o) => o,
+                Err(wasmfix::pipeline::Failure::Refused { .. }) => continue,
+                Err(f) => panic!("{name} `{}`: {f}", pipeline.name),
+            };
+            checked += 1;
+            match diff::check_output_features(input, &outcome.bytes, pipeline) {
+                Ok(false) => {}
+                Ok(true) => {
+                    waited.push((name.clone(), pipeline.name.clone()));
+                    let (allowed, waiting) = diff::allowed_features(input, pipeline);
+                    for (pass, f) in diff::WAITING_FOR_MVP_DESIGN {
+                        let without = allowed.union(waiting.minus(one(*f))).closed();
+                        if waiting.contains(*f) && validates_with(&outcome.bytes, without).is_err()
+                        {
+                            needed.push(pass);
+                        }
+                    }
+                }
+                Err(e) => panic!("{name} `{}`: {e}", pipeline.name),
+            }
+        }
+    }
+    assert!(
+        checked > inputs.len() * pipelines.len() / 2,
+        "{checked} outputs"
+    );
+    for (pass, feature) in diff::WAITING_FOR_MVP_DESIGN {
+        assert!(
+            needed.contains(pass),
+            "no output of `{pass}` needs {} beyond the input's features any more: remove its \
+             entry from WAITING_FOR_MVP_DESIGN",
+            feature.name()
+        );
+    }
+    eprintln!(
+        "{checked} outputs; {} waiting for an MVP design (fpcast, heap-canary): {waited:?}",
+        waited.len()
+    );
+}
