@@ -1,5 +1,7 @@
 //! The `wasmfix` command line. Exit status: 0 done, 1 `--check` found hazards, 2 bad input,
 //! a refusing pass or a usage error (nothing written), 3 internal error (nothing written).
+//! A reader that closes standard output early (`wasmfix inspect app.wasm | head`) ends the
+//! output there without a message; the status is what it would have been (see `write_stdout`).
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::Write;
@@ -30,7 +32,8 @@ and what its code uses; `wasmfix inspect` shows them), so the output runs wherev
 --enable-X / --disable-X (binaryen's names, listed by --help) and --enable-all change that.
 
 Exit status: 0 done; 1 --check found hazards; 2 bad input, a pass refused the module, or a
-usage error (no output is written and the input is never modified); 3 internal error.";
+usage error (no output is written and the input is never modified); 3 internal error. A reader
+that closes standard output early (| head) ends the output quietly: no message, status 0.";
 
 #[derive(Parser)]
 #[command(
@@ -206,10 +209,7 @@ fn main() -> ExitCode {
     };
     let features = feature_choice(&matches);
     let result = match cli.command {
-        Some(Command::Passes) => {
-            list_passes();
-            Ok(0)
-        }
+        Some(Command::Passes) => list_passes(),
         Some(Command::Inspect { input, json }) => inspect(&input, json),
         None => rewrite(cli.rewrite, features),
     };
@@ -222,8 +222,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn list_passes() {
-    println!("passes (in pipeline order; * = default, h = added by --harden):");
+fn list_passes() -> Result<u8, Exit> {
+    let mut text =
+        String::from("passes (in pipeline order; * = default, h = added by --harden):\n");
     for p in passes::REGISTRY {
         let mark = if DEFAULT_PIPELINE.contains(&p.name()) {
             "*"
@@ -232,7 +233,22 @@ fn list_passes() {
         } else {
             " "
         };
-        println!("  {mark} {:<14} {}", p.name(), p.description());
+        text += &format!("  {mark} {:<14} {}\n", p.name(), p.description());
+    }
+    write_stdout(|w| w.write_all(text.as_bytes()))?;
+    Ok(0)
+}
+
+/// Writes `contents` to standard output. A reader that closed the pipe early (`| head`) has
+/// taken all it wants: the output ends there, without a message, and the command's status
+/// stays what it would have been. Any other write error fails the command (exit 2).
+fn write_stdout(
+    contents: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> Result<(), Exit> {
+    let mut out = std::io::stdout().lock();
+    match contents(&mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.map_err(|e| fail(2, format!("cannot write standard output: {e}"))),
     }
 }
 
@@ -250,18 +266,13 @@ fn inspect(input: &Path, json: bool) -> Result<u8, Exit> {
     let bytes = read_input(input)?;
     let (module, facts) =
         pipeline::load(&bytes).map_err(|f| fail(2, format!("{}: {f}", input.display())))?;
-    if json {
+    let text = if json {
         let v = wasmfix::inspect::json(&module, &facts);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).expect("serializable")
-        );
+        serde_json::to_string_pretty(&v).expect("serializable") + "\n"
     } else {
-        print!(
-            "{}",
-            wasmfix::inspect::text(&input.display().to_string(), &module, &facts)
-        );
-    }
+        wasmfix::inspect::text(&input.display().to_string(), &module, &facts)
+    };
+    write_stdout(|w| w.write_all(text.as_bytes()))?;
     Ok(0)
 }
 
@@ -347,7 +358,7 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         features,
         messages_in_code: args.messages_in_code,
     };
-    let outcome = pipeline::run(&bytes, &passes, &options).map_err(|f| {
+    let outcome = pipeline::rewrite(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {
             3
         } else {
@@ -395,13 +406,13 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         None
     } else {
         Some(
-            Staged::write(&output, &outcome.bytes)
+            Staged::write(&output, |mut w| outcome.write_to(&mut w))
                 .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
         )
     };
     let staged_map = match (&rewritten_map, &source_map_out) {
         (Some(m), Some(path)) => Some(
-            Staged::write(path, &m.json)
+            Staged::write(path, |w| w.write_all(&m.json))
                 .map_err(|e| fail(2, format!("{}: cannot write: {e}", path.display())))?,
         ),
         _ => None,
@@ -411,7 +422,7 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
             "input": name,
             "output": output.display().to_string(),
             "input_bytes": bytes.len(),
-            "output_bytes": outcome.bytes.len(),
+            "output_bytes": outcome.len(),
             "rewritten_functions": outcome.rewritten_functions,
             "features": {
                 "input": outcome.input_features.as_ref().map(|f| f.used),
@@ -429,12 +440,12 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
             })),
         });
         let text = serde_json::to_string_pretty(&json).expect("serializable") + "\n";
-        let written = if report == Path::new("-") {
-            std::io::stdout().write_all(text.as_bytes())
+        if report == Path::new("-") {
+            write_stdout(|w| w.write_all(text.as_bytes()))?;
         } else {
             std::fs::write(report, text)
-        };
-        written.map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
+                .map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
+        }
     }
     if let (Some(staged), Some(path)) = (staged_map, &source_map_out) {
         staged
@@ -445,12 +456,7 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         Some(staged) => staged
             .commit()
             .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&outcome.bytes)
-                .and_then(|_| out.flush())
-                .map_err(|e| fail(2, format!("cannot write standard output: {e}")))?;
-        }
+        None => write_stdout(|w| outcome.write_to(w))?,
     }
     Ok(0)
 }
@@ -458,14 +464,51 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
 /// A module written to a temporary file beside its target, renamed over the target by
 /// [`Staged::commit`] and removed if dropped uncommitted: an interrupted or failed run never
 /// leaves a half-written module, and `-o` may name the input.
+///
+/// Only a regular file (or a path where nothing is yet) is replaced by renaming. A symbolic link
+/// is followed, so the file it names receives the module and the link stays a link. Anything else
+/// -- `/dev/null`, a FIFO, a terminal -- is opened and written when the output is committed:
+/// renaming over `/dev/null` would put a regular file in its place (as root), and every later
+/// program would read what was written "to /dev/null" from it.
 struct Staged {
-    tmp: PathBuf,
+    how: Staging,
     target: PathBuf,
     committed: bool,
 }
 
+enum Staging {
+    /// Written to this temporary file, renamed over the target on commit.
+    Rename(PathBuf),
+    /// Kept in memory, written into the (non-regular) target on commit.
+    Direct(Vec<u8>),
+}
+
 impl Staged {
-    fn write(target: &Path, bytes: &[u8]) -> std::io::Result<Staged> {
+    fn write(
+        target: &Path,
+        contents: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> std::io::Result<Staged> {
+        let target = match std::fs::symlink_metadata(target) {
+            Ok(meta) if meta.file_type().is_symlink() => std::fs::canonicalize(target)?,
+            _ => target.to_path_buf(),
+        };
+        if let Ok(meta) = std::fs::metadata(&target)
+            && !meta.is_file()
+        {
+            if meta.is_dir() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::IsADirectory,
+                    "is a directory",
+                ));
+            }
+            let mut bytes = Vec::new();
+            contents(&mut bytes)?;
+            return Ok(Staged {
+                how: Staging::Direct(bytes),
+                target,
+                committed: false,
+            });
+        }
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -479,20 +522,27 @@ impl Staged {
             std::process::id()
         ));
         let staged = Staged {
-            tmp,
-            target: target.to_path_buf(),
+            how: Staging::Rename(tmp.clone()),
+            target: target.clone(),
             committed: false,
         };
-        let mut f = std::fs::File::create(&staged.tmp)?;
-        f.write_all(bytes)?;
-        if let Ok(meta) = std::fs::metadata(target) {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        contents(&mut f)?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
+        if let Ok(meta) = std::fs::metadata(&target) {
             f.set_permissions(meta.permissions())?;
         }
         Ok(staged)
     }
 
     fn commit(mut self) -> std::io::Result<()> {
-        std::fs::rename(&self.tmp, &self.target)?;
+        match &self.how {
+            Staging::Rename(tmp) => std::fs::rename(tmp, &self.target)?,
+            Staging::Direct(bytes) => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.target)?
+                .write_all(bytes)?,
+        }
         self.committed = true;
         Ok(())
     }
@@ -500,8 +550,8 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
+        if let (false, Staging::Rename(tmp)) = (self.committed, &self.how) {
+            let _ = std::fs::remove_file(tmp);
         }
     }
 }

@@ -113,8 +113,65 @@ pub fn load(input: &[u8]) -> Result<(Module<'_>, Facts), Failure> {
     Ok((module, facts))
 }
 
-/// Runs `passes` over `input` and returns the validated output.
+/// Runs `passes` over `input` and returns the validated output as one buffer.
 pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<Outcome, Failure> {
+    rewrite(input, passes, options).map(Rewritten::into_outcome)
+}
+
+/// A validated output module that is not one buffer: the pieces of [`emit::Output`] over the
+/// input (or over its patched copy). Writing it streams the pieces, so the rewrite never holds
+/// two copies of the module.
+pub struct Rewritten<'a> {
+    /// What the output's input ranges point into: the input, or its patched copy.
+    source: std::borrow::Cow<'a, [u8]>,
+    output: emit::Output,
+    pub reports: Vec<PassReport>,
+    /// Function bodies that were re-encoded.
+    pub rewritten_functions: usize,
+    /// See [`Outcome::code_map`].
+    pub code_map: Option<crate::codemap::CodeMap>,
+    pub debug_info: DebugInfoReport,
+    /// See [`Outcome::added_features`].
+    pub added_features: crate::features::FeatureSet,
+    /// See [`Outcome::input_features`].
+    pub input_features: Option<crate::features::InputFeatures>,
+}
+
+impl Rewritten<'_> {
+    /// Length of the output module in bytes.
+    pub fn len(&self) -> usize {
+        self.output.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.output.is_empty()
+    }
+
+    /// Writes the output module to `w`, piece by piece.
+    pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        self.output.write_to(&self.source, w)
+    }
+
+    /// The output as one buffer, with the rest of what the run found.
+    pub fn into_outcome(self) -> Outcome {
+        Outcome {
+            bytes: self.output.to_vec(&self.source),
+            reports: self.reports,
+            rewritten_functions: self.rewritten_functions,
+            code_map: self.code_map,
+            debug_info: self.debug_info,
+            added_features: self.added_features,
+            input_features: self.input_features,
+        }
+    }
+}
+
+/// Runs `passes` over `input` and returns the validated output, in pieces.
+pub fn rewrite<'a>(
+    input: &'a [u8],
+    passes: &[&dyn Pass],
+    options: &PassOptions,
+) -> Result<Rewritten<'a>, Failure> {
     let module = read(input)?;
     let facts = std::sync::OnceLock::new();
     let choice = &options.features;
@@ -204,37 +261,44 @@ pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<
     let input_features = facts.get().map(|f| f.features(&module).clone());
     // Same-length patches (relocated immediates) go into a copy of the input; every offset in
     // the module model stays valid, so the copy is read as the same module.
-    let patched: Vec<u8>;
-    let patched_module;
-    let source = if edits.patches.is_empty() {
-        &module
+    let source: std::borrow::Cow<'a, [u8]> = if edits.patches.is_empty() {
+        std::borrow::Cow::Borrowed(input)
     } else {
         let mut copy = input.to_vec();
         for (at, bytes) in &edits.patches {
             copy[*at..*at + bytes.len()].copy_from_slice(bytes);
         }
-        patched = copy;
-        patched_module = Module::parse(&patched).map_err(Failure::Internal)?;
-        &patched_module
+        std::borrow::Cow::Owned(copy)
     };
-    let mut bytes = Vec::new();
-    let debug = crate::facts::debug_info(source);
-    let update_dwarf = !options.no_dwarf_update && !debug.dwarf_sections.is_empty();
-    // A map is built only when debug info needs one: modules without it pay nothing.
-    let emit_options = emit::EmitOptions {
-        code_map: update_dwarf || options.code_map || !debug.is_empty(),
-        update_dwarf,
-    };
-    let mut emitted = emit::emit(source, &mut edits, &mut bytes, emit_options).map_err(|e| {
-        if e.is::<crate::dwarf::CannotUpdate>() {
-            Failure::Refused {
-                pass: "dwarf",
-                error: e,
-            }
+    let (output, mut emitted, debug) = {
+        let patched_module;
+        let emitted_from = if edits.patches.is_empty() {
+            &module
         } else {
-            Failure::Internal(e)
-        }
-    })?;
+            patched_module = Module::parse(&source).map_err(Failure::Internal)?;
+            &patched_module
+        };
+        let mut output = emit::Output::default();
+        let debug = crate::facts::debug_info(emitted_from);
+        let update_dwarf = !options.no_dwarf_update && !debug.dwarf_sections.is_empty();
+        // A map is built only when debug info needs one: modules without it pay nothing.
+        let emit_options = emit::EmitOptions {
+            code_map: update_dwarf || options.code_map || !debug.is_empty(),
+            update_dwarf,
+        };
+        let emitted =
+            emit::emit(emitted_from, &mut edits, &mut output, emit_options).map_err(|e| {
+                if e.is::<crate::dwarf::CannotUpdate>() {
+                    Failure::Refused {
+                        pass: "dwarf",
+                        error: e,
+                    }
+                } else {
+                    Failure::Internal(e)
+                }
+            })?;
+        (output, emitted, debug)
+    };
 
     let defined = module.bodies.len() as u32;
     let mut check = vec![false; defined as usize];
@@ -253,11 +317,14 @@ pub fn run(input: &[u8], passes: &[&dyn Pass], options: &PassOptions) -> Result<
         }
     }
     let must_check = |i: u32| i >= defined || check[i as usize];
-    validate::validate(&bytes, Some(&must_check), output_features)
+    let pieces = output.slices_without_custom(&source);
+    validate::validate_pieces(&pieces, Some(&must_check), output_features)
         .map_err(|e| Failure::Internal(e.context("the rewritten module does not validate")))?;
+    drop(pieces);
     let debug_info = debug_info_report(debug, &mut emitted, options);
-    Ok(Outcome {
-        bytes,
+    Ok(Rewritten {
+        source,
+        output,
         reports,
         rewritten_functions: emitted.rewritten_functions.len(),
         code_map: emitted.code_map,

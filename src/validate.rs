@@ -7,7 +7,7 @@
 
 use anyhow::{Result, anyhow};
 use wasmparser::{
-    FuncToValidate, FuncValidatorAllocations, FunctionBody, Parser, ValidPayload, Validator,
+    Chunk, FuncToValidate, FuncValidatorAllocations, FunctionBody, Parser, ValidPayload, Validator,
     ValidatorResources, WasmFeatures,
 };
 
@@ -24,11 +24,39 @@ pub fn validate(
     check_body: Option<&dyn Fn(u32) -> bool>,
     features: WasmFeatures,
 ) -> Result<()> {
+    validate_pieces(&[bytes], check_body, features)
+}
+
+/// [`validate`] for a module given as consecutive pieces (the emitter's output, which is
+/// never concatenated). Each section, and each function body of the Code section, must lie
+/// whole in one piece: the parser reads them in place.
+pub fn validate_pieces(
+    pieces: &[&[u8]],
+    check_body: Option<&dyn Fn(u32) -> bool>,
+    features: WasmFeatures,
+) -> Result<()> {
     let mut validator = Validator::new_with_features(features);
     let mut funcs: Vec<(FuncToValidate<ValidatorResources>, FunctionBody<'_>)> = Vec::new();
     let mut index = 0u32;
-    for payload in Parser::new(0).parse_all(bytes) {
-        let payload = payload.map_err(|e| anyhow!("{e}"))?;
+    let mut parser = Parser::new(0);
+    let mut next = 0;
+    let mut data: &[u8] = &[];
+    loop {
+        let eof = next == pieces.len();
+        let (consumed, payload) = match parser.parse(data, eof).map_err(|e| anyhow!("{e}"))? {
+            Chunk::NeedMoreData(_) if data.is_empty() && !eof => {
+                data = pieces[next];
+                next += 1;
+                continue;
+            }
+            Chunk::NeedMoreData(_) => {
+                return Err(anyhow!(
+                    "a section or function body spans two output pieces"
+                ));
+            }
+            Chunk::Parsed { consumed, payload } => (consumed, payload),
+        };
+        data = &data[consumed..];
         match validator.payload(&payload).map_err(|e| anyhow!("{e}"))? {
             ValidPayload::Func(f, body) => {
                 if check_body.is_none_or(|check| check(index)) {

@@ -241,6 +241,84 @@ fn output_may_be_the_input() {
     }
 }
 
+/// `-o /dev/null` writes into the device: renaming the staged file over it (as root) would leave
+/// a regular file in its place, from which every later program reads what was thrown away.
+#[cfg(unix)]
+#[test]
+fn output_into_dev_null_leaves_the_device_a_device() {
+    use std::os::unix::fs::FileTypeExt;
+    let (dir, _, _) = dir_with_app();
+    let out = run_in(dir.path(), &["app.wasm", "-o", "/dev/null"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let kind = std::fs::metadata("/dev/null").unwrap().file_type();
+    assert!(kind.is_char_device(), "/dev/null is no longer a device");
+    assert_eq!(listing(dir.path()), ["app.wasm"], "files left behind");
+}
+
+/// A FIFO named by `-o` receives the module and stays a FIFO; a symbolic link stays a link and
+/// the file it names receives the module.
+#[cfg(unix)]
+#[test]
+fn output_into_a_fifo_or_through_a_symlink_keeps_the_path_what_it_was() {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let (dir, _, original) = dir_with_app();
+    let expected = common::rewrite(&original, &default_pipeline());
+
+    let fifo = dir.path().join("out.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo");
+    // The reader is a child process, so a wasmfix that replaces the FIFO instead of writing into
+    // it fails the test (the reader is killed after a while) rather than hanging it.
+    let mut reader = std::process::Command::new("cat")
+        .arg(&fifo)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader_out = reader.stdout.take().unwrap();
+    let collected = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        reader_out.read_to_end(&mut bytes).unwrap();
+        bytes
+    });
+    let out = run_in(dir.path(), &["app.wasm", "-o", "out.fifo"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while reader.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = reader.kill();
+    let _ = reader.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        collected.join().unwrap() == expected,
+        "what the FIFO's reader got"
+    );
+    let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+    assert!(kind.is_fifo(), "out.fifo is no longer a FIFO");
+
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    std::fs::write(dir.path().join("real/app.out.wasm"), b"old").unwrap();
+    std::os::unix::fs::symlink("real/app.out.wasm", dir.path().join("link.wasm")).unwrap();
+    let out = run_in(dir.path(), &["app.wasm", "-o", "link.wasm"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let link = dir.path().join("link.wasm");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(std::fs::read(dir.path().join("real/app.out.wasm")).unwrap() == expected);
+    assert_eq!(
+        listing(&dir.path().join("real")),
+        ["app.out.wasm"],
+        "files left behind"
+    );
+}
+
 #[test]
 fn output_dash_writes_the_module_to_stdout() {
     let (dir, _, original) = dir_with_app();
@@ -589,5 +667,94 @@ fn inspect_finds_the_stack_of_corpus_modules() {
             "{name}: {}",
             facts["stack"]
         );
+    }
+}
+
+/// A module whose `inspect` output is larger than a pipe's buffer (64 KiB on Linux): 400 call
+/// signatures, each with a table entry and a `call_indirect` site, all castable to each other,
+/// so inspect lists 400 hazards (text ~90 KB) and every pair of them (JSON, megabytes).
+fn many_signatures() -> Vec<u8> {
+    let params: Vec<String> = (0..9u32)
+        .flat_map(|n| {
+            (0..1u32 << n).map(move |bits| {
+                (0..n)
+                    .map(|k| if bits >> k & 1 == 1 { " i64" } else { " i32" })
+                    .collect()
+            })
+        })
+        .take(400)
+        .collect();
+    let mut wat = format!("(module (memory 1) (table {} funcref)\n", params.len());
+    for (i, p) in params.iter().enumerate() {
+        wat += &format!("(type $t{i} (func (param{p}) (result i32)))\n");
+        wat += &format!("(func $f{i} (type $t{i}) i32.const {i})\n");
+        let args: String = p
+            .split_whitespace()
+            .map(|t| format!("{t}.const 0 "))
+            .collect();
+        wat += &format!(
+            "(func (export \"call{i}\") (param i32) (result i32) {args} local.get 0 call_indirect (type $t{i}))\n"
+        );
+    }
+    let entries: Vec<String> = (0..params.len()).map(|i| format!("$f{i}")).collect();
+    wat += &format!("(elem (i32.const 0) {}))", entries.join(" "));
+    wat::parse_str(&wat).expect("valid wat")
+}
+
+/// `wasmfix inspect big.wasm | head -1`: a reader that stops early closes the pipe while
+/// wasmfix is still writing. The output ends there without a message and the status is the
+/// command's own, 0 (documented in `--help`, docs/cli.md): no panic (exit 101, "failed
+/// printing to stdout"), no "cannot write" error. Each command is read by a reader that takes
+/// one line and closes, and written into a pipe whose reader closed before wasmfix started
+/// (so the write fails for certain, whatever the output's size).
+#[test]
+fn a_reader_that_closes_standard_output_early_ends_the_output_quietly() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.wasm");
+    std::fs::write(&big, many_signatures()).unwrap();
+    let big = big.to_str().unwrap();
+    let text = run_in(dir.path(), &["inspect", big]);
+    assert!(
+        text.status.success() && text.stdout.len() > 1 << 16,
+        "inspect's text output ({} bytes) must overflow a pipe",
+        text.stdout.len()
+    );
+    let commands: [&[&str]; 5] = [
+        &["inspect", big],
+        &["inspect", "--json", big],
+        &[big, "-o", "-", "--passes", "none", "-q"],
+        &[big, "-o", "/dev/null", "--report", "-", "-q"],
+        &["passes"],
+    ];
+    for args in commands {
+        let what = args.join(" ");
+        let mut child = common::wasmfix()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = Vec::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_until(b'\n', &mut first)
+            .unwrap();
+        assert!(!first.is_empty(), "{what}: printed nothing");
+        let head = child.wait_with_output().unwrap();
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let closed = common::wasmfix()
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        for (how, out) in [("| head -1", head), ("into a closed pipe", closed)] {
+            assert_eq!(
+                (out.status.code(), stderr(&out).as_str()),
+                (Some(0), ""),
+                "wasmfix {what} {how}: exit status and stderr"
+            );
+        }
     }
 }

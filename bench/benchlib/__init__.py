@@ -1,0 +1,1 @@
+"""What the benchmark sections share; see bench/bench.py --help for the layout."""
