@@ -103,7 +103,7 @@
 //! grow) and views larger than [`view_budget`], are left alone, with a warning.
 
 use super::{Pass, PassCx, PassReport};
-use crate::diag::{Message, RECORD_SCRATCH, store_bytes, store_text};
+use crate::diag::{Message, RECORD_SCRATCH, StoredBytes, store_bytes, store_text};
 use crate::edit::{BodyCx, BodyRewriter, ElementItems, NewElement, NewFunction};
 use crate::facts::TableFacts;
 use crate::features::Feature;
@@ -1324,7 +1324,7 @@ struct Diagnose {
     caller_global: u32,
     /// `name_of(function)`: appends a function's name (or `function N`) to the message.
     name_of: u32,
-    data: u32,
+    stored: StoredBytes,
     /// Per table index: offset of its slot → function map (u32 little-endian per slot).
     slot_maps: HashMap<u32, u32>,
 }
@@ -1342,7 +1342,7 @@ impl Diagnose {
             records.extend(offset.to_le_bytes());
             records.extend(len.to_le_bytes());
         }
-        let (data, records_at) = store_bytes(m, cx.edits, &records)?;
+        let (stored, records_at) = store_bytes(m, cx.edits, &records)?;
         let mut slot_maps = HashMap::new();
         for plan in plans {
             let bytes: Vec<u8> = (0..plan.slot_class.len() as u64)
@@ -1369,7 +1369,7 @@ impl Diagnose {
                 ordering: None,
             })
         };
-        let mut body = read_record(data, records_at, 8, Instruction::LocalGet(0)).to_vec();
+        let mut body = read_record(stored, records_at, 8, Instruction::LocalGet(0));
         body.extend([
             Instruction::I32Const(tmp),
             load(4),
@@ -1400,7 +1400,7 @@ impl Diagnose {
         Some(Diagnose {
             caller_global,
             name_of,
-            data,
+            stored,
             slot_maps,
         })
     }
@@ -1438,7 +1438,7 @@ impl Diagnose {
                 .instructions,
         );
         body.extend(read_record(
-            self.data,
+            self.stored,
             slots,
             4,
             Instruction::GlobalGet(index_global),
@@ -1464,24 +1464,22 @@ impl Diagnose {
 }
 
 /// Copies record `index` (the value `index` pushes) of a table of `width`-byte records stored at
-/// `base` in the text segment `data` to [`RECORD_SCRATCH`], where the caller loads it.
+/// `base` in the messages' text (`stored`) to [`RECORD_SCRATCH`], where the caller loads it.
 fn read_record(
-    data: u32,
+    stored: StoredBytes,
     base: u32,
     width: i32,
     index: Instruction<'static>,
-) -> [Instruction<'static>; 8] {
-    [
-        Instruction::I32Const(RECORD_SCRATCH),
-        index,
-        Instruction::I32Const(width),
-        Instruction::I32Mul,
-        Instruction::I32Const(base as i32),
-        Instruction::I32Add,
-        Instruction::I32Const(width),
-        Instruction::MemoryInit {
-            mem: 0,
-            data_index: data,
-        },
-    ]
+) -> Vec<Instruction<'static>> {
+    stored.copy(
+        [Instruction::I32Const(RECORD_SCRATCH)],
+        [
+            index,
+            Instruction::I32Const(width),
+            Instruction::I32Mul,
+            Instruction::I32Const(base as i32),
+            Instruction::I32Add,
+        ],
+        [Instruction::I32Const(width)],
+    )
 }

@@ -53,6 +53,10 @@ pub struct PassOptions {
     pub heap: heap_canary::HeapOptions,
     /// `--enable-X` / `--disable-X`: features passes may use beyond the input's.
     pub features: crate::features::FeatureChoice,
+    /// Messages keep their text in code even when the run allows bulk memory (a passive
+    /// segment). Only for measuring and testing the WebAssembly 1.0 design on modules that use
+    /// bulk memory (the CLI's hidden `--messages-in-code`).
+    pub messages_in_code: bool,
 }
 
 impl PassOptions {

@@ -174,9 +174,9 @@ impl<'m> Edits<'m> {
     }
 
     /// Records that the output uses `f` without asking whether the run allows it. Only for
-    /// designs that have no WebAssembly 1.0 alternative yet (issue 14: fpcast's tables, the
-    /// messages' passive segment, heap-canary's memory.copy/fill); everything else goes through
-    /// `PassCx::use_feature`, which refuses what the run does not allow.
+    /// designs that have no WebAssembly 1.0 alternative yet (issue 14: fpcast's tables and
+    /// heap-canary's memory.copy/fill; delete this once both are gone); everything else goes
+    /// through `PassCx::use_feature`, which refuses what the run does not allow.
     pub fn record_feature(&mut self, f: crate::features::Feature) {
         self.used_features.insert(f);
     }

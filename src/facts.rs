@@ -998,8 +998,16 @@ fn scan_bodies(m: &Module<'_>, first: u32, bodies: &[wasmparser::FunctionBody<'_
         let mut writes_first = false;
         let mut subtracts = false;
         while !ops.eof() {
-            let Ok(op) = ops.read() else { break };
+            let Ok((op, start)) = ops.read_with_offset() else {
+                break;
+            };
             crate::features::operator_features(&mut facts.features, &op);
+            let end = ops.original_position() as usize;
+            crate::features::encoding_features(
+                &mut facts.features,
+                &op,
+                &m.bytes[start as usize..end],
+            );
             match op {
                 Operator::CallIndirect {
                     type_index,

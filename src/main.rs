@@ -175,6 +175,10 @@ struct Rewrite {
     /// measuring what the update costs).
     #[arg(long, hide = true)]
     no_dwarf_update: bool,
+    /// Keep the messages' text in code even when the input uses bulk memory (for measuring
+    /// the WebAssembly 1.0 design on such modules).
+    #[arg(long, hide = true)]
+    messages_in_code: bool,
     /// Analyze only: print hazards and exit 1 if any remain, 0 if none.
     #[arg(long)]
     check: bool,
@@ -644,6 +648,7 @@ fn pass_options(args: &Rewrite, features: FeatureChoice, code_map: bool) -> Pass
         explicit_passes: args.passes.is_some(),
         heap: heap_options(args),
         features,
+        messages_in_code: args.messages_in_code,
     }
 }
 

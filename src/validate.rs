@@ -11,9 +11,10 @@ use wasmparser::{
     ValidatorResources, WasmFeatures,
 };
 
-/// The features wasmfix accepts in its input: everything wasmparser validates in a core module.
+/// The features wasmfix accepts in its input: every proposal it can name (see
+/// [`crate::features::Feature`]), so that what the input uses is always a set of those.
 pub fn features() -> WasmFeatures {
-    WasmFeatures::all()
+    crate::features::FeatureSet::all().wasm_features()
 }
 
 /// Validates `bytes` with `features`. `check_body(i)` says whether the i-th defined function
