@@ -5,11 +5,9 @@
 //! and messages as in wasmtime. `tests/wasm3_run.py` gives wasm3 the few WASI imports the
 //! fixtures use.
 //!
-//! Waiting on fpcast: fpcast still adds tables (reference types), on every fixture, so the
-//! default pipeline's and `--harden`'s outputs do not run in wasm3 yet; its WebAssembly 1.0
-//! design belongs to the fpcast engineer. Meanwhile both pipelines also run without fpcast. An output that needs a feature of
-//! `diff::WAITING_FOR_MVP_DESIGN` beyond the input's (checked by validation, not assumed) is
-//! listed and not run; the test fails when no output waits any more, so the list goes with it.
+//! Every output must be WebAssembly 1.0 (validated with no feature at all) and is run: no
+//! pass waits for a WebAssembly 1.0 design any more (`diff::WAITING_FOR_MVP_DESIGN` is empty),
+//! so fpcast's outputs run here too, through views appended to the table itself.
 
 #[path = "common/clike.rs"]
 mod clike;
@@ -127,24 +125,13 @@ fn same_in_both(wasm: &[u8], family: &str, what: &str) -> usize {
 
 /// The harness's pipelines, and the default pipeline and `--harden` without fpcast: these run
 /// in wasm3 today, while fpcast's own outputs wait for its WebAssembly 1.0 design.
+/// The differential harness's pipelines that keep to the input's features (a pipeline that
+/// enables one, such as `fpcast --enable-gc`, makes an output wasm3 is not meant to run).
 fn pipelines() -> Vec<diff::Pipeline> {
-    let mut out = diff::pipelines();
-    let whole: Vec<_> = out
-        .iter()
-        .filter(|p| p.name == "default" || p.name == "--harden")
-        .map(|p| diff::Pipeline {
-            name: format!("{} without fpcast", p.name),
-            passes: p
-                .passes
-                .iter()
-                .copied()
-                .filter(|p| p.name() != "fpcast")
-                .collect(),
-            options: p.options.clone(),
-        })
-        .collect();
-    out.extend(whole);
-    out
+    diff::pipelines()
+        .into_iter()
+        .filter(|p| p.options.features.enabled.is_empty())
+        .collect()
 }
 
 #[test]
@@ -195,32 +182,17 @@ fn mvp_fixtures_run_the_same_in_wasm3_after_every_pipeline() {
                         .unwrap_or_else(|e| panic!("{what}: not WebAssembly 1.0: {e}"));
                     runs += same_in_both(&output, family, &what);
                 }
-                // Needs a feature of a pass whose WebAssembly 1.0 design has not landed.
-                // heap-canary's memory.copy/fill: wasm3 runs them (it has that much of bulk
-                // memory), so the output runs all the same; fpcast's tables: it waits.
                 Ok(true) => {
-                    let (allowed, _) = diff::allowed_features(input, &pipeline);
-                    let with_copy = allowed.union(one(Feature::BulkMemoryOpt)).closed();
-                    if wasmparser::Validator::new_with_features(with_copy.wasm_features())
-                        .validate_all(&output)
-                        .is_ok()
-                    {
-                        runs += same_in_both(&output, family, &what);
-                    } else {
-                        assert!(
-                            pipeline.passes.iter().any(|p| p.name() == "fpcast"),
-                            "{what}"
-                        );
-                        waiting.push(what);
-                    }
+                    waiting.push(what);
                 }
                 Err(e) => panic!("{what}: {e}"),
             }
         }
     }
-    eprintln!(
-        "{runs} runs in wasm3 and wasmtime; {} outputs wait for fpcast's MVP design: {waiting:?}",
-        waiting.len()
+    eprintln!("{runs} runs in wasm3 and wasmtime");
+    assert!(
+        waiting.is_empty(),
+        "outputs that need a feature beyond the input's: {waiting:?}"
     );
     assert!(runs > 300, "{runs} runs");
 }

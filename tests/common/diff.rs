@@ -379,16 +379,12 @@ pub fn check_module(input: &[u8], stats: &mut Stats) -> Result<(), Finding> {
 }
 
 /// Passes that still add a feature the input may not use, because their WebAssembly 1.0
-/// design has not landed (issue 14; each records it with `Edits::record_feature`): an output of
-/// a pipeline with one of these passes may use its feature besides the input's. Each entry goes
-/// when its pass's design lands; `features::only_the_input_features_and_the_enabled_ones`
-/// fails while an entry is no longer needed.
-pub const WAITING_FOR_MVP_DESIGN: &[(&str, wasmfix::features::Feature)] = &[
-    // Shadow and adapter tables (reference types): the fpcast engineer's MVP design.
-    ("fpcast", wasmfix::features::Feature::ReferenceTypes),
-    // memory.copy / memory.fill in the allocator wrappers: the heap-canary engineer's.
-    ("heap-canary", wasmfix::features::Feature::BulkMemoryOpt),
-];
+/// design has not landed (issue 14): an output of a pipeline with one of these passes may use
+/// its feature besides the input's. Each entry goes when its pass's design lands;
+/// `features::only_the_input_features_and_the_enabled_ones` fails while an entry is no longer
+/// needed. Empty since fpcast's `mvp` design (views appended to the table) and heap-canary's
+/// plain copy/fill loops landed: every pass stays within the run's features.
+pub const WAITING_FOR_MVP_DESIGN: &[(&str, wasmfix::features::Feature)] = &[];
 
 /// The features an output of `pipeline` may use: the input's and those the pipeline's options
 /// enable; and, separately, what [`WAITING_FOR_MVP_DESIGN`] adds for its passes.
