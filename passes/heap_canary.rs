@@ -305,8 +305,7 @@ fn wrap(cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
     let mut h = Helpers::new(
         m,
         edits,
-        key as i32,
-        key2 as i32,
+        (key as i32, key2 as i32),
         raw,
         real_free,
         bulk,
@@ -528,8 +527,7 @@ impl Helpers {
     fn new(
         m: &Module<'_>,
         edits: &mut Edits<'_>,
-        key: i32,
-        key2: i32,
+        (key, key2): (i32, i32),
         raw: RawAlloc,
         real_free: u32,
         bulk: Bulk,

@@ -16,11 +16,7 @@ mod common;
 mod diff;
 
 use common::{Outcome, run_wasi};
-use wasmfix::features::{Feature, FeatureSet};
-
-fn one(f: Feature) -> FeatureSet {
-    [f].into_iter().collect()
-}
+use wasmfix::features::FeatureSet;
 
 /// Whether `python3 -c "import wasm3"` works (CI installs pywasm3; with
 /// `WASMFIX_REQUIRE_TOOLS` set a missing pywasm3 fails the test).
