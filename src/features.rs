@@ -552,6 +552,13 @@ fn section_features(m: &Module<'_>) -> FeatureSet {
     if !m.tags.is_empty() {
         s.insert(F::ExceptionHandling);
     }
+    // A tag with results is a stack-switching tag (an exception tag has none).
+    if m.tags.iter().any(|t| {
+        m.func_type(t.func_type_idx)
+            .is_some_and(|f| !f.results().is_empty())
+    }) {
+        s.insert(F::StackSwitching);
+    }
     for e in &m.elements {
         match &e.kind {
             // Declared segments came with reference types, but only their `ref.func`s need
