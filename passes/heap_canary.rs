@@ -446,6 +446,26 @@ fn stop(
 /// What `check` returns in report mode for a block that must not be freed.
 const SKIP: i32 = -1;
 
+/// The defined functions whose bodies (not replaced by an earlier pass) call, directly, a
+/// function `target` accepts: the sites heap-canary hooks after calls. One walk over the code.
+fn direct_callers(m: &Module<'_>, edits: &Edits<'_>, target: impl Fn(u32) -> bool) -> Vec<u32> {
+    let mut callers = Vec::new();
+    for (i, body) in m.bodies.iter().enumerate() {
+        let f = m.imported_funcs + i as u32;
+        if edits.replaced_bodies.contains_key(&f) {
+            continue;
+        }
+        let Ok(ops) = body.get_operators_reader() else {
+            continue;
+        };
+        let calls = |op: &wasmparser::Operator<'_>| matches!(op, wasmparser::Operator::Call { function_index } if target(*function_index));
+        if ops.into_iter().map_while(Result::ok).any(|op| calls(&op)) {
+            callers.push(f);
+        }
+    }
+    callers
+}
+
 /// Where the wrappers get raw memory from.
 #[derive(Clone, Copy)]
 enum RawAlloc {
@@ -1418,28 +1438,7 @@ impl Helpers {
         for (&f, prefix) in &imports {
             sites.insert(f, text(edits, prefix));
         }
-        let mut callers = Vec::new();
-        for (i, body) in m.bodies.iter().enumerate() {
-            let f = m.imported_funcs + i as u32;
-            if edits.replaced_bodies.contains_key(&f) {
-                continue;
-            }
-            let Ok(mut ops) = body.get_operators_reader() else {
-                continue;
-            };
-            while !ops.eof() {
-                match ops.read() {
-                    Ok(wasmparser::Operator::Call { function_index })
-                        if sites.contains_key(&function_index) =>
-                    {
-                        callers.push(f);
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-        }
+        let callers = direct_callers(m, edits, |f| sites.contains_key(&f));
         let mut checked: Vec<String> = list
             .iter()
             .filter(|x| matches!(x, HostPointer::Import { .. }))
@@ -1633,30 +1632,10 @@ impl Helpers {
         if let Some(s) = start {
             hooked.push(format!("the end of _start (function {s})"));
         }
-        let mut callers: Vec<u32> = Vec::new();
-        if !proc_exit.is_empty() {
-            for (i, body) in m.bodies.iter().enumerate() {
-                let f = m.imported_funcs + i as u32;
-                if edits.replaced_bodies.contains_key(&f) {
-                    continue;
-                }
-                let Ok(mut ops) = body.get_operators_reader() else {
-                    continue;
-                };
-                while !ops.eof() {
-                    match ops.read() {
-                        Ok(wasmparser::Operator::Call { function_index })
-                            if proc_exit.contains(&function_index) =>
-                        {
-                            callers.push(f);
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
-            }
-        }
+        let callers = match proc_exit.is_empty() {
+            true => Vec::new(),
+            false => direct_callers(m, edits, |f| proc_exit.contains(&f)),
+        };
         if start.is_some() || !callers.is_empty() {
             edits.add_rewriter(Box::new(ExitChecks {
                 start,
