@@ -194,74 +194,33 @@ impl Pass for StackCanary {
             }
         }
         let canary = edits.add_i32_global(m, true, build_canary(m.bytes) as i32);
-        // handler(name_offset, name_len) and handler_unnamed(function).
-        let mut body = Message::start(m, edits, mode)
-            .text(m, edits, "wasmfix: stack buffer overflow in ")
-            .stored_text(
+        // handler(name_offset, name_len) and handler_unnamed(function); the nested frames'
+        // nested_handler(name_offset, name_len) and nested_handler_unnamed(function).
+        let handler = message_handler(m, edits, mode, "stack_canary", "in ", true);
+        let handler_unnamed = message_handler(
+            m,
+            edits,
+            mode,
+            "stack_canary_unnamed",
+            "in function ",
+            false,
+        );
+        let nested_handlers = (nested_frames > 0).then(|| {
+            let named = message_handler(
                 m,
                 edits,
-                vec![Instruction::LocalGet(0)],
-                vec![Instruction::LocalGet(1)],
-            )
-            .text(m, edits, "\n")
-            .end(m, edits, mode);
-        body.push(Instruction::End);
-        let i32t = wasmparser::ValType::I32;
-        let handler = edits.add_helper(m, "wasmfix:stack_canary", (&[i32t; 2], &[]), &[], &body);
-        let mut body = Message::start(m, edits, mode)
-            .text(m, edits, "wasmfix: stack buffer overflow in function ")
-            .number(m, edits, vec![Instruction::LocalGet(0)])
-            .text(m, edits, "\n")
-            .end(m, edits, mode);
-        body.push(Instruction::End);
-        let handler_unnamed = edits.add_helper(
-            m,
-            "wasmfix:stack_canary_unnamed",
-            (&[i32t], &[]),
-            &[],
-            &body,
-        );
-        // The nested frames' handlers: nested_handler(name_offset, name_len) and
-        // nested_handler_unnamed(function).
-        let nested_handlers = (nested_frames > 0).then(|| {
-            let mut body = Message::start(m, edits, mode)
-                .text(
-                    m,
-                    edits,
-                    "wasmfix: stack buffer overflow in a nested frame of ",
-                )
-                .stored_text(
-                    m,
-                    edits,
-                    vec![Instruction::LocalGet(0)],
-                    vec![Instruction::LocalGet(1)],
-                )
-                .text(m, edits, "\n")
-                .end(m, edits, mode);
-            body.push(Instruction::End);
-            let named = edits.add_helper(
-                m,
-                "wasmfix:stack_canary_nested",
-                (&[i32t; 2], &[]),
-                &[],
-                &body,
+                mode,
+                "stack_canary_nested",
+                "in a nested frame of ",
+                true,
             );
-            let mut body = Message::start(m, edits, mode)
-                .text(
-                    m,
-                    edits,
-                    "wasmfix: stack buffer overflow in a nested frame of function ",
-                )
-                .number(m, edits, vec![Instruction::LocalGet(0)])
-                .text(m, edits, "\n")
-                .end(m, edits, mode);
-            body.push(Instruction::End);
-            let unnamed = edits.add_helper(
+            let unnamed = message_handler(
                 m,
-                "wasmfix:stack_canary_nested_unnamed",
-                (&[i32t], &[]),
-                &[],
-                &body,
+                edits,
+                mode,
+                "stack_canary_nested_unnamed",
+                "in a nested frame of function ",
+                false,
             );
             (named, unnamed)
         });
@@ -980,4 +939,36 @@ impl BodyRewriter for Canary {
             ins => out.push(ins),
         }
     }
+}
+
+/// A helper `wasmfix:{name}` that prints `wasmfix: stack buffer overflow {what}` and the
+/// function: by its stored name (`named`: parameters name offset and length) or by its index
+/// (one parameter), then stops or, in report mode, returns.
+fn message_handler(
+    m: &Module<'_>,
+    edits: &mut crate::edit::Edits<'_>,
+    mode: OnError,
+    name: &str,
+    what: &str,
+    named: bool,
+) -> u32 {
+    let message = Message::start(m, edits, mode).text(
+        m,
+        edits,
+        &format!("wasmfix: stack buffer overflow {what}"),
+    );
+    let message = match named {
+        true => message.stored_text(
+            m,
+            edits,
+            vec![Instruction::LocalGet(0)],
+            vec![Instruction::LocalGet(1)],
+        ),
+        false => message.number(m, edits, vec![Instruction::LocalGet(0)]),
+    };
+    let mut body = message.text(m, edits, "\n").end(m, edits, mode);
+    body.push(Instruction::End);
+    let i32t = wasmparser::ValType::I32;
+    let params: &[wasmparser::ValType] = if named { &[i32t; 2] } else { &[i32t] };
+    edits.add_helper(m, &format!("wasmfix:{name}"), (params, &[]), &[], &body)
 }
