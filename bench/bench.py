@@ -108,6 +108,10 @@ def main():
     ap.add_argument("--fpcast-n", type=int, default=None,
                     help="loop iterations for the fpcast mixed fixture (default: calibrated to ~0.4 s)")
     ap.add_argument("--fpcast-runs", type=int, default=7, help="interleaved timed runs of each fpcast loop (default 7)")
+    ap.add_argument("--pyodide-rounds", type=int, default=5,
+                    help="interleaved rounds of the Pyodide workload, one node process per variant each (default 5)")
+    ap.add_argument("--pyodide-evals", type=int, default=5,
+                    help="timed calls of the Pyodide workload per node process (default 5)")
     ap.add_argument("--stack-n", type=int, default=None,
                     help="iterations of the stack fixture's calls loop (default: calibrated to ~0.4 s)")
     ap.add_argument("--stack-runs", type=int, default=7, help="interleaved timed runs of the stack calls loop (default 7)")

@@ -6,21 +6,65 @@
 //! literal. This pass checks, inline, every load and store of memory 0 whose effective address
 //! (`address + offset`) may fall in
 //!
-//! - the null page `[0, G)`: G is the lowest address of the module's data (wasm-ld puts nothing
-//!   below `__global_base`, 1024 by default); loads and stores. When the stack lies at address 0
-//!   (`--stack-first`), there is no null page to check;
+//! - the null page `[0, G)`: G is the lowest address a static can have (`Facts::global_base`):
+//!   the name `__global_base`, else the documented default (1024) of the linker that laid the
+//!   module out, identified by Emscripten imports, a function wasm-ld synthesizes, wasm-ld's
+//!   segment names or a `processed-by clang` producer, when no data segment, heap or stack lies
+//!   below that default (one that does says the module was linked with another global base,
+//!   which is then unknown). The lowest data segment alone is not G: wasm-opt drops the leading
+//!   zero bytes of segments, so zero-initialized statics lie below it (a correct program was
+//!   stopped that way). When G cannot be established (a stripped module without producers, a
+//!   non-default global base), the null page is not checked and the report says why. Loads and stores. When the stack lies at
+//!   address 0 (`--stack-first`), there is no null page to check;
 //! - read-only data `[ro_low, ro_high)`: the data segments the name section calls `.rodata…`
 //!   (wasm-ld names them; wasm-opt keeps the names when it splits them); stores only. Without
 //!   data segment names (stripped) this check is skipped, and the report says so.
 //!
 //! When the read-only data starts at or below G (the usual wasm-ld layout), one unsigned
-//! comparison covers both ranges for a store. A check is `local.tee $a; i32.const off;
-//! local.get $a; i32.const K; i32.lt_u; br_if $trap; drop` (a store first saves its value in a
-//! local): the branch carries the offset to one trap block per function (see `trap_blocks.rs`),
-//! which computes the effective address and calls a handler that prints
-//! `wasmfix: null pointer dereference at address 0x… in <function>` or
-//! `wasmfix: write to read-only data at address 0x… in <function>` (when the module imports WASI
-//! `fd_write`) and traps. No call is made on the checked path.
+//! comparison covers both ranges for a store.
+//!
+//! Stop mode, how an access is checked (a dry run over each function first decides which
+//! accesses need a check at all; functions left without one are not rewritten):
+//!
+//! - A **load** whose only range is the null page `[0, G)` is *rebased*: `(address) i32.const
+//!   G-off; i32.sub` and memarg offset G instead of `off`. When `address + off ≥ G` the
+//!   subtraction does not wrap and the effective address is `address + off`, the same bytes as
+//!   before (and an address past 4 GiB still traps: `address - (G - off) + G = address + off`).
+//!   When `address + off < G` the subtraction wraps to `2^32 - (G - off - address)` and the
+//!   effective address is at least 2^32, past any 32-bit memory: the load traps at the access as
+//!   an out-of-bounds access, before it reads anything. Four bytes, no branch, no message.
+//!   `--bounds-precise` branches instead (below) and prints the message for loads too.
+//! - A **store** (or a load with `--bounds-precise`) branches: `local.tee $a; i32.const off;
+//!   local.get $a; i32.const K; i32.lt_u; br_if $trap; drop` (a store whose value is not a
+//!   constant or `local.get` first saves it in a local). The branch carries the offset to one
+//!   trap block per function (see `trap_blocks.rs`), which computes the effective address and
+//!   calls a handler that prints `wasmfix: null pointer dereference at address 0x… in
+//!   <function>` or `wasmfix: write to read-only data at address 0x… in <function>` (when the
+//!   module imports WASI `fd_write`) and traps. No call is made on the checked path. Offsets
+//!   checked at least twice in a function against the null page alone get a trap block of their
+//!   own, up to 24: the check is then `(address) local.get $a… i32.const G-off; i32.lt_u;
+//!   br_if $off` without the `i32.const off … drop`, the address left on the stack for the
+//!   access (the block adds the offset).
+//! - An access through `local.get L` (or `local.tee L`, or `local.get L; i32.const c;
+//!   i32.add`) is left unchecked when an earlier check proves `L ≥ G - off - c` (`Known`): a
+//!   check (branching or rebased) of `L + c'` at offset `off'` that did not stop the program
+//!   establishes `L + c' + off' ≥ G`; the fact lasts until `L` is written, and is carried
+//!   through `block`/`if`/`loop` as a must-analysis (a fact holds at a join only when it holds on
+//!   every edge into it; a loop keeps only facts about locals it does not write). A branching
+//!   check through `L + c` compares `L` itself against `G - off - c`. Neither sees an address
+//!   whose `i32.add` wraps past 4 GiB into the null page: such an access is missed, never
+//!   stopped wrongly (the check only makes the program stop less often than the exact test).
+//!
+//! Measured on Pyodide 314.0.7 (`--passes bounds`, size growth / eval-time ratio on
+//! bench/pyodide's workload, node 20, medians of 9 interleaved rounds at load 17-21, so ±10%):
+//! inline branch per access (before): +49% / 1.17x; rebased loads, offset trap blocks, known
+//! lower bounds, store values held back behind their checks: +20.3% / 1.07x; the same without
+//! holding values back (now, see `DEFER_STORE_VALUES`): +23.5%; with `--bounds-precise`
+//! (branches for loads): +29.7%.
+//! Alternatives considered: a shared check helper called per access (binaryen `--safe-heap`'s
+//! shape: +10% size on Ruby but a call per access, 4.6x run time on the Ruby workload, which
+//! neither V8 nor wasmtime inlines); checking only the first access of a base per block (a
+//! subset of the lower-bound analysis above).
 //!
 //! Left unchecked, because their address is provably outside both ranges: offsets at or above
 //! the checked range's end (the wasm address computation does not wrap), constant addresses
@@ -29,15 +73,29 @@
 //! stack addresses lie in the stack region, which is outside both ranges. Also unchecked: SIMD
 //! lane and splat loads, atomics, and `memory.fill`/`memory.copy`/`memory.init` destinations.
 //!
+//! A store of the constant zero (`i32.const 0` / `i64.const 0` / +0.0 right before the store)
+//! is not checked against the null page in stop mode, only against read-only data: the null
+//! page holds zeros (no data segment lies there) and every load from it is checked, so such a
+//! store changes nothing the program can see. This is the class of wasi-libc's benign
+//! `__secs_to_zone` write (WebAssembly/wasi-libc#506: `*oppoff = 0` through the NULL that
+//! `__localtime_r` passes, on every `localtime` call; after wasm-opt inlines it, `i32.const 0;
+//! i32.const 0; i32.store`), which would otherwise stop every such program, named or not.
+//! Report mode checks and shows them too.
+//!
+//! Report mode (`--harden-mode report`): no trap block; each check is `if (address in range)
+//! { report once }` and the access follows as in the original, so the program goes on exactly
+//! as it would have; each access site reports once (`OnceFlag`). `--harden-allow FUNC` leaves
+//! a function unchecked.
+//!
 //! Executions without such an access run the same instructions plus comparisons that are false.
 //!
 //! Refuses: memory64, shared memory, several memories.
 
 use super::trap_blocks::{At, TrapBlocks};
 use super::{Pass, PassCx, PassReport};
-use crate::diag::{Message, store_text};
+use crate::diag::{Diagnostics, Message, OnError, OnceFlags, store_text};
 use crate::edit::{BodyCx, BodyRewriter};
-use crate::facts::StackLayout;
+use crate::facts::{Facts, StackLayout};
 use crate::module::Module;
 use anyhow::Result;
 use std::collections::HashMap;
@@ -79,20 +137,20 @@ impl Pass for Bounds {
         let shift = cx.edits.stack_relocated;
         let stack_first =
             shift.is_some() || matches!(&facts.stack, Ok(r) if r.layout == StackLayout::StackFirst);
-        let null_end = match (&facts.data, stack_first) {
-            (_, true) | (None, _) => 0,
-            (Some(d), false) => d.low,
+        let (null_end, null_how) = match (&facts.global_base, stack_first) {
+            (_, true) => (0, "no null page: the stack lies at address 0".to_string()),
+            (Ok(g), false) if g.value == 0 => (0, format!("no null page: {}", g.how)),
+            (Ok(g), false) => (g.value.min(u32::MAX as u64), g.how.clone()),
+            (Err(why), false) => (0, format!("null page not checked: {why}")),
         };
-        let (read_only, ro_how) = read_only_data(m);
+        let (read_only, ro_how) = read_only_data(m, facts);
         let read_only = read_only.map(|(lo, hi)| {
             let by = shift.unwrap_or(0) as u32;
             (lo.saturating_add(by), hi.saturating_add(by))
         });
         let mut notes = Vec::new();
-        if stack_first {
-            notes.push("no null page: the stack lies at address 0".to_string());
-        } else if null_end == 0 {
-            notes.push("no null page: the module has no data".to_string());
+        if null_end == 0 {
+            notes.push(null_how.clone());
         }
         if read_only.is_none() {
             notes.push(format!("read-only data not checked: {ro_how}"));
@@ -103,22 +161,90 @@ impl Pass for Bounds {
         let ranges = Ranges::new(null_end as u32, read_only);
         let sp = facts.stack_pointer.as_ref().ok().map(|s| s.value);
 
-        // Functions with accesses to check, ascending.
+        let mode = cx.options.on_error;
+        // Functions with accesses to check, ascending, and how many accesses each has.
         let mut checked = Vec::new();
-        let mut several_results = 0;
+        let mut accesses = Vec::new();
+        let (mut several_results, mut allowed) = (0, 0);
         for (i, body) in m.bodies.iter().enumerate() {
             let f = m.imported_funcs + i as u32;
-            if !accesses_memory(body) {
+            let n = count_accesses(body);
+            if n == 0 {
                 continue;
             }
             if m.func_sig(f).is_none_or(|s| s.results().len() > 1) {
                 several_results += 1;
                 continue;
             }
+            if cx.options.allowed(facts, f) {
+                allowed += 1;
+                continue;
+            }
             checked.push(f);
+            accesses.push(n);
         }
+        let warnings = cx.options.unmatched_allows(m, facts);
         let edits = &mut *cx.edits;
-        let handler = handler(m, edits, null_end as u32);
+        if mode == OnError::Report && !Diagnostics::available(m, edits) {
+            return Ok(nothing(
+                "report mode, but the module cannot write messages (it imports no WASI \
+                 fd_write): nothing to report"
+                    .into(),
+            ));
+        }
+        // Report mode: each checked access reports once.
+        let mut flags = HashMap::new();
+        if mode == OnError::Report {
+            for (&f, &n) in checked.iter().zip(&accesses) {
+                if let Some(range) = Diagnostics::once_flags(m, edits, n) {
+                    flags.insert(f, range);
+                }
+            }
+        }
+        let handler = handler(m, edits, null_end as u32, mode);
+        let rebase_loads = mode == OnError::Stop && !cx.options.bounds_precise;
+        let mut unneeded = 0;
+        let input_locals: HashMap<u32, u32> = checked
+            .iter()
+            .map(|&f| {
+                let body = &m.bodies[(f - m.imported_funcs) as usize];
+                let params = m.func_sig(f).map_or(0, |s| s.params().len() as u32);
+                let declared: u32 = body
+                    .get_locals_reader()
+                    .map(|r| r.into_iter().flatten().map(|(n, _)| n).sum())
+                    .unwrap_or(0);
+                (f, params + declared)
+            })
+            .collect();
+        // Stop mode: a dry run over each function decides which accesses need a check (the
+        // others are provably fine or follow from earlier checks); functions left without a
+        // check are not rewritten, and the offsets checked at least twice get trap blocks.
+        let mut plans: HashMap<u32, Plan> = HashMap::new();
+        if mode == OnError::Stop {
+            let mut planner = Checks {
+                ranges,
+                sp,
+                handler,
+                unnamed: None,
+                names: HashMap::new(),
+                checked: Vec::new(),
+                mode,
+                flags: HashMap::new(),
+                input_locals: input_locals.clone(),
+                plans: HashMap::new(),
+                planning: true,
+                rebase_loads,
+                f: PerFunction::default(),
+            };
+            for &f in &checked {
+                if let Some(plan) = planner.dry_run(m, f) {
+                    plans.insert(f, plan);
+                }
+            }
+            let before = checked.len();
+            checked.retain(|f| plans.get(f).is_none_or(|p| p.branches + p.rebased > 0));
+            unneeded = before - checked.len();
+        }
         let mut names = HashMap::new();
         for &f in &checked {
             if let Some(name) = facts.function_names.get(&f)
@@ -137,7 +263,7 @@ impl Pass for Bounds {
             checked.len(),
             match null_end {
                 0 => String::new(),
-                g => format!("null page [0, {g})"),
+                g => format!("null page [0, {g}) ({null_how})"),
             },
             match read_only {
                 Some((lo, hi)) => format!(
@@ -151,28 +277,65 @@ impl Pass for Bounds {
             } else {
                 format!("; {}", notes.join("; "))
             }
-        );
+        ) + &match (allowed, mode) {
+            (0, OnError::Stop) => String::new(),
+            (0, OnError::Report) => "; report mode".to_string(),
+            (n, OnError::Stop) => format!("; {n} functions allowed (--harden-allow)"),
+            (n, OnError::Report) => {
+                format!("; report mode; {n} functions allowed (--harden-allow)")
+            }
+        };
         edits.record_applied(
             "bounds",
             serde_json::json!({ "null": [0, null_end], "read_only": read_only }),
         );
         let count = checked.len();
+        // handler_unnamed(address, function), for functions without a name: two constants
+        // fewer at each trap.
+        let unnamed = (checked.iter().any(|f| !names.contains_key(f))).then(|| {
+            let i32t = wasmparser::ValType::I32;
+            edits.add_helper(
+                m,
+                "wasmfix:bounds_fault_unnamed",
+                (&[i32t; 2], &[]),
+                &[],
+                &[
+                    Instruction::LocalGet(0),
+                    Instruction::LocalGet(1),
+                    Instruction::I32Const(0),
+                    Instruction::I32Const(0),
+                    Instruction::Call(handler),
+                    Instruction::End,
+                ],
+            )
+        });
         edits.add_rewriter(Box::new(Checks {
             ranges,
             sp,
             handler,
+            unnamed,
             names,
             checked,
+            mode,
+            flags,
+            input_locals,
+            plans,
+            planning: false,
+            rebase_loads,
             f: PerFunction::default(),
         }));
         Ok(PassReport {
             pass: "bounds",
             summary,
-            warnings: Vec::new(),
+            warnings,
             details: serde_json::json!({
                 "checked_functions": count,
                 "skipped_functions_with_several_results": several_results,
+                "allowed_functions": allowed,
+                "functions_without_a_needed_check": unneeded,
+                "mode": mode,
                 "null_page": [0, null_end],
+                "null_page_found_by": null_how,
                 "read_only": read_only,
                 "read_only_found_by": ro_how,
             }),
@@ -181,22 +344,14 @@ impl Pass for Bounds {
 }
 
 /// `[low, high)` of the data segments named `.rodata…`, or why it is unknown.
-fn read_only_data(m: &Module<'_>) -> (Option<(u32, u32)>, String) {
-    let Some(section) = m.custom("name") else {
+fn read_only_data(m: &Module<'_>, facts: &Facts) -> (Option<(u32, u32)>, String) {
+    if m.custom("name").is_none() {
         return (
             None,
             "no name section, so no data segment names (keep `name`)".into(),
         );
-    };
-    let mut data_names: HashMap<u32, String> = HashMap::new();
-    let reader = wasmparser::NameSectionReader::new(m.section_reader(section));
-    for sub in reader.into_iter().flatten() {
-        if let wasmparser::Name::Data(map) = sub {
-            for naming in map.into_iter().flatten() {
-                data_names.insert(naming.index, naming.name.to_string());
-            }
-        }
     }
+    let data_names = &facts.data_names;
     if data_names.is_empty() {
         return (None, "the name section has no data segment names".into());
     }
@@ -235,16 +390,16 @@ fn read_only_data(m: &Module<'_>) -> (Option<(u32, u32)>, String) {
     )
 }
 
-fn accesses_memory(body: &wasmparser::FunctionBody<'_>) -> bool {
+/// The number of checked-kind accesses in a body.
+fn count_accesses(body: &wasmparser::FunctionBody<'_>) -> u32 {
     let Ok(mut ops) = body.get_operators_reader() else {
-        return false;
+        return 0;
     };
+    let mut n = 0;
     while let Ok(op) = ops.read() {
-        if access(&op).is_some() {
-            return true;
-        }
+        n += u32::from(access(&op).is_some());
     }
-    false
+    n
 }
 
 /// Whether `op` is a checked load (false) or store (true), with its offset (one memory: the
@@ -321,10 +476,12 @@ impl Ranges {
     }
 
     /// The ranges a load (`store` false) or store must avoid, as `[low, high)`; adjacent ones
-    /// merged so that most stores need one comparison.
-    fn for_access(&self, store: bool) -> Vec<(u32, u32)> {
+    /// merged so that most stores need one comparison. A store of the constant zero
+    /// (`zero`) only avoids read-only data: the null page holds zeros and stays so (see the
+    /// header).
+    fn for_access(&self, store: bool, zero: bool) -> Vec<(u32, u32)> {
         let mut out = Vec::new();
-        if self.null_end > 0 {
+        if self.null_end > 0 && !zero {
             out.push((0, self.null_end));
         }
         if let (true, Some((lo, hi))) = (store, self.read_only) {
@@ -337,15 +494,22 @@ impl Ranges {
     }
 }
 
-/// handler(address, function, name_offset, name_len): the message, then a trap.
-fn handler(m: &Module<'_>, edits: &mut crate::edit::Edits<'_>, null_end: u32) -> u32 {
+/// handler(address, function, name_offset, name_len): the message, then a trap (stop mode)
+/// or a return (report mode).
+fn handler(
+    m: &Module<'_>,
+    edits: &mut crate::edit::Edits<'_>,
+    null_end: u32,
+    mode: OnError,
+) -> u32 {
     let (address, func, name_offset, name_len) = (0, 1, 2, 3);
-    let mut body = vec![
+    let mut body = Message::start(m, edits, mode).instructions;
+    body.extend([
         Instruction::LocalGet(address),
         Instruction::I32Const(null_end as i32),
         Instruction::I32LtU,
         Instruction::If(BlockType::Empty),
-    ];
+    ]);
     body.extend(
         Message::new()
             .text(m, edits, "wasmfix: null pointer dereference at address ")
@@ -386,10 +550,14 @@ fn handler(m: &Module<'_>, edits: &mut crate::edit::Edits<'_>, null_end: u32) ->
             .instructions,
     );
     body.push(Instruction::End);
-    body.extend(Message::new().text(m, edits, "\n").trap(m, edits));
+    body.extend(Message::new().text(m, edits, "\n").end(m, edits, mode));
     body.push(Instruction::End);
     let i32t = wasmparser::ValType::I32;
-    edits.add_helper(m, "wasmfix:bounds_fault", (&[i32t; 4], &[]), &[], &body)
+    let name = match mode {
+        OnError::Stop => "wasmfix:bounds_fault",
+        OnError::Report => "wasmfix:bounds_report",
+    };
+    edits.add_helper(m, name, (&[i32t; 4], &[]), &[], &body)
 }
 
 struct Checks {
@@ -399,6 +567,19 @@ struct Checks {
     names: HashMap<u32, (u32, u32)>,
     /// Functions with accesses to check, ascending.
     checked: Vec<u32>,
+    mode: OnError,
+    /// Report mode: one flag per access of each checked function.
+    flags: HashMap<u32, OnceFlags>,
+    /// Parameters and declared locals of each checked function.
+    input_locals: HashMap<u32, u32>,
+    /// `handler_unnamed`, when some function has no name.
+    unnamed: Option<u32>,
+    /// Stop mode: what the dry run found per function.
+    plans: HashMap<u32, Plan>,
+    /// This instance only does the dry run: it records the checks instead of emitting them.
+    planning: bool,
+    /// Stop mode without `--bounds-precise`: loads are rebased instead of branching.
+    rebase_loads: bool,
     f: PerFunction,
 }
 
@@ -412,7 +593,19 @@ struct PerFunction {
     /// Locals that hold a stack address wherever they are read (see `frame_locals`).
     frame: Vec<u32>,
     /// The last two instructions received, for the provably fine addresses.
-    last: [Option<Instruction<'static>>; 2],
+    last: [Option<Instruction<'static>>; 4],
+    /// Report mode: the function's flags, and the number of accesses seen so far.
+    flags: OnceFlags,
+    sites: u32,
+    /// Offsets with a trap block of their own (block `1 + k` for `offsets[k]`).
+    offsets: Vec<u64>,
+    /// Dry run: the checks found.
+    planned: Vec<Planned>,
+    /// Whether the function has trap blocks (it has branching checks).
+    trap_blocks: bool,
+    /// A value instruction received but not emitted yet (see `instruction`).
+    pending: Option<Instruction<'static>>,
+    known: Known,
 }
 
 /// Locals written exactly once, at the top level of the function, from `global.get sp` or
@@ -458,6 +651,53 @@ fn frame_locals(ops: &[(O<'_>, u64)], sp: u32) -> Vec<u32> {
 }
 
 impl Checks {
+    /// Runs this planning instance over function `f` and says what it would check.
+    fn dry_run(&mut self, m: &Module<'_>, f: u32) -> Option<Plan> {
+        let body = m.bodies.get(f.checked_sub(m.imported_funcs)? as usize)?;
+        let sig = m.func_sig(f)?;
+        let declared = self.input_locals.get(&f)? - sig.params().len() as u32;
+        let mut reader = body.get_operators_reader().ok()?;
+        let mut ops = Vec::new();
+        while !reader.eof() {
+            ops.push(reader.read_with_offset().ok()?);
+        }
+        let mut cx = BodyCx::new(f, sig, declared, &ops);
+        self.prologue(&mut cx, &mut Vec::new());
+        let mut sink = Vec::new();
+        for (op, offset) in &ops {
+            cx.offset = *offset;
+            let ins = RoundtripReencoder.instruction(op.clone()).ok()?;
+            self.instruction(&mut cx, ins, &mut sink);
+            sink.clear();
+        }
+        Some(plan_of(&std::mem::take(&mut self.f.planned)))
+    }
+
+    /// The `k`-th instruction received before the current one (0: the last).
+    fn back(&self, k: usize) -> Option<&Instruction<'static>> {
+        self.f.last.get(3 - k)?.as_ref()
+    }
+
+    fn remember(&mut self, ins: Option<Instruction<'static>>) {
+        self.f.last.rotate_left(1);
+        self.f.last[3] = ins;
+    }
+
+    /// The local an address pushed by the instructions ending `k` back comes from, and the
+    /// constant added to it (`local.get L` / `local.tee L`: 0; `local.get L; i32.const c;
+    /// i32.add`: c, when 0 ≤ c < 2^31).
+    fn address_local(&self, k: usize) -> Option<(u32, u64)> {
+        match (self.back(k), self.back(k + 1), self.back(k + 2)) {
+            (Some(Instruction::LocalGet(l) | Instruction::LocalTee(l)), _, _) => Some((*l, 0)),
+            (
+                Some(Instruction::I32Add),
+                Some(Instruction::I32Const(c)),
+                Some(Instruction::LocalGet(l)),
+            ) if *c >= 0 => Some((*l, *c as u64)),
+            _ => None,
+        }
+    }
+
     /// Whether the address of the access being rewritten is provably outside every range.
     fn provably_fine(&self, store: bool, offset: u64, ranges: &[(u32, u32)]) -> bool {
         let end = ranges.iter().map(|r| r.1 as u64).max().unwrap_or(0);
@@ -467,7 +707,7 @@ impl Checks {
         // The instruction that produced the address: the last one for a load; for a store,
         // the one before a simple value producer.
         let producer = if store {
-            match &self.f.last[1] {
+            match self.back(0) {
                 Some(
                     Instruction::LocalGet(_)
                     | Instruction::I32Const(_)
@@ -475,11 +715,11 @@ impl Checks {
                     | Instruction::F32Const(_)
                     | Instruction::F64Const(_)
                     | Instruction::GlobalGet(_),
-                ) => self.f.last[0].as_ref(),
+                ) => self.back(1),
                 _ => None,
             }
         } else {
-            self.f.last[1].as_ref()
+            self.back(0)
         };
         match producer {
             Some(Instruction::GlobalGet(g)) => Some(*g) == self.sp,
@@ -516,19 +756,44 @@ impl BodyRewriter for Checks {
             Some(sp) => frame_locals(cx.original, sp),
             None => Vec::new(),
         };
+        let input_locals = self.input_locals.get(&cx.func).copied().unwrap_or(0);
         self.f = PerFunction {
+            known: match self.mode {
+                OnError::Stop => Known::new(cx.original, input_locals),
+                OnError::Report => Known::default(),
+            },
             address: cx.add_local(ValType::I32),
             frame,
+            flags: self.flags.get(&cx.func).cloned().unwrap_or_default(),
             ..PerFunction::default()
         };
+        if self.mode == OnError::Report {
+            // Checks report inline and go on: no trap block.
+            return;
+        }
         let results = match cx.sig.results() {
             [] => BlockType::Empty,
             [t] => BlockType::Result(RoundtripReencoder.val_type(*t).expect("a value type")),
             _ => unreachable!("functions with several results are not checked"),
         };
-        self.f
-            .blocks
-            .open(&[BlockType::Result(ValType::I32)], results, out);
+        // Trap blocks, innermost first: one that receives an offset (the scratch local holds
+        // the address), one per frequent offset that receives the address the access uses
+        // (its code adds the difference to the next offset, so falling through them adds the
+        // offset), and the one that receives the effective address and stops.
+        if self.planning {
+            return;
+        }
+        let plan = self.plans.get(&cx.func).cloned().unwrap_or_default();
+        self.f.offsets = plan.offsets;
+        let n = self.f.offsets.len();
+        // Only rebased loads: no trap block, only `$body` (so that the end of the body is
+        // found as in the other functions).
+        let traps = match plan.branches {
+            0 => Vec::new(),
+            _ => vec![BlockType::Result(ValType::I32); n + 2],
+        };
+        self.f.trap_blocks = !traps.is_empty();
+        self.f.blocks.open(&traps, results, out);
     }
 
     fn instruction<'i>(
@@ -537,69 +802,722 @@ impl BodyRewriter for Checks {
         mut ins: Instruction<'i>,
         out: &mut Vec<Instruction<'i>>,
     ) {
+        if self.mode == OnError::Report {
+            self.report_instruction(cx, ins, out);
+            return;
+        }
         let remembered = instruction_to_static(&ins);
-        match self.f.blocks.track(&mut ins) {
-            At::Outside => out.push(ins),
+        let pending = self.f.pending.take();
+        let at = match self.planning {
+            true => At::Body,
+            false => self.f.blocks.track(&mut ins),
+        };
+        match at {
+            At::Outside => {
+                out.extend(pending);
+                out.push(ins);
+            }
             At::End => {
-                let mut trap = vec![
-                    Instruction::LocalGet(self.f.address),
-                    Instruction::I32Add,
-                    Instruction::I32Const(cx.func as i32),
-                ];
-                let (offset, len) = self.names.get(&cx.func).copied().unwrap_or((0, 0));
-                trap.extend([
-                    Instruction::I32Const(offset as i32),
-                    Instruction::I32Const(len as i32),
-                    Instruction::Call(self.handler),
-                    Instruction::Unreachable,
-                ]);
-                self.f.blocks.close(&[], &[trap], ins, out);
+                out.extend(pending);
+                let traps = match self.f.trap_blocks {
+                    true => self.trap_code(cx.func),
+                    false => Vec::new(),
+                };
+                self.f.blocks.close(&[], &traps, ins, out);
             }
             At::Body => {
-                if let Some((store, offset, ty)) = access_ins(&ins) {
-                    let ranges = self.ranges.for_access(store);
-                    if !ranges.is_empty() && !self.provably_fine(store, offset, &ranges) {
-                        let value = store.then(|| self.value_local(cx, ty));
-                        if let Some(v) = value {
-                            out.push(Instruction::LocalSet(v));
+                self.f.known.observe(&ins, cx.offset);
+                match access_ins(&ins) {
+                    Some((store, offset, ty)) => {
+                        match self.check(cx, store, offset, ty, pending, out) {
+                            Some(rebased) => out.push(with_offset(ins, rebased)),
+                            None => out.push(ins),
                         }
-                        out.push(Instruction::LocalSet(self.f.address));
-                        let depth = self.f.blocks.trap_depth(0);
-                        for (lo, hi) in ranges {
-                            // addr + offset in [lo, hi)  ⟺  addr - (lo - offset) < hi - lo,
-                            // unsigned (an address that wraps past 4 GiB is out of bounds and
-                            // traps either way)
-                            if offset >= hi as u64 {
-                                continue;
-                            }
-                            out.push(Instruction::I32Const(offset as i32));
-                            out.push(Instruction::LocalGet(self.f.address));
-                            if lo as u64 <= offset {
-                                // addr + offset >= lo always: addr < hi - offset
-                                out.push(Instruction::I32Const((hi as u64 - offset) as i32));
-                            } else {
-                                out.extend([
-                                    Instruction::I32Const((lo as u64 - offset) as i32),
-                                    Instruction::I32Sub,
-                                    Instruction::I32Const((hi - lo) as i32),
-                                ]);
-                            }
-                            out.extend([
-                                Instruction::I32LtU,
-                                Instruction::BrIf(depth),
-                                Instruction::Drop,
-                            ]);
-                        }
-                        out.push(Instruction::LocalGet(self.f.address));
-                        if let Some(v) = value {
-                            out.push(Instruction::LocalGet(v));
+                    }
+                    None => {
+                        out.extend(pending);
+                        match &remembered {
+                            // A value a store may follow: emitted with the next instruction,
+                            // so that a store's check can come before it (see
+                            // `DEFER_STORE_VALUES`).
+                            Some(
+                                i @ (Instruction::LocalGet(_)
+                                | Instruction::I32Const(_)
+                                | Instruction::I64Const(_)
+                                | Instruction::F32Const(_)
+                                | Instruction::F64Const(_)),
+                            ) if DEFER_STORE_VALUES => self.f.pending = Some(i.clone()),
+                            _ => out.push(ins),
                         }
                     }
                 }
-                out.push(ins);
             }
         }
-        self.f.last = [self.f.last[1].take(), remembered];
+        self.remember(remembered);
+    }
+}
+
+/// What the dry run found in a function.
+#[derive(Debug, Clone, Default)]
+struct Plan {
+    /// Checks that branch to a trap block.
+    branches: u32,
+    /// Loads rebased so that a null-page address traps as out of bounds.
+    rebased: u32,
+    /// Offsets that get a trap block of their own: those of at least two checks against one
+    /// range from 0, most used first, at most [`OFFSET_BLOCKS`].
+    offsets: Vec<u64>,
+}
+
+fn plan_of(planned: &[Planned]) -> Plan {
+    let mut count: HashMap<u64, u32> = HashMap::new();
+    let mut rebased = 0;
+    for p in planned {
+        match *p {
+            Planned::Rebased => rebased += 1,
+            Planned::Branch { offset, single } if single => *count.entry(offset).or_default() += 1,
+            Planned::Branch { .. } => {}
+        }
+    }
+    let mut by: Vec<(u64, u32)> = count.into_iter().filter(|&(_, n)| n >= 2).collect();
+    by.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    by.truncate(OFFSET_BLOCKS);
+    Plan {
+        branches: planned.len() as u32 - rebased,
+        rebased,
+        offsets: by.into_iter().map(|(o, _)| o).collect(),
+    }
+}
+
+/// A check the dry run found.
+enum Planned {
+    Rebased,
+    /// A branching check of an access at `offset`; `single`: against one range from 0.
+    Branch {
+        offset: u64,
+        single: bool,
+    },
+}
+
+/// `ins` (a load or store) with memarg offset `offset`.
+fn with_offset(ins: Instruction<'_>, offset: u64) -> Instruction<'_> {
+    use Instruction::*;
+    let at = |mut m: MemArg| {
+        m.offset = offset;
+        m
+    };
+    match ins {
+        I32Load(m) => I32Load(at(m)),
+        I64Load(m) => I64Load(at(m)),
+        F32Load(m) => F32Load(at(m)),
+        F64Load(m) => F64Load(at(m)),
+        I32Load8S(m) => I32Load8S(at(m)),
+        I32Load8U(m) => I32Load8U(at(m)),
+        I32Load16S(m) => I32Load16S(at(m)),
+        I32Load16U(m) => I32Load16U(at(m)),
+        I64Load8S(m) => I64Load8S(at(m)),
+        I64Load8U(m) => I64Load8U(at(m)),
+        I64Load16S(m) => I64Load16S(at(m)),
+        I64Load16U(m) => I64Load16U(at(m)),
+        I64Load32S(m) => I64Load32S(at(m)),
+        I64Load32U(m) => I64Load32U(at(m)),
+        V128Load(m) => V128Load(at(m)),
+        other => unreachable!("only loads are rebased, not {other:?}"),
+    }
+}
+
+/// Whether a store's simple value (`local.get`, a constant) is held back and emitted after the
+/// store's check, saving the local that keeps the value. Off: the emitter's code map (and so
+/// DWARF lines) attributes output to the input instruction being rewritten, and a held-back
+/// value would land on the next instruction's line (tests/debug_info.rs). Turning it on needs a
+/// way for a rewriter to attribute output to an earlier input offset.
+const DEFER_STORE_VALUES: bool = false;
+
+/// At most this many offsets get a trap block of their own per function (deeper branch
+/// labels would need two-byte immediates).
+const OFFSET_BLOCKS: usize = 24;
+
+/// What is known about locals at the instruction being rewritten: a lower bound of the value a
+/// local holds, established by a check that stops the program otherwise (a check of `local.get
+/// L` at offset o against `[0, hi)` passed, so L ≥ hi - o). A forward must-analysis over the
+/// structured control flow: facts flow through straight-line code into the constructs it
+/// encloses; at the end of a `block`/`if` they are those that hold on every edge reaching it
+/// (falling through and each branch to its label, the missing `else`); at a `loop`'s start only
+/// facts about locals the loop does not write survive (its back edges bring no others). A write
+/// kills a local's fact. Functions with exception handling, GC casts or stack switching (edges
+/// this does not follow) get no facts.
+#[derive(Default)]
+struct Known {
+    enabled: bool,
+    /// The facts here, or `None` in unreachable code.
+    here: Option<LowerBounds>,
+    frames: Vec<KnownFrame>,
+    /// Locals written inside each `loop`, by the loop's input offset.
+    loop_writes: HashMap<u64, std::collections::HashSet<u32>>,
+    /// Locals beyond the input's (added by earlier rewriters) are not in `loop_writes`.
+    input_locals: u32,
+}
+
+/// Local → lower bound of its value.
+type LowerBounds = HashMap<u32, u32>;
+
+struct KnownFrame {
+    kind: KnownKind,
+    start: Option<LowerBounds>,
+    /// The meet of the facts at each branch to the construct's end.
+    exit: Option<LowerBounds>,
+}
+
+#[derive(PartialEq)]
+enum KnownKind {
+    Block,
+    If,
+    Else,
+    Loop,
+}
+
+/// The facts that hold on both edges (`None`: unreachable).
+fn meet(a: Option<LowerBounds>, b: &Option<LowerBounds>) -> Option<LowerBounds> {
+    match (a, b) {
+        (None, b) => b.clone(),
+        (a, None) => a,
+        (Some(mut a), Some(b)) => {
+            a.retain(|l, v| match b.get(l) {
+                Some(w) => {
+                    *v = (*v).min(*w);
+                    true
+                }
+                None => false,
+            });
+            Some(a)
+        }
+    }
+}
+
+impl Known {
+    fn new(ops: &[(O<'_>, u64)], input_locals: u32) -> Known {
+        let mut loop_writes: HashMap<u64, std::collections::HashSet<u32>> = HashMap::new();
+        // (loop offset or None for other constructs) per open construct
+        let mut open: Vec<Option<u64>> = Vec::new();
+        for (op, offset) in ops {
+            match op {
+                O::Try { .. }
+                | O::TryTable { .. }
+                | O::Delegate { .. }
+                | O::Catch { .. }
+                | O::CatchAll
+                | O::BrOnCast { .. }
+                | O::BrOnCastFail { .. }
+                | O::BrOnCastDescEq { .. }
+                | O::BrOnCastDescEqFail { .. }
+                | O::Resume { .. }
+                | O::ResumeThrow { .. }
+                | O::ResumeThrowRef { .. }
+                | O::Switch { .. } => return Known::default(),
+                O::Loop { .. } => {
+                    open.push(Some(*offset));
+                    loop_writes.entry(*offset).or_default();
+                }
+                O::Block { .. } | O::If { .. } => open.push(None),
+                O::End => {
+                    open.pop();
+                }
+                O::LocalSet { local_index } | O::LocalTee { local_index } => {
+                    for l in open.iter().flatten() {
+                        loop_writes.entry(*l).or_default().insert(*local_index);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Known {
+            enabled: true,
+            here: Some(LowerBounds::new()),
+            frames: Vec::new(),
+            loop_writes,
+            input_locals,
+        }
+    }
+
+    fn lower(&self, l: u32) -> Option<u32> {
+        self.here.as_ref()?.get(&l).copied()
+    }
+
+    fn learn(&mut self, l: u32, lower: u32) {
+        if let Some(here) = &mut self.here {
+            let v = here.entry(l).or_insert(lower);
+            *v = (*v).max(lower);
+        }
+    }
+
+    /// A branch to label `depth` from here.
+    fn branch(&mut self, depth: u32) {
+        let n = self.frames.len();
+        if let Some(f) = (depth as usize)
+            .lt(&n)
+            .then(|| &mut self.frames[n - 1 - depth as usize])
+            && f.kind != KnownKind::Loop
+        {
+            f.exit = meet(f.exit.take(), &self.here);
+        }
+    }
+
+    /// Follows `ins` (at input offset `offset`).
+    fn observe(&mut self, ins: &Instruction<'_>, offset: u64) {
+        if !self.enabled {
+            return;
+        }
+        match ins {
+            Instruction::Block(_) | Instruction::If(_) => {
+                let kind = match ins {
+                    Instruction::If(_) => KnownKind::If,
+                    _ => KnownKind::Block,
+                };
+                self.frames.push(KnownFrame {
+                    kind,
+                    start: self.here.clone(),
+                    exit: None,
+                });
+            }
+            Instruction::Loop(_) => {
+                let writes = self.loop_writes.get(&offset);
+                let input_locals = self.input_locals;
+                if let Some(here) = &mut self.here {
+                    here.retain(|l, _| *l < input_locals && writes.is_some_and(|w| !w.contains(l)));
+                }
+                self.frames.push(KnownFrame {
+                    kind: KnownKind::Loop,
+                    start: self.here.clone(),
+                    exit: None,
+                });
+            }
+            Instruction::Else => {
+                if let Some(f) = self.frames.last_mut() {
+                    f.exit = meet(f.exit.take(), &self.here);
+                    f.kind = KnownKind::Else;
+                    self.here = f.start.clone();
+                }
+            }
+            Instruction::End => {
+                if let Some(f) = self.frames.pop() {
+                    self.here = match f.kind {
+                        KnownKind::Block | KnownKind::Else => meet(self.here.take(), &f.exit),
+                        // no `else`: the condition's false edge brings the start's facts
+                        KnownKind::If => meet(meet(self.here.take(), &f.exit), &f.start),
+                        // a loop is left by falling through its end only
+                        KnownKind::Loop => self.here.take(),
+                    };
+                }
+            }
+            Instruction::Br(d) => {
+                self.branch(*d);
+                self.here = None;
+            }
+            Instruction::BrIf(d) | Instruction::BrOnNull(d) | Instruction::BrOnNonNull(d) => {
+                self.branch(*d)
+            }
+            Instruction::BrTable(targets, default) => {
+                for &t in targets.iter() {
+                    self.branch(t);
+                }
+                self.branch(*default);
+                self.here = None;
+            }
+            Instruction::Return
+            | Instruction::ReturnCall(_)
+            | Instruction::ReturnCallIndirect { .. }
+            | Instruction::ReturnCallRef(_)
+            | Instruction::Unreachable
+            | Instruction::Throw(_)
+            | Instruction::ThrowRef => self.here = None,
+            Instruction::LocalSet(l) | Instruction::LocalTee(l) => {
+                if let Some(here) = &mut self.here {
+                    here.remove(l);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Checks {
+    /// Stop mode: the check of an access at `offset` whose address (and, for a store, value)
+    /// are on the stack, with `pending` (a value instruction not emitted yet) before it.
+    /// Returns the memarg offset the access must get instead of its own when it is rebased.
+    fn check(
+        &mut self,
+        cx: &mut BodyCx<'_>,
+        store: bool,
+        offset: u64,
+        ty: ValType,
+        pending: Option<Instruction<'static>>,
+        out: &mut Vec<Instruction<'_>>,
+    ) -> Option<u64> {
+        // For a load, `pending` is its address: emitted first. For a store it is the value.
+        let pending = if store {
+            pending
+        } else {
+            out.extend(pending);
+            None
+        };
+        let zero = store && stores_zero(self.back(0));
+        let ranges = self.ranges.for_access(store, zero);
+        if ranges.is_empty() || self.provably_fine(store, offset, &ranges) {
+            out.extend(pending);
+            return None;
+        }
+        // The local the address comes from, and a constant added to it: the instructions
+        // before the access for a load, before the value for a store whose value is `pending`
+        // (`local.get L` or `local.tee L`, or `local.get L; i32.const c; i32.add`).
+        let base = match (store, &pending) {
+            (false, _) => self.address_local(0),
+            (true, Some(_)) => self.address_local(1),
+            (true, None) => None,
+        };
+        // One range from 0 (the null page, maybe merged with read-only data): a lower bound
+        // of the address local can prove the access fine, or the check establishes one. For
+        // `L + c` the access is in [0, hi) when L < hi - o - c (an address whose `i32.add` wraps
+        // past 4 GiB is not seen: checking it would need the sum, a local and two more
+        // instructions).
+        if let [(0, hi)] = ranges.as_slice() {
+            let hi = *hi as u64;
+            let need_base = base.map(|(l, c)| (l, hi.saturating_sub(offset + c)));
+            if let Some((l, need)) = need_base
+                && (need == 0 || self.f.known.lower(l).is_some_and(|b| b as u64 >= need))
+            {
+                out.extend(pending);
+                return None;
+            }
+            // A load: rebased, `(address) i32.const hi-o; i32.sub` and memarg offset hi, so
+            // that an address in [0, hi) wraps around and the access traps as out of bounds.
+            if !store && self.rebase_loads {
+                if self.planning {
+                    self.f.planned.push(Planned::Rebased);
+                } else {
+                    out.extend([
+                        Instruction::I32Const((hi - offset) as i32),
+                        Instruction::I32Sub,
+                    ]);
+                }
+                if let Some((l, need)) = need_base {
+                    self.f.known.learn(l, need as u32);
+                }
+                return Some(hi);
+            }
+            if self.planning {
+                self.f.planned.push(Planned::Branch {
+                    offset,
+                    single: true,
+                });
+                if let Some((l, need)) = need_base {
+                    self.f.known.learn(l, need as u32);
+                }
+                return None;
+            }
+            if let Some(k) = self.f.offsets.iter().position(|&o| o == offset) {
+                // (address) (L) i32.const need; i32.lt_u; br_if $o: the branch carries the
+                // address the access uses, which stays on the stack when it is not taken
+                let depth = self.f.blocks.trap_depth(1 + k as u32);
+                let compare = |need: u64| {
+                    [
+                        Instruction::I32Const(need as i32),
+                        Instruction::I32LtU,
+                        Instruction::BrIf(depth),
+                    ]
+                };
+                let a = self.f.address;
+                match (need_base, store) {
+                    (Some((l, need)), _) => {
+                        out.push(Instruction::LocalGet(l));
+                        out.extend(compare(need));
+                        out.extend(pending);
+                        self.f.known.learn(l, need as u32);
+                    }
+                    (None, false) => {
+                        out.extend([Instruction::LocalTee(a), Instruction::LocalGet(a)]);
+                        out.extend(compare(hi - offset));
+                    }
+                    (None, true) => {
+                        let value = match pending {
+                            Some(p) => p,
+                            None => {
+                                let v = self.value_local(cx, ty);
+                                out.push(Instruction::LocalSet(v));
+                                Instruction::LocalGet(v)
+                            }
+                        };
+                        out.extend([Instruction::LocalTee(a), Instruction::LocalGet(a)]);
+                        out.extend(compare(hi - offset));
+                        out.push(value);
+                    }
+                }
+                return None;
+            }
+        }
+        if self.planning {
+            self.f.planned.push(Planned::Branch {
+                offset,
+                single: false,
+            });
+            if let (Some((l, c)), [(0, hi)]) = (base, ranges.as_slice())
+                && (*hi as u64) > offset + c
+            {
+                self.f.known.learn(l, (*hi as u64 - offset - c) as u32);
+            }
+            return None;
+        }
+        if !self.f.trap_blocks {
+            // The dry run found no branching check here (the instructions differ from the
+            // input's): an inline one.
+            self.inline_check(cx, store, offset, ty, pending, &ranges, out);
+            return None;
+        }
+        // Otherwise through the scratch locals: the branch carries the offset.
+        let value = store.then(|| self.value_local(cx, ty));
+        match (value, &pending) {
+            (Some(_), Some(p)) => {
+                // The value is still to come: only the address is on the stack.
+                out.push(Instruction::LocalSet(self.f.address));
+                self.offset_checks(offset, &ranges, out);
+                out.push(Instruction::LocalGet(self.f.address));
+                out.push(p.clone());
+            }
+            (Some(v), None) => {
+                out.push(Instruction::LocalSet(v));
+                out.push(Instruction::LocalSet(self.f.address));
+                self.offset_checks(offset, &ranges, out);
+                out.extend([
+                    Instruction::LocalGet(self.f.address),
+                    Instruction::LocalGet(v),
+                ]);
+            }
+            (None, _) => {
+                out.extend(pending.clone());
+                out.push(Instruction::LocalSet(self.f.address));
+                self.offset_checks(offset, &ranges, out);
+                out.push(Instruction::LocalGet(self.f.address));
+            }
+        }
+        // The address passed: L + c + o ≥ hi, whether or not L + c wrapped.
+        if let (Some((l, c)), [(0, hi)]) = (base, ranges.as_slice())
+            && (*hi as u64) > offset + c
+        {
+            self.f.known.learn(l, (*hi as u64 - offset - c) as u32);
+        }
+        None
+    }
+
+    /// A check without trap blocks: `if (address in range) { stop }` for each range.
+    #[allow(clippy::too_many_arguments)]
+    fn inline_check(
+        &mut self,
+        cx: &mut BodyCx<'_>,
+        store: bool,
+        offset: u64,
+        ty: ValType,
+        pending: Option<Instruction<'static>>,
+        ranges: &[(u32, u32)],
+        out: &mut Vec<Instruction<'_>>,
+    ) {
+        let value = match (store, pending) {
+            (true, Some(p)) => Some(p),
+            (true, None) => {
+                let v = self.value_local(cx, ty);
+                out.push(Instruction::LocalSet(v));
+                Some(Instruction::LocalGet(v))
+            }
+            (false, p) => {
+                out.extend(p);
+                None
+            }
+        };
+        out.push(Instruction::LocalSet(self.f.address));
+        let (name_offset, name_len) = self.names.get(&cx.func).copied().unwrap_or((0, 0));
+        for &(lo, hi) in ranges {
+            if offset >= hi as u64 {
+                continue;
+            }
+            out.push(Instruction::LocalGet(self.f.address));
+            if lo as u64 <= offset {
+                out.push(Instruction::I32Const((hi as u64 - offset) as i32));
+            } else {
+                out.extend([
+                    Instruction::I32Const((lo as u64 - offset) as i32),
+                    Instruction::I32Sub,
+                    Instruction::I32Const((hi - lo) as i32),
+                ]);
+            }
+            out.extend([
+                Instruction::I32LtU,
+                Instruction::If(BlockType::Empty),
+                Instruction::LocalGet(self.f.address),
+                Instruction::I32Const(offset as i32),
+                Instruction::I32Add,
+                Instruction::I32Const(cx.func as i32),
+                Instruction::I32Const(name_offset as i32),
+                Instruction::I32Const(name_len as i32),
+                Instruction::Call(self.handler),
+                Instruction::Unreachable,
+                Instruction::End,
+            ]);
+        }
+        out.push(Instruction::LocalGet(self.f.address));
+        out.extend(value);
+    }
+
+    /// For each range: `i32.const off; (address in range); br_if $offset; drop`, the address in
+    /// the scratch local.
+    fn offset_checks(&self, offset: u64, ranges: &[(u32, u32)], out: &mut Vec<Instruction<'_>>) {
+        let depth = self.f.blocks.trap_depth(0);
+        for &(lo, hi) in ranges {
+            // addr + offset in [lo, hi)  ⟺  addr - (lo - offset) < hi - lo, unsigned (an
+            // address that wraps past 4 GiB is out of bounds and traps either way)
+            if offset >= hi as u64 {
+                continue;
+            }
+            out.push(Instruction::I32Const(offset as i32));
+            out.push(Instruction::LocalGet(self.f.address));
+            if lo as u64 <= offset {
+                // addr + offset >= lo always: addr < hi - offset
+                out.push(Instruction::I32Const((hi as u64 - offset) as i32));
+            } else {
+                out.extend([
+                    Instruction::I32Const((lo as u64 - offset) as i32),
+                    Instruction::I32Sub,
+                    Instruction::I32Const((hi - lo) as i32),
+                ]);
+            }
+            out.extend([
+                Instruction::I32LtU,
+                Instruction::BrIf(depth),
+                Instruction::Drop,
+            ]);
+        }
+    }
+
+    /// The trap blocks' code (see `prologue`): offset + address; per frequent offset, the
+    /// difference to the next one; the stop with the effective address.
+    fn trap_code(&self, func: u32) -> Vec<Vec<Instruction<'static>>> {
+        let n = self.f.offsets.len();
+        let mut traps = Vec::with_capacity(n + 2);
+        let mut first = vec![Instruction::LocalGet(self.f.address), Instruction::I32Add];
+        if n > 0 {
+            // over the offset blocks, to the stop
+            first.push(Instruction::Br(n as u32));
+        }
+        traps.push(first);
+        for (k, &o) in self.f.offsets.iter().enumerate() {
+            let next = self.f.offsets.get(k + 1).copied().unwrap_or(0);
+            traps.push(vec![
+                Instruction::I32Const(o.wrapping_sub(next) as u32 as i32),
+                Instruction::I32Add,
+            ]);
+        }
+        let stop = match (self.names.get(&func), self.unnamed) {
+            (None, Some(unnamed)) => vec![
+                Instruction::I32Const(func as i32),
+                Instruction::Call(unnamed),
+                Instruction::Unreachable,
+            ],
+            (name, _) => {
+                let (name_offset, name_len) = name.copied().unwrap_or((0, 0));
+                vec![
+                    Instruction::I32Const(func as i32),
+                    Instruction::I32Const(name_offset as i32),
+                    Instruction::I32Const(name_len as i32),
+                    Instruction::Call(self.handler),
+                    Instruction::Unreachable,
+                ]
+            }
+        };
+        traps.push(stop);
+        traps
+    }
+
+    /// Report mode: every access checked inline (see `report_checks`).
+    fn report_instruction<'i>(
+        &mut self,
+        cx: &mut BodyCx<'_>,
+        ins: Instruction<'i>,
+        out: &mut Vec<Instruction<'i>>,
+    ) {
+        let remembered = instruction_to_static(&ins);
+        if let Some((store, offset, ty)) = access_ins(&ins) {
+            let site = self.f.sites;
+            self.f.sites += 1;
+            // Report mode shows zero stores into the null page too.
+            let ranges = self.ranges.for_access(store, false);
+            if !ranges.is_empty() && !self.provably_fine(store, offset, &ranges) {
+                let value = store.then(|| self.value_local(cx, ty));
+                if let Some(v) = value {
+                    out.push(Instruction::LocalSet(v));
+                }
+                out.push(Instruction::LocalSet(self.f.address));
+                self.report_checks(cx.func, site, offset, &ranges, out);
+                out.push(Instruction::LocalGet(self.f.address));
+                if let Some(v) = value {
+                    out.push(Instruction::LocalGet(v));
+                }
+            }
+        }
+        out.push(ins);
+        self.remember(remembered);
+    }
+}
+
+/// Whether the instruction before a store, `value`, pushes a zero (any type): that store
+/// cannot change the null page.
+fn stores_zero(value: Option<&Instruction<'static>>) -> bool {
+    match value {
+        Some(Instruction::I32Const(0) | Instruction::I64Const(0)) => true,
+        Some(Instruction::F32Const(x)) => x.bits() == 0,
+        Some(Instruction::F64Const(x)) => x.bits() == 0,
+        _ => false,
+    }
+}
+
+impl Checks {
+    /// Report mode: for each range, `if (address in range) { report once }`; the access
+    /// follows as in the original.
+    fn report_checks(
+        &self,
+        func: u32,
+        site: u32,
+        offset: u64,
+        ranges: &[(u32, u32)],
+        out: &mut Vec<Instruction<'_>>,
+    ) {
+        let (name_offset, name_len) = self.names.get(&func).copied().unwrap_or((0, 0));
+        for &(lo, hi) in ranges {
+            if offset >= hi as u64 {
+                continue;
+            }
+            out.push(Instruction::LocalGet(self.f.address));
+            if lo as u64 <= offset {
+                out.push(Instruction::I32Const((hi as u64 - offset) as i32));
+            } else {
+                out.extend([
+                    Instruction::I32Const((lo as u64 - offset) as i32),
+                    Instruction::I32Sub,
+                    Instruction::I32Const((hi - lo) as i32),
+                ]);
+            }
+            out.extend([Instruction::I32LtU, Instruction::If(BlockType::Empty)]);
+            let report = vec![
+                Instruction::LocalGet(self.f.address),
+                Instruction::I32Const(offset as i32),
+                Instruction::I32Add,
+                Instruction::I32Const(func as i32),
+                Instruction::I32Const(name_offset as i32),
+                Instruction::I32Const(name_len as i32),
+                Instruction::Call(self.handler),
+            ];
+            match self.f.flags.get(site) {
+                Some(flag) => out.extend(flag.guard(report)),
+                None => out.extend(report),
+            }
+            out.push(Instruction::End);
+        }
     }
 }
 
@@ -612,6 +1530,8 @@ fn instruction_to_static(ins: &Instruction<'_>) -> Option<Instruction<'static>> 
         Instruction::I64Const(c) => Instruction::I64Const(*c),
         Instruction::F32Const(c) => Instruction::F32Const(*c),
         Instruction::F64Const(c) => Instruction::F64Const(*c),
+        Instruction::LocalTee(l) => Instruction::LocalTee(*l),
+        Instruction::I32Add => Instruction::I32Add,
         _ => return None,
     })
 }

@@ -8,63 +8,108 @@
 //! ([`crate::sig::castable`]).
 //!
 //! What it inserts. For each funcref table and each signature `T` used by a `call_indirect`
-//! on it that can reach a table entry of another castable signature `U`:
-//! - one adapter function per `(U, T)` pair actually present, typed `T`: it passes its
-//!   arguments on as `U` wants them, calls slot `index` of the original table through
-//!   `call_indirect (type U)`, and adapts the result. `index` comes from one global,
-//!   `wasmfix:fpcast_index`, written by the call site just before the call.
-//! - a shadow table `s_T` the size of the original table. When the original table cannot change
-//!   at run time (not imported, not exported, no `table.set/grow/fill/copy/init` in code),
-//!   slot *i* of `s_T` holds the original entry when its type is `T` or not castable to `T`,
-//!   and the `(U, T)` adapter when it is castable; the call site becomes
-//!   `global.set index; global.get index; call_indirect (type T) s_T`.
-//!   When the table can change, `s_T` holds only the adapters (null elsewhere) and the site
-//!   calls a dispatch function that uses the adapter when `s_T` has one for the slot and
-//!   otherwise makes the original call on the original table, so entries added later behave
-//!   exactly as before.
-//! - the shadow tables are filled at instantiation by a start function (which then calls the
-//!   original start function) from two compact sources: a `br_table` function mapping each
-//!   slot to the class of its signature, and an "adapters" table indexed by (target, class),
-//!   filled by one element segment. Encoding each shadow table as element segments instead
-//!   would cost a function index per slot per target: ~5% of ruby.wasm (33 targets x 8,775
-//!   slots); this costs under 1%.
+//! on it that can reach an entry of another castable signature `U`:
+//! - one adapter per `(U, T)` pair, typed `T`: it passes its arguments on as `U` wants them,
+//!   calls slot `index` of the original table with `call_indirect (type U)` and adapts the
+//!   result. `index` is the global `wasmfix:fpcast_index`, which the site writes just before
+//!   the call and the adapter reads first.
+//! - a *view* of the table for `T`: slot i holds the original entry when it is a `T` or cannot
+//!   be cast to `T`, and the `(U, T)` adapter when it is a castable `U`. The site calls
+//!   through the view with `call_indirect (type T)`. Two designs (`--fpcast-design`), chosen
+//!   by the run's features:
+//!   * `tables` (when the run allows reference types): each view is a shadow table, filled at
+//!     instantiation by a start function (then calling the original start) from two compact
+//!     sources: a `br_table` function mapping each slot to the class of its signature, and an
+//!     "adapters" table indexed by (target, class). Encoding each shadow as element segments
+//!     instead costs a function index per slot per target (~5% of ruby.wasm, 33 targets x
+//!     8,775 slots); this costs under 1%.
+//!   * `mvp` (WebAssembly 1.0: no extra table, no `table.get/set`, no tail call unless the run
+//!     allows it): the views are appended to the table itself, `len + 1` slots each after its
+//!     original size, written by plain element segments of function indices; the table's
+//!     limits grow by that much. A site adds the view's base to the index.
+//! - the site's index goes to the view only below the table's link-time length `len` (the
+//!   slots its element segments fill); any other index goes to the view's last slot, a
+//!   *forwarder* typed `T` that makes the original call (`call_indirect (type T)` on the
+//!   original table with the stored index). A static table's shadow needs no bound: it has the
+//!   table's size, and an index past it traps as before. The bound is a `select`, no branch:
+//!   `index < len ? index : len`. In the `mvp` design the forwarder first turns an index that
+//!   points into the appended views into -1, and every other call through the table (sites
+//!   that are not adapted) does the same, so such an index traps out of bounds as it did
+//!   before the table grew.
+//!
+//! Tables that change at run time. A table that is imported, exported or grown by code
+//! (Emscripten's `__indirect_function_table`: side modules loaded by `dlopen`, `addFunction`, a
+//! host's `Table.set`) keeps its link-time entries in its views, and sends every other index to
+//! the forwarder, so entries added later are called exactly as before: a matching call costs
+//! what it costs through a static table, not a function call (Pyodide's dispatch function cost
+//! 1.20x its eval time). In those views the empty slots and the entries no cast fixes hold the
+//! forwarder too (not the entry), so a slot the host fills later is called as before. The
+//! design assumes what Emscripten does: slots are added with `table.grow`, and the only slots
+//! written again are ones added at run time (`removeFunction`/`addFunction` reuse slots they
+//! appended; `dlopen` places a side module at `__table_base`, past the link-time part). An entry
+//! present at instantiation that the host replaces later is still reached through its view (the
+//! old entry, or its adapter). Code in the module that writes computed slots
+//! (`table.set/fill/copy/init`) breaks the assumption: such a table is left alone, with a
+//! warning, unless GC is allowed (below). In the `mvp` design an exported table is larger than
+//! before (by the views): the host sees that size, and appends after the views.
+//!
+//! Entries added at run time are adapted where the engine can tell their type: when the run
+//! allows GC (the input uses it, or `--enable-gc`), the forwarder reads the entry with
+//! `table.get`, calls it as before when it is a `T` (`ref.test`), and otherwise tests it for
+//! each signature `U` it may be cast from ([`crate::sig::run_time_candidates`]: the module's
+//! castable signatures and the common C variants of `T`) and calls the `(U, T)` adapter on a
+//! match; anything else (null, out of range, not castable, a signature not tested) makes the
+//! original call and traps as before. A table of unknown contents (written by code, or filled
+//! by position-independent segments: an Emscripten side module) is then adapted entirely
+//! through the forwarder; without GC a side module is refused (naming `--enable-gc`) and any
+//! other such table is left alone with a warning. Without GC the report and `inspect` say
+//! that entries added at run time are not adapted.
 //!
 //! Why every execution that worked is unchanged: a call that did not trap called an entry
-//! whose type is `T`; `s_T` holds that same entry (static mode) or nothing (dynamic mode,
-//! original call), so the same function runs with the same arguments. Calls that trapped
-//! because the entry was null, out of range, or of a non-castable type reach the same entry
-//! (or the original table) through `call_indirect (type T)` and trap the same way. Only calls
-//! that trapped on a castable mismatch now run, through an adapter. The index global is
-//! written immediately before the call and read first thing by the adapter, so nested calls
-//! cannot disturb it.
+//! whose type is `T`. Below `len`, its view holds that same entry (copied at instantiation, or
+//! written by the same element segments), so the same function runs with the same arguments;
+//! from `len` on (and for slots empty or mismatched at link time in a changing table), the
+//! forwarder makes that same call on the original table. With GC, `ref.test (ref T)` succeeds
+//! exactly for the entries `call_indirect (type T)` accepts, and those are called unchanged.
+//! Calls that trapped because the entry was null, out of range, or of a non-castable type reach
+//! the same entry through `call_indirect (type T)` (in the view, or on the original table from
+//! the forwarder) and trap the same way; in the `mvp` design an index that would now land in
+//! the views is turned into -1 first. Only calls that trapped on a castable mismatch now run,
+//! through an adapter. The index global is written immediately before the call and read first
+//! thing by the adapter or the forwarder (which passes it to the adapter untouched), so nested
+//! calls cannot disturb it.
 //!
-//! Design choice (DESIGN.md lists three). Shadow tables + index global cost a matching call
-//! one `global.set` and one `global.get`. A type-of dispatch (a `br_table` lookup per call)
-//! costs a call and a jump-table branch on every indirect call, and `ref.test` needs the GC
-//! proposal, which Node 20's V8 does not enable. Tables that change at run time use the
-//! dispatch function because a shadow copy would miss later entries.
-//!
-//! `--fpcast-diagnose`: mismatched entries no cast can fix get, in the shadow table, a reporter
-//! typed `T` instead of the original entry; sites also record their function in a global. The
+//! `--fpcast-diagnose`: mismatched entries no cast can fix get, in the view, a reporter typed
+//! `T` instead of the original entry; sites also record their function in a global. The
 //! reporter prints `wasmfix: indirect call type mismatch in <caller>: expected <T>,
 //! table[<i>] = <entry> has <U>` (when the module imports WASI `fd_write`) and traps on
-//! `unreachable` rather than on the engine's type check: the call still never runs.
+//! `unreachable` rather than on the engine's type check: the call still never runs. It covers
+//! entries present at link time.
 //!
-//! Limits: a replaced (not appended) entry of a table that changes at run time keeps the
-//! adapter of its original signature. Tables whose element segments have non-constant offsets
-//! (position-independent code), 64-bit tables, tables whose segments write past their size
-//! (instantiation traps), sparse tables (a few entries far apart, which would make the
-//! class map large) and tables with more (entry signature, call signature) pairs than
-//! [`pair_budget`] allows for the module's size (the adapters grow with their product, so a
-//! small hostile module could make a huge output) are left alone, with a warning.
+//! Measured (`python3 bench/bench.py --sections pyodide,fpcast-designs`, at 233c482 under a
+//! load average of 15-20 on 2 cores, so a round's ratio spread 0.5-2.0x: re-run when quiet).
+//! Pyodide 314.0.7 (5 rounds x 5 calls, median eval / original; output identical in all):
+//! `tables` 0.92x (+2.8% size), `mvp` 0.97x (+15.0%), default pipeline 0.99x (+5.1%); the
+//! dispatch function this replaces measured 1.20x on a quieter machine. Size favours `tables`
+//! (ruby.wasm +0.54% against +5.8% for `mvp`: the views are written as function indices),
+//! so it stays the default whenever reference types are allowed; Ruby and mixed-loop times of
+//! the two designs were only sanity-run (one round) and are not conclusive.
+//!
+//! Limits: 64-bit tables, tables whose segments write past their size (instantiation traps),
+//! sparse tables (a few entries far apart, which would make the class map and the views
+//! large), tables with more (entry signature, call signature) pairs than [`pair_budget`]
+//! allows for the module's size (the adapters grow with their product, so a small hostile
+//! module could make a huge output), and, in the `mvp` design, imported tables (they cannot
+//! grow) and views larger than [`view_budget`], are left alone, with a warning.
 
 use super::{Pass, PassCx, PassReport};
-use crate::diag::{Message, RECORD_SCRATCH, store_bytes, store_text};
-use crate::edit::{BodyCx, BodyRewriter, NewElement, NewFunction, Sees};
+use crate::diag::{Message, RECORD_SCRATCH, StoredBytes, store_bytes, store_text};
+use crate::edit::{BodyCx, BodyRewriter, ElementItems, NewElement, NewFunction, Sees};
 use crate::facts::TableFacts;
+use crate::features::Feature;
 use crate::module::Module;
 use crate::sig::{self, castable};
-use anyhow::Result;
+use anyhow::{Result, bail};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
@@ -75,27 +120,101 @@ use wasmparser::FuncType;
 
 pub struct Fpcast;
 
-/// How the call sites of one `(table, T)` pair are rewritten.
-#[derive(Clone, Copy)]
-enum Site {
-    /// `global.set index; global.get index; call_indirect (type T) shadow`.
-    Shadow { table: u32 },
-    /// `call dispatch` (the table may change at run time).
-    Dispatch { func: u32 },
+/// Where the per-signature views of an adapted table live (`--fpcast-design`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Design {
+    /// One shadow table per call-site signature (reference types).
+    Tables,
+    /// The views appended to the adapted table itself (WebAssembly 1.0).
+    Mvp,
+}
+
+impl Design {
+    pub const ALL: [Design; 2] = [Design::Tables, Design::Mvp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Design::Tables => "tables",
+            Design::Mvp => "mvp",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Design> {
+        Design::ALL.into_iter().find(|d| d.name() == name)
+    }
+}
+
+/// What may change in a table while the module runs, which decides how its calls are adapted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// Nothing: not imported, not exported, and no instruction in the code changes it.
+    Static,
+    /// Slots may be added (by the host or `table.grow`) and empty slots filled; the entries
+    /// present at instantiation stay where they are.
+    Appended,
+    /// Any slot: code writes slots it computes (`table.set/fill/copy/init`), or the element
+    /// segments' offsets are not constants (position-independent code): no entry is known.
+    Unknown,
+}
+
+/// One call-site signature `T` adapted on a table.
+struct Target {
+    sig: FuncType,
+    /// A type index that spells `T`.
+    ty: u32,
+    sites: usize,
+    /// With GC: the signatures an entry found at run time is tested for, in order.
+    run_time: Vec<FuncType>,
 }
 
 /// The adapted signatures of one table.
 struct TablePlan<'f> {
     table: &'f TableFacts,
-    dynamic: bool,
+    reach: Reach,
     /// Class 0 is "no known function"; class c ≥ 1 is `classes[c - 1]`: a signature present
     /// in the table, with one of the type indices that spell it.
     classes: Vec<(FuncType, u32)>,
-    /// Class of every slot up to the last filled one.
+    /// Class of every slot up to the last filled one: the link-time part, `len` slots.
     slot_class: Vec<u32>,
-    /// The call-site signatures to adapt, with a type index that spells each.
-    targets: Vec<(FuncType, u32)>,
-    sites: Vec<usize>,
+    targets: Vec<Target>,
+}
+
+impl TablePlan<'_> {
+    /// Slots filled at link time end before `len`.
+    fn len(&self) -> u32 {
+        self.slot_class.len() as u32
+    }
+
+    /// (entry signature, call signature) pairs the plan may need an adapter or an item for.
+    fn pairs(&self) -> usize {
+        self.targets
+            .iter()
+            .map(|t| self.classes.len() + 1 + t.run_time.len())
+            .sum()
+    }
+
+    /// Slots the WebAssembly 1.0 design appends to the table: per target, a view of the
+    /// link-time part and the forwarder after it.
+    fn view_slots(&self) -> u64 {
+        self.targets.len() as u64 * (self.len() as u64 + 1)
+    }
+}
+
+/// How the call sites of one `(table, T)` pair are rewritten.
+#[derive(Clone, Copy)]
+enum Site {
+    /// `global.set index; global.get index; call_indirect (type T) shadow`.
+    Shadow { table: u32 },
+    /// The same, with indices from `len` on sent to `shadow[len]`, the forwarder.
+    Bounded { table: u32, len: u32 },
+    /// On the original table: slot i < len goes to `base + i`, any other to the forwarder at
+    /// `base + len`.
+    View { table: u32, base: u32, len: u32 },
+    /// `global.set index; call forwarder`.
+    Forward { func: u32 },
+    /// A call not adapted, on a table with views appended: an index that points into the
+    /// views (`start`, `span` slots) becomes -1, so it traps out of bounds as before.
+    Guard { start: u32, span: u32 },
 }
 
 impl Pass for Fpcast {
@@ -119,6 +238,13 @@ impl Pass for Fpcast {
             });
         }
         let code = facts.code(m);
+        let design = match cx.options.fpcast_design {
+            Some(d) => d,
+            None if cx.allows(Feature::ReferenceTypes) => Design::Tables,
+            None => Design::Mvp,
+        };
+        let gc = cx.allows(Feature::Gc);
+        let diagnose = cx.options.fpcast_diagnose;
         let mut warnings = Vec::new();
         let mut plans = Vec::new();
         let mut pairs_total = 0;
@@ -146,8 +272,8 @@ impl Pass for Fpcast {
                 ));
                 continue;
             }
-            // The class map and the diagnostics' slot map cover every slot up to the last
-            // filled one: keep them proportional to the module's own element segments.
+            // The class map, the views and the diagnostics' slot map cover every slot up to
+            // the last filled one: keep them proportional to the module's own element segments.
             let slots = t.contents.keys().next_back().map_or(0, |&s| s + 1);
             if slots > t.initial {
                 warnings.push(format!(
@@ -167,31 +293,86 @@ impl Pass for Fpcast {
                 ));
                 continue;
             }
-            if t.unknown_segments > 0 {
+            let reach = if t.unknown_segments > 0 || code.table_written_by_code(t.index) {
+                Reach::Unknown
+            } else if t.changes_at_run_time(code) {
+                Reach::Appended
+            } else {
+                Reach::Static
+            };
+            if reach == Reach::Unknown && !gc {
+                if t.unknown_segments > 0 && !facts.pic_markers.is_empty() {
+                    bail!(
+                        "table {} is filled at run time (element segments at non-constant \
+                         offsets: position-independent code, such as an Emscripten side module), \
+                         so the types of its entries are known only at run time: adapting the \
+                         casts through it needs ref.test, which needs gc: enable it with \
+                         --enable-gc",
+                        t.index
+                    );
+                }
+                warnings.push(if t.unknown_segments > 0 {
+                    format!(
+                        "table {} is filled by element segments at offsets that are not \
+                         constants: casts through it are not adapted (with --enable-gc they \
+                         are, typed at run time by ref.test)",
+                        t.index
+                    )
+                } else {
+                    format!(
+                        "table {} is written by code at computed slots (table.set/fill/copy/\
+                         init), so an entry may not be the one it was at instantiation: casts \
+                         through it are not adapted (with --enable-gc they are, typed at run \
+                         time by ref.test)",
+                        t.index
+                    )
+                });
+                continue;
+            }
+            if design == Design::Mvp && reach != Reach::Unknown && t.imported {
                 warnings.push(format!(
-                    "table {} is filled by element segments at non-constant offsets (position-independent code): casts through it are not adapted",
+                    "table {} is imported, so it cannot grow to hold the views of the \
+                     WebAssembly 1.0 design: casts through it are not adapted \
+                     (--enable-reference-types allows shadow tables)",
                     t.index
                 ));
                 continue;
             }
-            let diagnose = cx.options.fpcast_diagnose;
-            if let Some(plan) = plan_table(m, t, &site_types, t.changes_at_run_time(code), diagnose)
-            {
-                let pairs = plan.targets.len() * (plan.classes.len() + 1);
-                if pairs_total + pairs > pair_budget(m) {
+            let Some(plan) = plan_table(m, t, &site_types, reach, gc, diagnose) else {
+                continue;
+            };
+            let pairs = plan.pairs();
+            if pairs_total + pairs > pair_budget(m) {
+                warnings.push(format!(
+                    "table {}: {} call signatures x {} entry signatures to adapt, more than the {} pairs allowed for a module of {} bytes: casts through it are not adapted",
+                    t.index,
+                    plan.targets.len(),
+                    pairs / plan.targets.len().max(1),
+                    pair_budget(m),
+                    m.bytes.len()
+                ));
+                continue;
+            }
+            if design == Design::Mvp && reach != Reach::Unknown {
+                let limit = view_budget(m);
+                let grown = t.initial + plan.view_slots();
+                if plan.view_slots() > limit || grown > MAX_TABLE_SIZE {
                     warnings.push(format!(
-                        "table {}: {} call signatures x {} entry signatures to adapt, more than the {} pairs allowed for a module of {} bytes: casts through it are not adapted",
+                        "table {}: the WebAssembly 1.0 design would append {} slots ({} call \
+                         signatures x {} slots), more than the {limit} allowed for a module of \
+                         {} bytes or than engines allow in a table: casts through it are not \
+                         adapted (--enable-reference-types allows shadow tables)",
                         t.index,
+                        plan.view_slots(),
                         plan.targets.len(),
-                        plan.classes.len() + 1,
-                        pair_budget(m),
+                        plan.len() + 1,
                         m.bytes.len()
                     ));
                     continue;
                 }
-                pairs_total += pairs;
-                plans.push(plan);
             }
+            pairs_total += pairs;
+            plans.push(plan);
         }
         if let Some(w) = erased_cast_targets(m, facts, &plans) {
             warnings.push(w);
@@ -205,17 +386,30 @@ impl Pass for Fpcast {
             });
         }
 
-        // Shadow and adapter tables, table.get/set and ref.null (issue 14: a WebAssembly 1.0
-        // design is not built yet). Tail calls only where the run allows them.
-        cx.edits
-            .record_feature(crate::features::Feature::ReferenceTypes);
-        let tail_calls = cx.allows(crate::features::Feature::TailCall);
+        let shadow_tables =
+            design == Design::Tables && plans.iter().any(|p| p.reach != Reach::Unknown);
+        if shadow_tables {
+            cx.use_feature(
+                Feature::ReferenceTypes,
+                "fpcast's shadow tables (--fpcast-design tables)",
+            )?;
+        }
+        if plans
+            .iter()
+            .any(|p| p.targets.iter().any(|t| !t.run_time.is_empty()))
+        {
+            cx.use_feature(
+                Feature::Gc,
+                "fpcast's ref.test of entries added at run time",
+            )?;
+        }
+        let tail_calls = cx.allows(Feature::TailCall);
         if tail_calls {
-            cx.use_feature(crate::features::Feature::TailCall, "fpcast adapters")?;
+            cx.use_feature(Feature::TailCall, "fpcast adapters")?;
         }
         let index_global = cx.edits.add_i32_global(m, true, 0);
         cx.edits.name_global(index_global, "wasmfix:fpcast_index");
-        let diagnose = if cx.options.fpcast_diagnose {
+        let diagnose = if diagnose {
             let d = Diagnose::new(cx, &plans);
             if d.is_none() {
                 warnings.push(
@@ -232,20 +426,43 @@ impl Pass for Fpcast {
         let mut report = Vec::new();
         let mut adapters_total = 0;
         let mut init = Function::new([(2, ValType::I32), (1, ValType::FUNCREF)]);
+        let mut init_used = false;
+        let mut not_adapted_at_run_time = Vec::new();
+        // (table, slots appended to it): what a host sees of the WebAssembly 1.0 design.
+        let mut views = Vec::new();
         for plan in &plans {
             let built = build_table(
                 cx,
                 plan,
+                design,
                 index_global,
                 diagnose.as_ref(),
                 &mut init,
                 tail_calls,
             );
+            init_used |= built.uses_init;
             adapters_total += built.adapters.len();
-            for (k, (sig_t, _)) in plan.targets.iter().enumerate() {
+            let run_time_entries = match plan.reach {
+                Reach::Static => "none: the table cannot change",
+                _ if gc => "adapted: typed at run time with ref.test",
+                _ => {
+                    not_adapted_at_run_time.push(plan.table.index);
+                    "not adapted (they keep trapping on a cast): --enable-gc types them with ref.test"
+                }
+            };
+            if let Some((start, span)) = built.views {
+                views.push((plan.table.index, span));
+                // Every other call through the table must not reach the views either.
+                for &(ty, table) in code.indirect_sites.keys() {
+                    if table == plan.table.index {
+                        sites.insert((ty, table), Site::Guard { start, span });
+                    }
+                }
+            }
+            for (k, target) in plan.targets.iter().enumerate() {
                 let site = built.sites[k];
                 for ty in 0..m.types.len() as u32 {
-                    if m.func_type(ty) == Some(sig_t) {
+                    if m.func_type(ty) == Some(&target.sig) {
                         sites.insert((ty, plan.table.index), site);
                     }
                 }
@@ -253,68 +470,110 @@ impl Pass for Fpcast {
                     .adapters
                     .iter()
                     .filter(|(tk, _)| *tk == k)
-                    .map(|(_, u)| format!("{u} -> {}", sig::show(sig_t)))
+                    .map(|(_, u)| format!("{u} -> {}", sig::show(&target.sig)))
                     .collect();
                 report.push(serde_json::json!({
                     "table": plan.table.index,
-                    "signature": sig::show(sig_t),
-                    "sites": plan.sites[k],
-                    "mode": if plan.dynamic { "dispatch" } else { "shadow-table" },
+                    "signature": sig::show(&target.sig),
+                    "sites": target.sites,
+                    "mode": built.mode,
+                    "run_time_entries": run_time_entries,
                     "adapters": adapters,
                 }));
             }
         }
-        if let Some(start) = m.start {
-            init.instruction(&Instruction::Call(start));
+        if init_used {
+            if let Some(start) = m.start {
+                init.instruction(&Instruction::Call(start));
+            }
+            init.instruction(&Instruction::End);
+            let init_type = cx.edits.func_type(m, FuncType::new([], []));
+            let init_func = cx.edits.add_function(
+                m,
+                NewFunction {
+                    type_index: init_type,
+                    body: init,
+                    name: "wasmfix:fpcast_init".into(),
+                },
+            );
+            cx.edits.set_start(init_func);
         }
-        init.instruction(&Instruction::End);
-        let init_type = cx.edits.func_type(m, FuncType::new([], []));
-        let init_func = cx.edits.add_function(
-            m,
-            NewFunction {
-                type_index: init_type,
-                body: init,
-                name: "wasmfix:fpcast_init".into(),
-            },
-        );
-        cx.edits.set_start(init_func);
-        let adapted_sites: usize = plans.iter().flat_map(|p| &p.sites).sum();
+        let adapted_sites: usize = plans.iter().flat_map(|p| &p.targets).map(|t| t.sites).sum();
         cx.edits.record_applied(
             "fpcast",
-            serde_json::json!({ "sites": adapted_sites, "adapters": adapters_total }),
+            serde_json::json!({
+                "sites": adapted_sites,
+                "adapters": adapters_total,
+                "design": design.name(),
+                "run_time_entries_adapted": gc,
+                "views": views,
+            }),
         );
         cx.edits.add_rewriter(Box::new(SiteRewriter {
             sites,
             index_global,
             caller_global: diagnose.as_ref().map(|d| d.caller_global),
             functions: &code.functions_with_indirect_calls,
+            local: None,
         }));
+        let mut summary = format!(
+            "{} call_indirect sites of {} signatures now call castable entries through {} adapters ({} design)",
+            adapted_sites,
+            report.len(),
+            adapters_total,
+            design.name()
+        );
+        if !not_adapted_at_run_time.is_empty() {
+            summary.push_str(&format!(
+                "; entries added at run time to table {} are not adapted (--enable-gc would type them with ref.test)",
+                not_adapted_at_run_time
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         Ok(PassReport {
             pass: self.name(),
-            summary: format!(
-                "{} call_indirect sites of {} signatures now call castable entries through {} adapters",
-                adapted_sites,
-                report.len(),
-                adapters_total
-            ),
+            summary,
             warnings,
-            details: serde_json::json!({ "signatures": report }),
+            details: serde_json::json!({ "design": design.name(), "signatures": report }),
         })
     }
 }
 
-/// Table entries whose whole body is `unreachable`: what wasm-opt leaves of a function it
-/// proved callable only through a mismatched `call_indirect`. A cast to it cannot be repaired.
+/// Table entries whose whole body is `unreachable` where there is evidence that a post-link
+/// optimizer made them so: what `wasm-opt -O` leaves of a function it proved callable only
+/// through a mismatched `call_indirect` (a cast to it cannot be repaired). Such bodies are also
+/// written by hand (wasi-libc's `__SIG_ERR`, the destructor of an abstract C++ class), so
+/// without evidence nothing is said. Evidence is either of:
+/// - the producers section names binaryen or wasm-opt;
+/// - no `call_indirect` in the module has the entry's signature, so only a cast can call it
+///   (what makes wasm-opt empty a table entry).
 fn erased_cast_targets(
     m: &Module<'_>,
     facts: &crate::facts::Facts,
     plans: &[TablePlan<'_>],
 ) -> Option<String> {
     const UNREACHABLE_BODY: [u8; 3] = [0x00, 0x00, 0x0b];
+    let optimized = facts.producers.iter().any(|(_, values)| {
+        values.iter().any(|(name, _)| {
+            let name = name.to_ascii_lowercase();
+            name.contains("binaryen") || name.contains("wasm-opt")
+        })
+    });
+    let called: Vec<&FuncType> = facts
+        .code(m)
+        .indirect_sites
+        .keys()
+        .filter_map(|&(ty, _)| m.func_type(ty))
+        .collect();
+    let only_cast = |f: u32| m.func_sig(f).is_some_and(|u| !called.contains(&u));
     let mut erased: Vec<u32> = plans
         .iter()
         .flat_map(|p| p.table.contents.values().copied())
         .filter(|&f| m.body(f).is_some_and(|b| b.as_bytes() == UNREACHABLE_BODY))
+        .filter(|&f| optimized || only_cast(f))
         .collect();
     erased.sort_unstable();
     erased.dedup();
@@ -331,11 +590,16 @@ fn erased_cast_targets(
     } else {
         String::new()
     };
+    let evidence = if optimized {
+        "the producers section names binaryen (wasm-opt)"
+    } else {
+        "no call_indirect has their signature, so only a function-pointer cast can call them, \
+         which is when wasm-opt -O empties a function"
+    };
     Some(format!(
-        "{} table entries ({}{more}) have a body that is only `unreachable`. If a post-link \
-         optimizer (wasm-opt) emptied them because they are reached only through \
-         function-pointer casts, those casts still trap: run wasmfix before wasm-opt (clang runs \
-         wasm-opt after linking whenever it is on PATH)",
+        "{} table entries ({}{more}) have a body that is only `unreachable`, and {evidence}: if \
+         a post-link optimizer emptied them, the casts that reach them still trap: run wasmfix \
+         before wasm-opt (clang runs wasm-opt after linking whenever it is on PATH)",
         erased.len(),
         names.join(", ")
     ))
@@ -349,55 +613,84 @@ fn pair_budget(m: &Module<'_>) -> usize {
     (m.bytes.len() / 64).max(1024)
 }
 
+/// How many slots the WebAssembly 1.0 design may append to a table: each is a function index
+/// in an element segment (2–3 bytes), so the output stays within a few times the input
+/// (ruby.wasm: 33 signatures x 8,776 slots = 290,000 slots for 16.6 MB).
+fn view_budget(m: &Module<'_>) -> u64 {
+    (m.bytes.len() as u64).max(1 << 16)
+}
+
+/// The largest table V8 accepts (wasmtime's default limit is higher).
+const MAX_TABLE_SIZE: u64 = 10_000_000;
+
 fn plan_table<'f>(
     m: &Module<'_>,
     t: &'f TableFacts,
     site_types: &[(u32, usize)],
-    dynamic: bool,
+    reach: Reach,
+    gc: bool,
     diagnose: bool,
 ) -> Option<TablePlan<'f>> {
     let mut classes: Vec<(FuncType, u32)> = Vec::new();
-    let len = t.contents.keys().next_back().map_or(0, |&s| s as usize + 1);
-    let mut slot_class = vec![0u32; len];
-    for (&slot, &f) in &t.contents {
-        let ty = m.func_types[f as usize];
-        let Some(sig) = m.func_type(ty) else { continue };
-        let class = match classes.iter().position(|(s, _)| s == sig) {
-            Some(c) => c,
-            None => {
-                classes.push((sig.clone(), ty));
-                classes.len() - 1
-            }
-        };
-        slot_class[slot as usize] = class as u32 + 1;
+    let mut slot_class = Vec::new();
+    if reach != Reach::Unknown {
+        let len = t.contents.keys().next_back().map_or(0, |&s| s as usize + 1);
+        slot_class = vec![0u32; len];
+        for (&slot, &f) in &t.contents {
+            let ty = m.func_types[f as usize];
+            let Some(sig) = m.func_type(ty) else { continue };
+            let class = match classes.iter().position(|(s, _)| s == sig) {
+                Some(c) => c,
+                None => {
+                    classes.push((sig.clone(), ty));
+                    classes.len() - 1
+                }
+            };
+            slot_class[slot as usize] = class as u32 + 1;
+        }
     }
-    let mut targets: Vec<(FuncType, u32)> = Vec::new();
-    let mut sites: Vec<usize> = Vec::new();
+    // The module's own function signatures, each once, in type index order.
+    let mut known: Vec<&FuncType> = Vec::new();
+    for ty in 0..m.types.len() as u32 {
+        if let Some(f) = m.func_type(ty)
+            && !known.contains(&f)
+        {
+            known.push(f);
+        }
+    }
+    let mut targets: Vec<Target> = Vec::new();
     for &(ty, n) in site_types {
         let Some(sig_t) = m.func_type(ty) else {
             continue;
         };
+        if let Some(target) = targets.iter_mut().find(|x| &x.sig == sig_t) {
+            target.sites += n;
+            continue;
+        }
+        let run_time = if gc && reach != Reach::Static {
+            sig::run_time_candidates(sig_t, known.iter().copied())
+        } else {
+            Vec::new()
+        };
         // With --fpcast-diagnose every site that can reach another signature is rewritten,
         // so that a mismatch no cast fixes can be reported.
         let adapt = |u: &FuncType| castable(u, sig_t) || diagnose && u != sig_t;
-        if !classes.iter().any(|(u, _)| adapt(u)) {
+        if !classes.iter().any(|(u, _)| adapt(u)) && run_time.is_empty() {
             continue;
         }
-        match targets.iter().position(|(s, _)| s == sig_t) {
-            Some(k) => sites[k] += n,
-            None => {
-                targets.push((sig_t.clone(), ty));
-                sites.push(n);
-            }
-        }
+        targets.push(Target {
+            sig: sig_t.clone(),
+            ty,
+            sites: n,
+            run_time,
+        });
     }
     (!targets.is_empty()).then_some(TablePlan {
         table: t,
-        dynamic,
+        reach,
         classes,
         slot_class,
         targets,
-        sites,
     })
 }
 
@@ -406,13 +699,21 @@ struct BuiltTable {
     sites: Vec<Site>,
     /// (target k, callee signature) of every adapter made.
     adapters: Vec<(usize, String)>,
+    /// For the report: where the views live.
+    mode: &'static str,
+    /// Whether it appended code to the start function that fills shadow tables.
+    uses_init: bool,
+    /// The slots appended to the table itself: (first, count).
+    views: Option<(u32, u32)>,
 }
 
-/// Adds the adapters, the adapters table, the class map, the shadow tables (and dispatch
-/// functions) of one table, and appends the loop that fills the shadow tables to `init`.
+/// Adds what adapts the casts through one table: the adapters, the forwarders, and either the
+/// shadow tables (with the adapters table and the class map, filled by code appended to
+/// `init`) or the views appended to the table itself.
 fn build_table(
     cx: &mut PassCx<'_, '_, '_>,
     plan: &TablePlan<'_>,
+    design: Design,
     index_global: u32,
     diagnose: Option<&Diagnose>,
     init: &mut Function,
@@ -420,36 +721,170 @@ fn build_table(
 ) -> BuiltTable {
     let m = cx.module;
     let table = plan.table.index;
-    let n_classes = plan.classes.len() + 1;
-    let mut adapter_items: Vec<ConstExpr> = Vec::new();
+    let len = plan.len();
     let mut adapters = Vec::new();
-    for (k, (sig_t, ty_t)) in plan.targets.iter().enumerate() {
-        adapter_items.push(ConstExpr::ref_null(HeapType::FUNC));
-        for (sig_u, ty_u) in &plan.classes {
-            if !castable(sig_u, sig_t) {
-                let item = match diagnose {
-                    Some(d) if sig_u != sig_t => {
-                        ConstExpr::ref_func(d.reporter(cx, sig_u, sig_t, plan, index_global))
-                    }
-                    _ => ConstExpr::ref_null(HeapType::FUNC),
-                };
-                adapter_items.push(item);
+    // Adapter (U, T) of target k, by U.
+    let mut adapter_of: Vec<HashMap<FuncType, u32>> = Vec::new();
+    for (k, target) in plan.targets.iter().enumerate() {
+        let mut made: HashMap<FuncType, u32> = HashMap::new();
+        let class_sigs = plan.classes.iter().map(|(s, ty)| (s, Some(*ty)));
+        let run_time = target.run_time.iter().map(|s| (s, None));
+        for (sig_u, ty_u) in class_sigs.chain(run_time) {
+            if !castable(sig_u, &target.sig) || made.contains_key(sig_u) {
                 continue;
             }
-            let body = adapter_body(sig_u, *ty_u, sig_t, table, index_global, tail_calls);
-            let name = format!("wasmfix:adapt {} as {}", sig::show(sig_u), sig::show(sig_t));
+            let ty_u = ty_u.unwrap_or_else(|| cx.edits.func_type(m, sig_u.clone()));
+            let body = adapter_body(sig_u, ty_u, &target.sig, table, index_global, tail_calls);
+            let name = format!(
+                "wasmfix:adapt {} as {}",
+                sig::show(sig_u),
+                sig::show(&target.sig)
+            );
             let f = cx.edits.add_function(
                 m,
                 NewFunction {
-                    type_index: *ty_t,
+                    type_index: target.ty,
                     body,
                     name,
                 },
             );
-            adapter_items.push(ConstExpr::ref_func(f));
+            made.insert(sig_u.clone(), f);
             adapters.push((k, sig::show(sig_u)));
         }
+        adapter_of.push(made);
     }
+
+    // The WebAssembly 1.0 design appends one view of `len + 1` slots per target after the
+    // table's original slots; indices that land there from elsewhere must trap as before.
+    let views_at = plan.table.initial as u32;
+    let span = len + 1;
+    let views = design == Design::Mvp && plan.reach != Reach::Unknown;
+    let out_of_view = views.then_some((views_at, plan.targets.len() as u32 * span));
+    let needs_forwarder = plan.reach != Reach::Static || views;
+    let forwarders: Vec<Option<u32>> = plan
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(k, target)| {
+            needs_forwarder.then(|| {
+                let tests: Vec<(u32, u32)> = target
+                    .run_time
+                    .iter()
+                    .filter_map(|u| {
+                        let a = *adapter_of[k].get(u)?;
+                        Some((a, cx.edits.func_type(m, u.clone())))
+                    })
+                    .collect();
+                forwarder(
+                    cx,
+                    target,
+                    table,
+                    index_global,
+                    out_of_view,
+                    &tests,
+                    tail_calls,
+                )
+            })
+        })
+        .collect();
+
+    // What slot i of target k's view holds, by the class of its entry at link time (`None`:
+    // the entry itself): a matching entry stays; a castable one gets its adapter; with
+    // --fpcast-diagnose a mismatch no cast fixes gets a reporter. Where the table may change,
+    // empty slots and other mismatches get the forwarder, which makes the original call on
+    // whatever the slot holds by then (views need it for empty slots too: they are never
+    // null, so the trap is the original table's).
+    let dynamic = plan.reach != Reach::Static;
+    let mut class_items: Vec<Vec<Option<u32>>> = Vec::new();
+    for (k, target) in plan.targets.iter().enumerate() {
+        let forward = forwarders[k];
+        let mut items = vec![forward.filter(|_| dynamic || views)];
+        for (sig_u, _) in &plan.classes {
+            items.push(if sig_u == &target.sig {
+                None
+            } else if let Some(&a) = adapter_of[k].get(sig_u) {
+                Some(a)
+            } else if let Some(d) = diagnose {
+                Some(d.reporter(cx, sig_u, target, plan, index_global))
+            } else {
+                forward.filter(|_| dynamic)
+            });
+        }
+        class_items.push(items);
+    }
+
+    if plan.reach == Reach::Unknown {
+        let sites = forwarders
+            .iter()
+            .map(|f| Site::Forward {
+                func: f.expect("a table of unknown contents has forwarders"),
+            })
+            .collect();
+        return BuiltTable {
+            sites,
+            adapters,
+            mode: "forwarder",
+            uses_init: false,
+            views: None,
+        };
+    }
+
+    if views {
+        // Slot i of view k: the item for the entry's class, else the entry; then the forwarder.
+        let mut sites = Vec::new();
+        for (k, forward) in forwarders.iter().enumerate() {
+            let forward = forward.expect("views have forwarders");
+            let base = views_at + k as u32 * span;
+            let mut funcs = Vec::with_capacity(span as usize);
+            for (slot, &class) in plan.slot_class.iter().enumerate() {
+                let entry = plan.table.contents.get(&(slot as u64)).copied();
+                funcs.push(match (class_items[k][class as usize], entry) {
+                    (Some(f), _) => f,
+                    (None, Some(f)) => f,
+                    (None, None) => forward,
+                });
+            }
+            funcs.push(forward);
+            cx.edits.add_element(NewElement {
+                table,
+                offset: ConstExpr::i32_const(base as i32),
+                items: ElementItems::Functions(funcs),
+            });
+            sites.push(Site::View { table, base, len });
+        }
+        let old = &m.tables[table as usize];
+        let grown = out_of_view.expect("views").1 as u64;
+        cx.edits.set_table_type(
+            table,
+            TableType {
+                element_type: RefType::FUNCREF,
+                table64: false,
+                minimum: old.initial + grown,
+                maximum: old.maximum.map(|max| max + grown),
+                shared: false,
+            },
+        );
+        return BuiltTable {
+            sites,
+            adapters,
+            mode: "views in the table",
+            uses_init: false,
+            views: out_of_view,
+        };
+    }
+
+    // Shadow tables, filled at instantiation from two compact sources: the class map and the
+    // adapters table, whose item (k, c) is what slot i of shadow k holds when slot i's entry
+    // is of class c (null: the entry itself).
+    let n_classes = plan.classes.len() + 1;
+    let adapter_items: Vec<ConstExpr> = class_items
+        .iter()
+        .flatten()
+        .map(|item| match item {
+            Some(f) => ConstExpr::ref_func(*f),
+            None => ConstExpr::ref_null(HeapType::FUNC),
+        })
+        .collect();
     let funcref_table = |size: u64| TableType {
         element_type: RefType::FUNCREF,
         table64: false,
@@ -467,31 +902,35 @@ fn build_table(
     cx.edits.add_element(NewElement {
         table: adapters_table,
         offset: ConstExpr::i32_const(0),
-        ty: RefType::FUNCREF,
-        items: adapter_items,
+        items: ElementItems::Expressions(RefType::FUNCREF, adapter_items),
     });
     let class_of = class_of_function(cx, plan);
 
-    let size = plan.table.initial;
+    // A static table's shadows have its size; an appended one's end with the forwarder.
+    let (size, filled) = match plan.reach {
+        Reach::Static => (plan.table.initial, plan.table.initial),
+        _ => (len as u64 + 1, len as u64),
+    };
     let mut sites = Vec::new();
     let mut shadows = Vec::new();
-    for (sig_t, ty_t) in &plan.targets {
+    for target in &plan.targets {
         let shadow = cx.edits.add_table(m, funcref_table(size), None);
         cx.edits.name_table(
             shadow,
-            format!("wasmfix:fpcast_shadow {} table {table}", sig::show(sig_t)),
+            format!(
+                "wasmfix:fpcast_shadow {} table {table}",
+                sig::show(&target.sig)
+            ),
         );
         shadows.push(shadow);
-        sites.push(if plan.dynamic {
-            let func = dispatch_function(cx, sig_t, *ty_t, table, shadow, index_global, tail_calls);
-            Site::Dispatch { func }
-        } else {
-            Site::Shadow { table: shadow }
+        sites.push(match plan.reach {
+            Reach::Static => Site::Shadow { table: shadow },
+            _ => Site::Bounded { table: shadow, len },
         });
     }
 
-    // for i in 0..size: c = class_of(i); for each target k: s_k[i] = adapters[k*C + c] or,
-    // in static mode when that is null, the original entry.
+    // for i in 0..filled: c = class_of(i); for each target k: s_k[i] = adapters[k*C + c] or,
+    // when that is null, the original entry. Then s_k[len] = adapters[k*C] (the forwarder).
     let (i, c, a) = (0, 1, 2);
     let ins = |f: &mut Function, list: &[Instruction]| {
         for x in list {
@@ -506,7 +945,7 @@ fn build_table(
             Instruction::Block(BlockType::Empty),
             Instruction::Loop(BlockType::Empty),
             Instruction::LocalGet(i),
-            Instruction::I32Const(size as i32),
+            Instruction::I32Const(filled as i32),
             Instruction::I32GeU,
             Instruction::BrIf(1),
             Instruction::LocalGet(i),
@@ -523,24 +962,17 @@ fn build_table(
                 Instruction::I32Const((k * n_classes) as i32),
                 Instruction::I32Add,
                 Instruction::TableGet(adapters_table),
+                Instruction::LocalTee(a),
+                Instruction::RefIsNull,
+                Instruction::If(BlockType::Result(ValType::FUNCREF)),
+                Instruction::LocalGet(i),
+                Instruction::TableGet(table),
+                Instruction::Else,
+                Instruction::LocalGet(a),
+                Instruction::End,
+                Instruction::TableSet(shadow),
             ],
         );
-        if !plan.dynamic {
-            ins(
-                init,
-                &[
-                    Instruction::LocalTee(a),
-                    Instruction::RefIsNull,
-                    Instruction::If(BlockType::Result(ValType::FUNCREF)),
-                    Instruction::LocalGet(i),
-                    Instruction::TableGet(table),
-                    Instruction::Else,
-                    Instruction::LocalGet(a),
-                    Instruction::End,
-                ],
-            );
-        }
-        init.instruction(&Instruction::TableSet(shadow));
     }
     ins(
         init,
@@ -554,7 +986,29 @@ fn build_table(
             Instruction::End,
         ],
     );
-    BuiltTable { sites, adapters }
+    if plan.reach != Reach::Static {
+        for (k, &shadow) in shadows.iter().enumerate() {
+            ins(
+                init,
+                &[
+                    Instruction::I32Const(len as i32),
+                    Instruction::I32Const((k * n_classes) as i32),
+                    Instruction::TableGet(adapters_table),
+                    Instruction::TableSet(shadow),
+                ],
+            );
+        }
+    }
+    BuiltTable {
+        sites,
+        adapters,
+        mode: match plan.reach {
+            Reach::Static => "shadow table",
+            _ => "shadow table, forwarder from the link-time length on",
+        },
+        uses_init: true,
+        views: None,
+    }
 }
 
 fn zero(ty: wasmparser::ValType) -> Instruction<'static> {
@@ -629,6 +1083,91 @@ fn adapter_body(
     f
 }
 
+/// `forward(args…)` typed T: the call the site made, on the original table with the index
+/// the site stored. Indices that point into the views appended to the table (`out_of_view`:
+/// start, length) become -1 first, so they trap out of bounds as they did before the table
+/// grew. With `tests` (GC), an entry in range that is not a T is tested for each castable
+/// signature U in turn and called through the (U, T) adapter on a match.
+fn forwarder(
+    cx: &mut PassCx<'_, '_, '_>,
+    target: &Target,
+    table: u32,
+    index_global: u32,
+    out_of_view: Option<(u32, u32)>,
+    tests: &[(u32, u32)],
+    tail_calls: bool,
+) -> u32 {
+    let t = &target.sig;
+    let n = t.params().len() as u32;
+    let args = || (0..n).map(Instruction::LocalGet);
+    let mut code = Vec::new();
+    if let Some((start, span)) = out_of_view {
+        code.extend([
+            Instruction::GlobalGet(index_global),
+            Instruction::I32Const(start as i32),
+            Instruction::I32Sub,
+            Instruction::I32Const(span as i32),
+            Instruction::I32LtU,
+            Instruction::If(BlockType::Empty),
+            Instruction::I32Const(-1),
+            Instruction::GlobalSet(index_global),
+            Instruction::End,
+        ]);
+    }
+    let entry = n;
+    if !tests.is_empty() {
+        code.extend([
+            Instruction::Block(BlockType::Empty),
+            Instruction::GlobalGet(index_global),
+            Instruction::TableSize(table),
+            Instruction::I32GeU,
+            Instruction::BrIf(0),
+            Instruction::GlobalGet(index_global),
+            Instruction::TableGet(table),
+            Instruction::LocalTee(entry),
+            Instruction::RefTestNonNull(HeapType::Concrete(target.ty)),
+            Instruction::BrIf(0),
+        ]);
+        for &(adapter, ty_u) in tests {
+            code.extend([
+                Instruction::LocalGet(entry),
+                Instruction::RefTestNonNull(HeapType::Concrete(ty_u)),
+                Instruction::If(BlockType::Empty),
+            ]);
+            code.extend(args());
+            if tail_calls {
+                code.push(Instruction::ReturnCall(adapter));
+            } else {
+                code.extend([Instruction::Call(adapter), Instruction::Return]);
+            }
+            code.push(Instruction::End);
+        }
+        code.push(Instruction::End);
+    }
+    code.extend(args());
+    code.push(Instruction::GlobalGet(index_global));
+    code.push(if tail_calls {
+        Instruction::ReturnCallIndirect {
+            type_index: target.ty,
+            table_index: table,
+        }
+    } else {
+        Instruction::CallIndirect {
+            type_index: target.ty,
+            table_index: table,
+        }
+    });
+    code.push(Instruction::End);
+    let locals: &[(u32, ValType)] = if tests.is_empty() {
+        &[]
+    } else {
+        &[(1, ValType::FUNCREF)]
+    };
+    let name = format!("wasmfix:fpcast_forward {} table {table}", sig::show(t));
+    cx.edits
+        .add_helper_typed(cx.module, &name, target.ty, locals, &code)
+}
+
 /// `class_of(slot) -> class` as one `br_table` over the table's filled slots.
 fn class_of_function(cx: &mut PassCx<'_, '_, '_>, plan: &TablePlan<'_>) -> u32 {
     let n_classes = plan.classes.len() as u32 + 1;
@@ -651,68 +1190,6 @@ fn class_of_function(cx: &mut PassCx<'_, '_, '_>, plan: &TablePlan<'_>) -> u32 {
         .add_helper(cx.module, &name, (&[i32t], &[i32t]), &[], &code)
 }
 
-/// `dispatch(args…, index)`: the adapter in `shadow` for the slot if there is one, else the
-/// original call.
-fn dispatch_function(
-    cx: &mut PassCx<'_, '_, '_>,
-    t: &FuncType,
-    ty_t: u32,
-    table: u32,
-    shadow: u32,
-    index_global: u32,
-    tail_calls: bool,
-) -> u32 {
-    let n = t.params().len() as u32;
-    // Each call ends the function: a tail call, or a call whose results are the function's
-    // (followed by `return` inside the `if`, by the function's `end` last).
-    let call = |table_index, last: bool| {
-        let mut v = vec![if tail_calls {
-            Instruction::ReturnCallIndirect {
-                type_index: ty_t,
-                table_index,
-            }
-        } else {
-            Instruction::CallIndirect {
-                type_index: ty_t,
-                table_index,
-            }
-        }];
-        if !tail_calls && !last {
-            v.push(Instruction::Return);
-        }
-        v
-    };
-    let params: Vec<_> = t
-        .params()
-        .iter()
-        .copied()
-        .chain([wasmparser::ValType::I32])
-        .collect();
-    let args = (0..=n).map(Instruction::LocalGet);
-    let mut code = vec![
-        Instruction::LocalGet(n),
-        Instruction::TableSize(shadow),
-        Instruction::I32LtU,
-        Instruction::If(BlockType::Empty),
-        Instruction::LocalGet(n),
-        Instruction::TableGet(shadow),
-        Instruction::RefIsNull,
-        Instruction::I32Eqz,
-        Instruction::If(BlockType::Empty),
-        Instruction::LocalGet(n),
-        Instruction::GlobalSet(index_global),
-    ];
-    code.extend(args.clone());
-    code.extend(call(shadow, false));
-    code.extend([Instruction::End, Instruction::End]);
-    code.extend(args);
-    code.extend(call(table, true));
-    code.push(Instruction::End);
-    let name = format!("wasmfix:fpcast_dispatch {} table {table}", sig::show(t));
-    cx.edits
-        .add_helper(cx.module, &name, (&params, t.results()), &[], &code)
-}
-
 /// Rewrites the adapted `call_indirect` and `return_call_indirect` sites.
 struct SiteRewriter<'f> {
     sites: HashMap<(u32, u32), Site>,
@@ -721,6 +1198,8 @@ struct SiteRewriter<'f> {
     caller_global: Option<u32>,
     /// Functions with indirect calls, ascending.
     functions: &'f [u32],
+    /// The current function's local that holds a site's index (added on first use).
+    local: Option<u32>,
 }
 
 impl BodyRewriter for SiteRewriter<'_> {
@@ -732,9 +1211,13 @@ impl BodyRewriter for SiteRewriter<'_> {
         Sees::IndirectCalls
     }
 
+    fn prologue(&mut self, _cx: &mut BodyCx<'_>, _out: &mut Vec<Instruction<'static>>) {
+        self.local = None;
+    }
+
     fn instruction<'i>(
         &mut self,
-        _cx: &mut BodyCx<'_>,
+        cx: &mut BodyCx<'_>,
         ins: Instruction<'i>,
         out: &mut Vec<Instruction<'i>>,
     ) {
@@ -749,37 +1232,92 @@ impl BodyRewriter for SiteRewriter<'_> {
             } => (type_index, table_index, true),
             other => return out.push(other),
         };
-        if let (Some(g), Some(_)) = (
-            self.caller_global,
-            self.sites.get(&(type_index, table_index)),
-        ) {
+        let Some(&site) = self.sites.get(&(type_index, table_index)) else {
+            return out.push(ins);
+        };
+        if let (Some(g), false) = (self.caller_global, matches!(site, Site::Guard { .. })) {
             out.extend([
-                Instruction::I32Const(_cx.func as i32),
+                Instruction::I32Const(cx.func as i32),
                 Instruction::GlobalSet(g),
             ]);
         }
-        match self.sites.get(&(type_index, table_index)) {
-            None => out.push(ins),
-            Some(&Site::Shadow { table }) => {
-                out.push(Instruction::GlobalSet(self.index_global));
-                out.push(Instruction::GlobalGet(self.index_global));
+        let call = |table_index| {
+            if tail {
+                Instruction::ReturnCallIndirect {
+                    type_index,
+                    table_index,
+                }
+            } else {
+                Instruction::CallIndirect {
+                    type_index,
+                    table_index,
+                }
+            }
+        };
+        let g = self.index_global;
+        match site {
+            Site::Shadow { table } => {
+                out.extend([
+                    Instruction::GlobalSet(g),
+                    Instruction::GlobalGet(g),
+                    call(table),
+                ]);
+            }
+            Site::Bounded { table, len } => {
+                let i = *self.local.get_or_insert_with(|| cx.add_local(ValType::I32));
+                // index < len ? index : len
+                out.extend([
+                    Instruction::LocalTee(i),
+                    Instruction::GlobalSet(g),
+                    Instruction::LocalGet(i),
+                    Instruction::I32Const(len as i32),
+                    Instruction::LocalGet(i),
+                    Instruction::I32Const(len as i32),
+                    Instruction::I32LtU,
+                    Instruction::Select,
+                    call(table),
+                ]);
+            }
+            Site::View { table, base, len } => {
+                let i = *self.local.get_or_insert_with(|| cx.add_local(ValType::I32));
+                // base + (index < len ? index : len)
+                out.extend([
+                    Instruction::LocalTee(i),
+                    Instruction::GlobalSet(g),
+                    Instruction::LocalGet(i),
+                    Instruction::I32Const(base as i32),
+                    Instruction::I32Add,
+                    Instruction::I32Const(base.wrapping_add(len) as i32),
+                    Instruction::LocalGet(i),
+                    Instruction::I32Const(len as i32),
+                    Instruction::I32LtU,
+                    Instruction::Select,
+                    call(table),
+                ]);
+            }
+            Site::Guard { start, span } => {
+                let i = *self.local.get_or_insert_with(|| cx.add_local(ValType::I32));
+                // index - start >= span ? index : -1
+                out.extend([
+                    Instruction::LocalTee(i),
+                    Instruction::I32Const(-1),
+                    Instruction::LocalGet(i),
+                    Instruction::I32Const(start as i32),
+                    Instruction::I32Sub,
+                    Instruction::I32Const(span as i32),
+                    Instruction::I32GeU,
+                    Instruction::Select,
+                    call(table_index),
+                ]);
+            }
+            Site::Forward { func } => {
+                out.push(Instruction::GlobalSet(g));
                 out.push(if tail {
-                    Instruction::ReturnCallIndirect {
-                        type_index,
-                        table_index: table,
-                    }
+                    Instruction::ReturnCall(func)
                 } else {
-                    Instruction::CallIndirect {
-                        type_index,
-                        table_index: table,
-                    }
+                    Instruction::Call(func)
                 });
             }
-            Some(&Site::Dispatch { func }) => out.push(if tail {
-                Instruction::ReturnCall(func)
-            } else {
-                Instruction::Call(func)
-            }),
         }
     }
 }
@@ -790,7 +1328,7 @@ struct Diagnose {
     caller_global: u32,
     /// `name_of(function)`: appends a function's name (or `function N`) to the message.
     name_of: u32,
-    data: u32,
+    stored: StoredBytes,
     /// Per table index: offset of its slot → function map (u32 little-endian per slot).
     slot_maps: HashMap<u32, u32>,
 }
@@ -808,7 +1346,7 @@ impl Diagnose {
             records.extend(offset.to_le_bytes());
             records.extend(len.to_le_bytes());
         }
-        let (data, records_at) = store_bytes(m, cx.edits, &records)?;
+        let (stored, records_at) = store_bytes(m, cx.edits, &records)?;
         let mut slot_maps = HashMap::new();
         for plan in plans {
             let bytes: Vec<u8> = (0..plan.slot_class.len() as u64)
@@ -835,7 +1373,7 @@ impl Diagnose {
                 ordering: None,
             })
         };
-        let mut body = read_record(data, records_at, 8, Instruction::LocalGet(0)).to_vec();
+        let mut body = read_record(stored, records_at, 8, Instruction::LocalGet(0));
         body.extend([
             Instruction::I32Const(tmp),
             load(4),
@@ -866,7 +1404,7 @@ impl Diagnose {
         Some(Diagnose {
             caller_global,
             name_of,
-            data,
+            stored,
             slot_maps,
         })
     }
@@ -876,10 +1414,11 @@ impl Diagnose {
         &self,
         cx: &mut PassCx<'_, '_, '_>,
         u: &FuncType,
-        t: &FuncType,
+        target: &Target,
         plan: &TablePlan<'_>,
         index_global: u32,
     ) -> u32 {
+        let t = &target.sig;
         let m = cx.module;
         let slots = self.slot_maps[&plan.table.index];
         let load = Instruction::I32Load(wasm_encoder::MemArg {
@@ -903,7 +1442,7 @@ impl Diagnose {
                 .instructions,
         );
         body.extend(read_record(
-            self.data,
+            self.stored,
             slots,
             4,
             Instruction::GlobalGet(index_global),
@@ -924,30 +1463,27 @@ impl Diagnose {
             sig::show(u),
             sig::show(t)
         );
-        cx.edits
-            .add_helper(m, &name, (t.params(), t.results()), &[], &body)
+        cx.edits.add_helper_typed(m, &name, target.ty, &[], &body)
     }
 }
 
 /// Copies record `index` (the value `index` pushes) of a table of `width`-byte records stored at
-/// `base` in the text segment `data` to [`RECORD_SCRATCH`], where the caller loads it.
+/// `base` in the messages' text (`stored`) to [`RECORD_SCRATCH`], where the caller loads it.
 fn read_record(
-    data: u32,
+    stored: StoredBytes,
     base: u32,
     width: i32,
     index: Instruction<'static>,
-) -> [Instruction<'static>; 8] {
-    [
-        Instruction::I32Const(RECORD_SCRATCH),
-        index,
-        Instruction::I32Const(width),
-        Instruction::I32Mul,
-        Instruction::I32Const(base as i32),
-        Instruction::I32Add,
-        Instruction::I32Const(width),
-        Instruction::MemoryInit {
-            mem: 0,
-            data_index: data,
-        },
-    ]
+) -> Vec<Instruction<'static>> {
+    stored.copy(
+        [Instruction::I32Const(RECORD_SCRATCH)],
+        [
+            index,
+            Instruction::I32Const(width),
+            Instruction::I32Mul,
+            Instruction::I32Const(base as i32),
+            Instruction::I32Add,
+        ],
+        [Instruction::I32Const(width)],
+    )
 }

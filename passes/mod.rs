@@ -8,7 +8,9 @@ use crate::features::{Feature, FeatureSet, RunFeatures};
 use crate::module::Module;
 use serde_json::Value;
 
+pub mod adapter_memory;
 pub mod bounds;
+pub mod bulk;
 pub mod fpcast;
 pub mod heap_canary;
 pub mod producers;
@@ -22,6 +24,9 @@ mod trap_blocks;
 pub struct PassOptions {
     /// fpcast: calls that still trap on a non-castable mismatch first print what was called.
     pub fpcast_diagnose: bool,
+    /// fpcast: where the per-signature views live (`--fpcast-design`); by default shadow
+    /// tables when the run allows reference types, else views in the table itself.
+    pub fpcast_design: Option<fpcast::Design>,
     /// stack-first: the size of the relocated stack (default: the module's own stack size).
     pub stack_size: Option<u64>,
     /// Copy DWARF unchanged even when bodies move (its code addresses are then stale). Only
@@ -32,8 +37,51 @@ pub struct PassOptions {
     /// `--harden`: a hardening pass that cannot establish what it needs warns and does nothing
     /// instead of refusing the module (alone, with `--passes`, it refuses).
     pub harden: bool,
+    /// `--harden-mode`: what a failed hardening check does after its message: stop (trap), or
+    /// report each site once and let the program go on.
+    pub on_error: crate::diag::OnError,
+    /// `--harden-allow`: functions (by name, or by index) whose accesses and frames the
+    /// hardening passes do not check.
+    pub harden_allow: Vec<String>,
+    /// `--bounds-precise`: bounds stops null-page loads with a message too (a branch per load)
+    /// instead of letting them trap as out-of-bounds accesses.
+    pub bounds_precise: bool,
+    /// The passes were named with `--passes`: a pass that applies where it can in the default
+    /// pipeline (adapter-memory) then refuses a module it cannot handle instead of warning.
+    pub explicit_passes: bool,
+    /// heap-canary: the allocator named by hand, the quarantine, stress mode.
+    pub heap: heap_canary::HeapOptions,
     /// `--enable-X` / `--disable-X`: features passes may use beyond the input's.
     pub features: crate::features::FeatureChoice,
+    /// Messages keep their text in code even when the run allows bulk memory (a passive
+    /// segment). Only for measuring and testing the WebAssembly 1.0 design on modules that use
+    /// bulk memory (the CLI's hidden `--messages-in-code`).
+    pub messages_in_code: bool,
+}
+
+impl PassOptions {
+    /// Whether `--harden-allow` names function `func`.
+    pub fn allowed(&self, facts: &Facts, func: u32) -> bool {
+        !self.harden_allow.is_empty()
+            && self.harden_allow.iter().any(|a| {
+                a.parse::<u32>().ok() == Some(func)
+                    || facts.function_names.get(&func).is_some_and(|n| n == a)
+            })
+    }
+
+    /// A warning for each `--harden-allow` entry that names no function of the module.
+    pub fn unmatched_allows(&self, m: &Module<'_>, facts: &Facts) -> Vec<String> {
+        self.harden_allow
+            .iter()
+            .filter(|a| match a.parse::<u32>() {
+                Ok(i) => i >= m.num_funcs(),
+                Err(_) => !facts.function_names.values().any(|n| n == *a),
+            })
+            .map(|a| {
+                format!("--harden-allow {a}: the module has no function of that name or index")
+            })
+            .collect()
+    }
 }
 
 /// What a pass sees: the input, its facts, and the edits collected so far.
@@ -105,6 +153,7 @@ pub static REGISTRY: &[&dyn Pass] = &[
     &stack_guard::Stack,
     &stack_first::StackFirst,
     &stack_guard::StackGuard,
+    &adapter_memory::AdapterMemory,
     &heap_canary::HeapCanary,
     &bounds::Bounds,
     &stack_canary::StackCanary,
@@ -112,7 +161,7 @@ pub static REGISTRY: &[&dyn Pass] = &[
 ];
 
 /// The passes run when `--passes` is not given.
-pub const DEFAULT_PIPELINE: &[&str] = &["fpcast", "stack", "producers"];
+pub const DEFAULT_PIPELINE: &[&str] = &["fpcast", "stack", "adapter-memory", "producers"];
 
 /// `--harden`: the default pipeline and [`HARDEN_PASSES`], in registry order.
 pub fn harden_pipeline() -> Vec<&'static str> {

@@ -36,8 +36,36 @@
 //! Asyncify re-enters them without running their prologue again and restores only its own
 //! locals, so `$s` would be wrong.
 //!
+//! **Nested frames.** wasm-opt's inliner keeps an inlined callee's frame as a nested opening
+//! inside its caller — `global.get sp; i32.const N; i32.sub; local.tee $f; global.set sp` … its
+//! body … `local.get $f; i32.const N; i32.add; global.set sp` — and a `strcpy` into the callee's
+//! buffer then overwrites the caller's locals (`role`) long before the caller returns. Such a
+//! frame gets a slot of its own: right before the opening's `global.get sp`, a slot is pushed and
+//! the canary stored at its bottom; the frame opens below it; the restore's `global.set sp`
+//! first checks the canary at the address it is given (the slot's) and then writes that address
+//! plus 16, the value the stack pointer had before the push. Protected only when the restore is
+//! certain: the restore reads the frame local (or the stack pointer) plus exactly N, at the
+//! opening's own nesting level; between the two there is no `end`/`else` of an enclosing
+//! construct, no branch to a label outside (so every execution that opens the frame reaches the
+//! restore or traps), no `return` or tail call, no exception or stack-switching instruction, no
+//! write of the frame local, and no other write of the stack pointer than the openings and
+//! restores of frames nested inside that are certain themselves. Then every address the code
+//! derives inside the frame is the original one minus 16, consistently (all come from the
+//! stack pointer read after the push), the restore puts back exactly the original value, and
+//! the code after the frame sees the stack pointer it saw before. Other nested openings are
+//! left alone and counted in the report (`nested frames without a certain restore`). clang
+//! itself never nests frames (one frame per function), so these come from inlining. A mismatch
+//! prints `wasmfix: stack buffer overflow in a nested frame of <function>`.
+//!
+//! Report mode (`--harden-mode report`): a mismatch prints its message once per frame (entry
+//! or nested) and the function returns as it would have; the `$body` block still routes
+//! branches to the function's label through the exit check. `--harden-allow FUNC` leaves a
+//! function's frames alone.
+//!
 //! Executions without an overflow run the same instructions plus a store and, per exit, a load
-//! and a comparison that is false; the stack holds 16 more bytes per frame.
+//! and a comparison that is false; the stack holds 16 more bytes per frame (the wasm32 C ABI
+//! keeps the stack pointer 16-byte aligned, so a slot cannot be smaller without misaligning the
+//! frames below it).
 //!
 //! Refuses: memory64, shared memory (threads: the canary seeding runs per instance but the
 //! stacks live in the heap), several memories, a stack pointer that cannot be established while
@@ -45,11 +73,11 @@
 
 use super::trap_blocks::{At, TrapBlocks};
 use super::{Pass, PassCx, PassReport};
-use crate::diag::{Message, store_text};
+use crate::diag::{Diagnostics, Message, OnError, OnceFlag, store_text};
 use crate::edit::{BodyCx, BodyRewriter};
 use crate::module::Module;
 use anyhow::{Result, bail};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{BlockType, Instruction, ValType};
 use wasmparser::Operator as O;
@@ -109,51 +137,95 @@ impl Pass for StackCanary {
             .get(&sp)
             .cloned()
             .unwrap_or_default();
-        let mut protected = Vec::new();
+        let mut plans: BTreeMap<u32, Plan> = BTreeMap::new();
         let mut skipped: HashMap<&'static str, usize> = HashMap::new();
+        let mut uncertain_nested = 0;
+        let mode = cx.options.on_error;
         for &f in writers.iter().filter(|&&f| f >= m.imported_funcs) {
-            match eligible(m, f, sp, asyncify) {
-                Ok(()) => protected.push(f),
-                Err(Some(why)) => *skipped.entry(why).or_default() += 1,
-                Err(None) => {
-                    *skipped
-                        .entry("writing the stack pointer without a constant-frame opening")
-                        .or_default() += 1
+            if cx.options.allowed(facts, f) {
+                *skipped.entry("allowed (--harden-allow)").or_default() += 1;
+                continue;
+            }
+            let entry = match eligible(m, f, sp, asyncify) {
+                Ok(()) => true,
+                Err(Some(why)) => {
+                    *skipped.entry(why).or_default() += 1;
+                    continue;
                 }
+                Err(None) => false,
+            };
+            let body = &m.bodies[(f - m.imported_funcs) as usize];
+            let (nested, uncertain) = nested_frames(body, sp, entry);
+            uncertain_nested += uncertain;
+            if !entry && nested.is_empty() {
+                *skipped
+                    .entry("writing the stack pointer without a constant-frame opening")
+                    .or_default() += 1;
+                continue;
+            }
+            plans.insert(f, Plan { entry, nested });
+        }
+        let protected: Vec<u32> = plans
+            .iter()
+            .filter(|(_, p)| p.entry)
+            .map(|(&f, _)| f)
+            .collect();
+        let nested_frames: usize = plans.values().map(|p| p.nested.len()).sum();
+        let nested_functions = plans.values().filter(|p| !p.nested.is_empty()).count();
+
+        let warnings = cx.options.unmatched_allows(m, facts);
+        let edits = &mut *cx.edits;
+        if mode == OnError::Report && !Diagnostics::available(m, edits) {
+            return Ok(nothing(
+                "report mode, but the module cannot write messages (it imports no WASI \
+                 fd_write): nothing to report"
+                    .into(),
+            ));
+        }
+        // Report mode: each frame (and nested frame) reports once.
+        let mut flags: HashMap<u32, Vec<OnceFlag>> = HashMap::new();
+        if mode == OnError::Report {
+            for (&f, plan) in &plans {
+                let n = u32::from(plan.entry) + plan.nested.len() as u32;
+                let fs = (0..n)
+                    .filter_map(|_| Diagnostics::once_flag(m, edits))
+                    .collect();
+                flags.insert(f, fs);
             }
         }
-
-        let edits = &mut *cx.edits;
         let canary = edits.add_i32_global(m, true, build_canary(m.bytes) as i32);
-        // handler(name_offset, name_len) and handler_unnamed(function).
-        let mut body = Message::new()
-            .text(m, edits, "wasmfix: stack buffer overflow in ")
-            .stored_text(
+        // handler(name_offset, name_len) and handler_unnamed(function); the nested frames'
+        // nested_handler(name_offset, name_len) and nested_handler_unnamed(function).
+        let handler = message_handler(m, edits, mode, "stack_canary", "in ", true);
+        let handler_unnamed = message_handler(
+            m,
+            edits,
+            mode,
+            "stack_canary_unnamed",
+            "in function ",
+            false,
+        );
+        let nested_handlers = (nested_frames > 0).then(|| {
+            let named = message_handler(
                 m,
                 edits,
-                vec![Instruction::LocalGet(0)],
-                vec![Instruction::LocalGet(1)],
-            )
-            .text(m, edits, "\n")
-            .trap(m, edits);
-        body.push(Instruction::End);
-        let i32t = wasmparser::ValType::I32;
-        let handler = edits.add_helper(m, "wasmfix:stack_canary", (&[i32t; 2], &[]), &[], &body);
-        let mut body = Message::new()
-            .text(m, edits, "wasmfix: stack buffer overflow in function ")
-            .number(m, edits, vec![Instruction::LocalGet(0)])
-            .text(m, edits, "\n")
-            .trap(m, edits);
-        body.push(Instruction::End);
-        let handler_unnamed = edits.add_helper(
-            m,
-            "wasmfix:stack_canary_unnamed",
-            (&[i32t], &[]),
-            &[],
-            &body,
-        );
+                mode,
+                "stack_canary_nested",
+                "in a nested frame of ",
+                true,
+            );
+            let unnamed = message_handler(
+                m,
+                edits,
+                mode,
+                "stack_canary_nested_unnamed",
+                "in a nested frame of function ",
+                false,
+            );
+            (named, unnamed)
+        });
         let mut names = HashMap::new();
-        for &f in &protected {
+        for &f in plans.keys() {
             if let Some(name) = facts.function_names.get(&f)
                 && let Some(stored) = store_text(m, edits, name)
             {
@@ -163,7 +235,7 @@ impl Pass for StackCanary {
         let seeded = seed_at_start_up(m, edits, canary);
         edits.record_applied(
             "stack-canary",
-            serde_json::json!({ "protected": protected.len() }),
+            serde_json::json!({ "protected": protected.len(), "nested_frames": nested_frames }),
         );
         let count = protected.len();
         edits.add_rewriter(Box::new(Canary {
@@ -171,10 +243,12 @@ impl Pass for StackCanary {
             canary,
             handler,
             handler_unnamed,
+            nested_handlers,
+            mode,
+            flags,
             names,
-            protected,
-            slot: 0,
-            blocks: TrapBlocks::default(),
+            plans,
+            f: PerFunction::default(),
         }));
         let mut skipped: Vec<(&str, usize)> = skipped.into_iter().collect();
         skipped.sort();
@@ -185,7 +259,16 @@ impl Pass for StackCanary {
         Ok(PassReport {
             pass: "stack-canary",
             summary: format!(
-                "a canary above the frame of {count} functions{}; canary {}{}",
+                "a canary above the frame of {count} functions{}{}; canary {}{}",
+                if nested_frames + uncertain_nested == 0 {
+                    String::new()
+                } else {
+                    format!(
+                        " and of {nested_frames} nested frames (as inlining leaves them) in \
+                         {nested_functions} functions ({uncertain_nested} nested frames without \
+                         a certain restore left alone)"
+                    )
+                },
                 if skipped_text.is_empty() {
                     String::new()
                 } else {
@@ -200,10 +283,16 @@ impl Pass for StackCanary {
                     Some(g) => format!("; Asyncify state global {g}"),
                     None => String::new(),
                 }
-            ),
-            warnings: Vec::new(),
+            ) + match mode {
+                OnError::Stop => "",
+                OnError::Report => "; report mode",
+            },
+            warnings,
             details: serde_json::json!({
                 "protected_functions": count,
+                "mode": mode,
+                "nested_frames": nested_frames,
+                "nested_frames_left_alone": uncertain_nested,
                 "skipped": skipped.iter().map(|(w, n)| serde_json::json!({"why": w, "functions": n})).collect::<Vec<_>>(),
                 "seeded_by": seeded,
                 "asyncify_state_global": asyncify,
@@ -398,53 +487,390 @@ fn seed_at_start_up(
     seeded
 }
 
+/// A nested constant frame whose restore is certain (see the header): the input offsets of
+/// its opening's `global.get sp` and of its restore's `global.set sp`.
+#[derive(Debug, Clone, Copy)]
+struct Nested {
+    open: u64,
+    restore: u64,
+}
+
+/// `global.get sp; i32.const N; i32.sub` (or `i32.const -N; i32.add`), `local.tee L` or not,
+/// `global.set sp`, N > 0: a constant frame opened anywhere in a body.
+struct Opening {
+    /// Indices in the body's operators of the `global.get` and the `global.set`.
+    get: usize,
+    set: usize,
+    local: Option<u32>,
+    size: i64,
+}
+
+fn opening_at(ops: &[(O<'_>, u64)], i: usize, sp: u32) -> Option<Opening> {
+    let op = |k: usize| ops.get(i + k).map(|o| &o.0);
+    if !matches!(op(0)?, O::GlobalGet { global_index } if *global_index == sp) {
+        return None;
+    }
+    let size = match (op(1)?, op(2)?) {
+        (O::I32Const { value }, O::I32Sub) => *value as i64,
+        (O::I32Const { value }, O::I32Add) => -(*value as i64),
+        _ => return None,
+    };
+    if size <= 0 {
+        return None;
+    }
+    match (op(3)?, op(4)) {
+        (O::LocalTee { local_index }, Some(O::GlobalSet { global_index }))
+            if *global_index == sp =>
+        {
+            Some(Opening {
+                get: i,
+                set: i + 4,
+                local: Some(*local_index),
+                size,
+            })
+        }
+        (O::GlobalSet { global_index }, _) if *global_index == sp => Some(Opening {
+            get: i,
+            set: i + 3,
+            local: None,
+            size,
+        }),
+        _ => None,
+    }
+}
+
+/// Whether the `global.set sp` at `j` restores the value `o` opened from: `local.get L` (the
+/// frame local) or `global.get sp` (the stack pointer is still the frame's), then
+/// `i32.const N; i32.add` (or `i32.const -N; i32.sub`).
+fn restores(ops: &[(O<'_>, u64)], j: usize, o: &Opening, sp: u32) -> bool {
+    if j < o.set + 4 {
+        return false;
+    }
+    let base = match &ops[j - 3].0 {
+        O::LocalGet { local_index } => o.local == Some(*local_index),
+        O::GlobalGet { global_index } => *global_index == sp,
+        _ => false,
+    };
+    let size = match (&ops[j - 2].0, &ops[j - 1].0) {
+        (O::I32Const { value }, O::I32Add) => *value as i64,
+        (O::I32Const { value }, O::I32Sub) => -(*value as i64),
+        _ => return false,
+    };
+    base && size == o.size
+}
+
+/// The constant frames opened inside `body` (after its prologue's, when `prologue`) whose
+/// restore is certain, and the number of those that are not. A frame's restore is certain when
+/// it is a [`restores`] `global.set sp` at the opening's own nesting level, and every execution
+/// from the opening reaches it or traps: no `end`/`else` of an enclosing construct before it,
+/// no branch to a label outside the frame, no `return` or tail call, no write of the frame
+/// local, and no other write of the stack pointer except by nested frames of the same kind.
+fn nested_frames(
+    body: &wasmparser::FunctionBody<'_>,
+    sp: u32,
+    prologue: bool,
+) -> (Vec<Nested>, usize) {
+    let Ok(mut reader) = body.get_operators_reader() else {
+        return (Vec::new(), 0);
+    };
+    let mut ops = Vec::new();
+    while !reader.eof() {
+        match reader.read_with_offset() {
+            Ok(op) => ops.push(op),
+            Err(_) => return (Vec::new(), 0),
+        }
+    }
+    let first_set = ops
+        .iter()
+        .position(|(op, _)| matches!(op, O::GlobalSet { global_index } if *global_index == sp));
+    let openings: Vec<Opening> = (0..ops.len())
+        .filter_map(|i| opening_at(&ops, i, sp))
+        .filter(|o| !(prologue && Some(o.set) == first_set))
+        .collect();
+    // Later openings first: a frame may contain nested frames, which must be certain already.
+    let mut restore: Vec<Option<usize>> = vec![None; openings.len()];
+    for k in (0..openings.len()).rev() {
+        restore[k] = region_end(&ops, &openings, &restore, k, sp);
+    }
+    let nested: Vec<Nested> = openings
+        .iter()
+        .zip(&restore)
+        .filter_map(|(o, r)| {
+            Some(Nested {
+                open: ops[o.get].1,
+                restore: ops[(*r)?].1,
+            })
+        })
+        .collect();
+    let uncertain = openings.len() - nested.len();
+    (nested, uncertain)
+}
+
+/// The index of the `global.set sp` that restores opening `k`, if it is certain.
+fn region_end(
+    ops: &[(O<'_>, u64)],
+    openings: &[Opening],
+    restore: &[Option<usize>],
+    k: usize,
+    sp: u32,
+) -> Option<usize> {
+    let o = &openings[k];
+    // Constructs opened since the frame's opening and not closed yet.
+    let mut depth = 0u32;
+    for (j, (op, _)) in ops.iter().enumerate().skip(o.set + 1) {
+        match op {
+            O::Block { .. } | O::Loop { .. } | O::If { .. } => depth += 1,
+            O::End | O::Else if depth == 0 => return None,
+            O::End => depth -= 1,
+            O::Br { relative_depth }
+            | O::BrIf { relative_depth }
+            | O::BrOnNull { relative_depth }
+            | O::BrOnNonNull { relative_depth }
+                if *relative_depth >= depth =>
+            {
+                return None;
+            }
+            O::BrTable { targets } => {
+                let outside = |d: u32| d >= depth;
+                if outside(targets.default()) || targets.targets().any(|t| t.is_ok_and(outside)) {
+                    return None;
+                }
+            }
+            O::Return
+            | O::ReturnCall { .. }
+            | O::ReturnCallIndirect { .. }
+            | O::ReturnCallRef { .. }
+            | O::Try { .. }
+            | O::TryTable { .. }
+            | O::Catch { .. }
+            | O::CatchAll
+            | O::Delegate { .. }
+            | O::Throw { .. }
+            | O::ThrowRef
+            | O::Rethrow { .. }
+            | O::BrOnCast { .. }
+            | O::BrOnCastFail { .. }
+            | O::BrOnCastDescEq { .. }
+            | O::BrOnCastDescEqFail { .. }
+            | O::Resume { .. }
+            | O::ResumeThrow { .. }
+            | O::ResumeThrowRef { .. }
+            | O::Switch { .. }
+            | O::Suspend { .. } => return None,
+            O::LocalSet { local_index } | O::LocalTee { local_index }
+                if o.local == Some(*local_index) =>
+            {
+                return None;
+            }
+            O::GlobalSet { global_index } if *global_index == sp => {
+                // The opening or the restore of a certain frame nested in this one (its restore
+                // may read the stack pointer, which is then that frame's, not this one's).
+                let nested =
+                    openings.iter().zip(restore).skip(k + 1).any(|(q, r)| {
+                        r.is_some() && (q.set == j || (*r == Some(j) && q.set > o.set))
+                    });
+                if nested {
+                    continue;
+                }
+                if depth == 0 && restores(ops, j, o, sp) {
+                    return Some(j);
+                }
+                return None;
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What the rewriter does to one function.
+struct Plan {
+    /// A canary slot pushed on entry, checked and popped at every exit.
+    entry: bool,
+    /// Nested frames whose restore is certain, each with its own slot.
+    nested: Vec<Nested>,
+}
+
 struct Canary {
     sp: u32,
     canary: u32,
     handler: u32,
     handler_unnamed: u32,
+    mode: OnError,
+    /// Report mode: per function, the flag of its entry frame (if protected) and of each
+    /// nested frame, in order.
+    flags: HashMap<u32, Vec<OnceFlag>>,
+    /// (named, unnamed) handlers of the nested frames' checks.
+    nested_handlers: Option<(u32, u32)>,
     names: HashMap<u32, (u32, u32)>,
-    /// Protected functions, ascending.
-    protected: Vec<u32>,
-    /// The local holding the canary slot's address in the function being rewritten.
+    plans: BTreeMap<u32, Plan>,
+    f: PerFunction,
+}
+
+/// The state of the function being rewritten.
+#[derive(Default)]
+struct PerFunction {
+    entry: bool,
+    /// The local holding the entry slot's address.
     slot: u32,
+    /// A local for a nested frame's slot address while it is pushed or checked.
+    scratch: u32,
+    /// Input offsets of the nested openings' `global.get sp` and of the restores'
+    /// `global.set sp` not rewritten yet.
+    opens: Vec<u64>,
+    restores: Vec<u64>,
     blocks: TrapBlocks,
+    /// Report mode: the entry frame's flag, and each nested frame's by its restore's offset.
+    entry_flag: Option<OnceFlag>,
+    nested_flags: Vec<(u64, OnceFlag)>,
 }
 
 impl Canary {
-    /// The exit check: compare the canary (branch to trap block 0 on a mismatch), pop the slot.
-    fn exit(&self, trap_depth: u32) -> [Instruction<'static>; 9] {
+    /// The exit check: compare the canary (stop: branch to trap block 0 on a mismatch; report:
+    /// report once), pop the slot.
+    fn exit(&self, func: u32, trap_depth: u32) -> Vec<Instruction<'static>> {
         let word = super::word(0);
-        [
-            Instruction::LocalGet(self.slot),
+        let mut code = vec![
+            Instruction::LocalGet(self.f.slot),
             Instruction::I32Load(word),
             Instruction::GlobalGet(self.canary),
             Instruction::I32Ne,
-            Instruction::BrIf(trap_depth),
-            Instruction::LocalGet(self.slot),
+        ];
+        match self.mode {
+            OnError::Stop => code.push(Instruction::BrIf(trap_depth)),
+            OnError::Report => {
+                code.push(Instruction::If(BlockType::Empty));
+                code.extend(self.report_once(self.f.entry_flag, self.call_handler(func, false)));
+                code.push(Instruction::End);
+            }
+        }
+        code.extend([
+            Instruction::LocalGet(self.f.slot),
             Instruction::I32Const(SLOT),
             Instruction::I32Add,
             Instruction::GlobalSet(self.sp),
-        ]
-    }
-}
-
-impl BodyRewriter for Canary {
-    fn wants(&self, func: u32) -> bool {
-        self.protected.binary_search(&func).is_ok()
+        ]);
+        code
     }
 
-    fn prologue(&mut self, cx: &mut BodyCx<'_>, out: &mut Vec<Instruction<'static>>) {
-        self.slot = cx.add_local(ValType::I32);
+    /// The call that reports an overflow in function `func`'s frame (`nested`: a nested one).
+    fn call_handler(&self, func: u32, nested: bool) -> Vec<Instruction<'static>> {
+        let (named, unnamed) = match nested {
+            false => (self.handler, self.handler_unnamed),
+            true => self.nested_handlers.expect("nested frames have handlers"),
+        };
+        match self.names.get(&func) {
+            Some(&(offset, len)) => vec![
+                Instruction::I32Const(offset as i32),
+                Instruction::I32Const(len as i32),
+                Instruction::Call(named),
+            ],
+            None => vec![
+                Instruction::I32Const(func as i32),
+                Instruction::Call(unnamed),
+            ],
+        }
+    }
+
+    /// `call`, guarded by `flag` when there is one.
+    fn report_once(
+        &self,
+        flag: Option<OnceFlag>,
+        call: Vec<Instruction<'static>>,
+    ) -> Vec<Instruction<'static>> {
+        match flag {
+            Some(flag) => flag.guard(call),
+            None => call,
+        }
+    }
+
+    /// Replaces a nested opening's `global.get sp`: push a slot holding the canary; the frame
+    /// then opens below it.
+    fn push_nested(&self, out: &mut Vec<Instruction<'_>>) {
         let word = super::word(0);
         out.extend([
             Instruction::GlobalGet(self.sp),
             Instruction::I32Const(SLOT),
             Instruction::I32Sub,
-            Instruction::LocalTee(self.slot),
+            Instruction::LocalTee(self.f.scratch),
             Instruction::GlobalGet(self.canary),
             Instruction::I32Store(word),
-            Instruction::LocalGet(self.slot),
+            Instruction::LocalGet(self.f.scratch),
+            Instruction::GlobalSet(self.sp),
+            Instruction::LocalGet(self.f.scratch),
+        ]);
+    }
+
+    /// Replaces the `global.set sp` of the nested restore at input offset `at`, whose value is
+    /// the slot's address: check the canary, then pop the slot too.
+    fn restore_nested(&self, func: u32, at: u64, out: &mut Vec<Instruction<'_>>) {
+        let word = super::word(0);
+        out.extend([
+            Instruction::LocalTee(self.f.scratch),
+            Instruction::I32Load(word),
+            Instruction::GlobalGet(self.canary),
+            Instruction::I32Ne,
+            Instruction::If(BlockType::Empty),
+        ]);
+        let call = self.call_handler(func, true);
+        match self.mode {
+            OnError::Stop => {
+                out.extend(call);
+                out.push(Instruction::Unreachable);
+            }
+            OnError::Report => {
+                let flag = self.f.nested_flags.iter().find(|(o, _)| *o == at);
+                out.extend(self.report_once(flag.map(|f| f.1), call));
+            }
+        }
+        out.extend([
+            Instruction::End,
+            Instruction::LocalGet(self.f.scratch),
+            Instruction::I32Const(SLOT),
+            Instruction::I32Add,
+            Instruction::GlobalSet(self.sp),
+        ]);
+    }
+}
+
+impl BodyRewriter for Canary {
+    fn wants(&self, func: u32) -> bool {
+        self.plans.contains_key(&func)
+    }
+
+    fn prologue(&mut self, cx: &mut BodyCx<'_>, out: &mut Vec<Instruction<'static>>) {
+        let plan = &self.plans[&cx.func];
+        let mut flags = self
+            .flags
+            .get(&cx.func)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter();
+        let entry_flag = if plan.entry { flags.next() } else { None };
+        self.f = PerFunction {
+            entry: plan.entry,
+            opens: plan.nested.iter().map(|n| n.open).collect(),
+            restores: plan.nested.iter().map(|n| n.restore).collect(),
+            entry_flag,
+            nested_flags: plan.nested.iter().map(|n| n.restore).zip(flags).collect(),
+            ..PerFunction::default()
+        };
+        if !self.f.opens.is_empty() {
+            self.f.scratch = cx.add_local(ValType::I32);
+        }
+        if !self.f.entry {
+            return;
+        }
+        self.f.slot = cx.add_local(ValType::I32);
+        let word = super::word(0);
+        out.extend([
+            Instruction::GlobalGet(self.sp),
+            Instruction::I32Const(SLOT),
+            Instruction::I32Sub,
+            Instruction::LocalTee(self.f.slot),
+            Instruction::GlobalGet(self.canary),
+            Instruction::I32Store(word),
+            Instruction::LocalGet(self.f.slot),
             Instruction::GlobalSet(self.sp),
         ]);
         let results = match cx.sig.results() {
@@ -452,7 +878,13 @@ impl BodyRewriter for Canary {
             [t] => BlockType::Result(RoundtripReencoder.val_type(*t).expect("a value type")),
             _ => unreachable!("functions with several results are not protected"),
         };
-        self.blocks.open(&[BlockType::Empty], results, out);
+        // Report mode: no trap block, only `$body`, which branches to the function's label
+        // reach too.
+        let traps: &[BlockType] = match self.mode {
+            OnError::Stop => &[BlockType::Empty],
+            OnError::Report => &[],
+        };
+        self.f.blocks.open(traps, results, out);
     }
 
     fn instruction<'i>(
@@ -461,37 +893,82 @@ impl BodyRewriter for Canary {
         mut ins: Instruction<'i>,
         out: &mut Vec<Instruction<'i>>,
     ) {
-        match self.blocks.track(&mut ins) {
-            At::Outside => out.push(ins),
-            At::End => {
-                let mut trap = vec![];
-                match self.names.get(&cx.func) {
-                    Some(&(offset, len)) => trap.extend([
-                        Instruction::I32Const(offset as i32),
-                        Instruction::I32Const(len as i32),
-                        Instruction::Call(self.handler),
-                    ]),
-                    None => trap.extend([
-                        Instruction::I32Const(cx.func as i32),
-                        Instruction::Call(self.handler_unnamed),
-                    ]),
+        let at = self.f.blocks.track(&mut ins);
+        if self.f.entry {
+            match at {
+                At::Outside => {
+                    out.push(ins);
+                    return;
                 }
-                trap.push(Instruction::Unreachable);
-                let exit = self.exit(0);
-                self.blocks.close(&exit, &[trap], ins, out);
-            }
-            At::Body => {
-                if matches!(
-                    ins,
-                    Instruction::Return
-                        | Instruction::ReturnCall(_)
-                        | Instruction::ReturnCallIndirect { .. }
-                        | Instruction::ReturnCallRef(_)
-                ) {
-                    out.extend(self.exit(self.blocks.trap_depth(0)));
+                At::End => {
+                    let exit = self.exit(cx.func, 0);
+                    match self.mode {
+                        OnError::Stop => {
+                            let mut trap = self.call_handler(cx.func, false);
+                            trap.push(Instruction::Unreachable);
+                            self.f.blocks.close(&exit, &[trap], ins, out);
+                        }
+                        OnError::Report => self.f.blocks.close(&exit, &[], ins, out),
+                    }
+                    return;
                 }
-                out.push(ins);
+                At::Body => {
+                    if matches!(
+                        ins,
+                        Instruction::Return
+                            | Instruction::ReturnCall(_)
+                            | Instruction::ReturnCallIndirect { .. }
+                            | Instruction::ReturnCallRef(_)
+                    ) {
+                        out.extend(self.exit(cx.func, self.f.blocks.trap_depth(0)));
+                    }
+                }
             }
         }
+        // The first `global.get sp` / `global.set sp` an original instruction of a nested
+        // frame turned into (stack-guard, earlier in the chain, adds reads after writes).
+        match ins {
+            Instruction::GlobalGet(g) if g == self.sp && self.f.opens.contains(&cx.offset) => {
+                self.f.opens.retain(|&o| o != cx.offset);
+                self.push_nested(out);
+            }
+            Instruction::GlobalSet(g) if g == self.sp && self.f.restores.contains(&cx.offset) => {
+                self.f.restores.retain(|&o| o != cx.offset);
+                self.restore_nested(cx.func, cx.offset, out);
+            }
+            ins => out.push(ins),
+        }
     }
+}
+
+/// A helper `wasmfix:{name}` that prints `wasmfix: stack buffer overflow {what}` and the
+/// function: by its stored name (`named`: parameters name offset and length) or by its index
+/// (one parameter), then stops or, in report mode, returns.
+fn message_handler(
+    m: &Module<'_>,
+    edits: &mut crate::edit::Edits<'_>,
+    mode: OnError,
+    name: &str,
+    what: &str,
+    named: bool,
+) -> u32 {
+    let message = Message::start(m, edits, mode).text(
+        m,
+        edits,
+        &format!("wasmfix: stack buffer overflow {what}"),
+    );
+    let message = match named {
+        true => message.stored_text(
+            m,
+            edits,
+            vec![Instruction::LocalGet(0)],
+            vec![Instruction::LocalGet(1)],
+        ),
+        false => message.number(m, edits, vec![Instruction::LocalGet(0)]),
+    };
+    let mut body = message.text(m, edits, "\n").end(m, edits, mode);
+    body.push(Instruction::End);
+    let i32t = wasmparser::ValType::I32;
+    let params: &[wasmparser::ValType] = if named { &[i32t; 2] } else { &[i32t] };
+    edits.add_helper(m, &format!("wasmfix:{name}"), (params, &[]), &[], &body)
 }

@@ -17,13 +17,20 @@ pub struct NewFunction {
     pub name: String,
 }
 
-/// An active element segment a pass adds: `items` (constant expressions of type `ty`) are
-/// written to `table` from `offset` at instantiation.
+/// An active element segment a pass adds: `items` are written to `table` from `offset` at
+/// instantiation.
 pub struct NewElement {
     pub table: u32,
     pub offset: ConstExpr,
-    pub ty: RefType,
-    pub items: Vec<ConstExpr>,
+    pub items: ElementItems,
+}
+
+/// What an added element segment holds.
+pub enum ElementItems {
+    /// Function indices: on table 0 this is WebAssembly 1.0's only kind of segment.
+    Functions(Vec<u32>),
+    /// Constant expressions of a reference type (`ref.null`, `ref.func`): reference types.
+    Expressions(RefType, Vec<ConstExpr>),
 }
 
 /// A data segment a pass adds: active at `(memory, offset)`, or passive when `active` is
@@ -88,7 +95,8 @@ pub enum Sees {
     #[default]
     Everything,
     /// Only `call_indirect` and `return_call_indirect`: the rewriter is shown nothing else,
-    /// its `prologue` is not called, and it must not read `BodyCx::original` or
+    /// its `prologue` is called but must push nothing (it may start per-function state, as
+    /// fpcast's site local), and it must not read `BodyCx::original` or
     /// `BodyCx::depth`. A function whose rewriters all see only these is not decoded: the
     /// module facts know where its indirect calls are, and every other instruction is copied
     /// byte for byte.
@@ -153,11 +161,15 @@ pub struct Edits<'m> {
     pub(crate) used_features: crate::features::FeatureSet,
     /// New limits for memories, by memory index.
     pub(crate) memory_types: BTreeMap<u32, wasm_encoder::MemoryType>,
+    /// New types (limits) for defined tables, by table index.
+    pub(crate) table_types: BTreeMap<u32, TableType>,
     /// Names of added tables, globals and data segments for the name section, by
     /// (name subsection id, index); added functions carry their own (`NewFunction::name`).
     pub(crate) item_names: BTreeMap<(u8, u32), String>,
     /// Exports pointed at another function, by export name.
     pub(crate) export_targets: BTreeMap<String, u32>,
+    /// New function exports, by name, appended after the original exports.
+    pub(crate) new_exports: Vec<(String, u32)>,
     /// Defined functions given a new body in their original slot (see [`Edits::move_body`]).
     pub(crate) replaced_bodies: BTreeMap<u32, Function>,
     /// Added functions holding a moved original body: new function index → original
@@ -181,9 +193,9 @@ impl<'m> Edits<'m> {
     }
 
     /// Records that the output uses `f` without asking whether the run allows it. Only for
-    /// designs that have no WebAssembly 1.0 alternative yet (issue 14: fpcast's tables, the
-    /// messages' passive segment, heap-canary's memory.copy/fill); everything else goes through
-    /// `PassCx::use_feature`, which refuses what the run does not allow.
+    /// designs that have no WebAssembly 1.0 alternative yet (issue 14: fpcast's tables and
+    /// heap-canary's memory.copy/fill; delete this once both are gone); everything else goes
+    /// through `PassCx::use_feature`, which refuses what the run does not allow.
     pub fn record_feature(&mut self, f: crate::features::Feature) {
         self.used_features.insert(f);
     }
@@ -203,7 +215,9 @@ impl<'m> Edits<'m> {
             && self.global_inits.is_empty()
             && self.data_offsets.is_empty()
             && self.memory_types.is_empty()
+            && self.table_types.is_empty()
             && self.export_targets.is_empty()
+            && self.new_exports.is_empty()
             && self.replaced_bodies.is_empty())
     }
 
@@ -240,6 +254,32 @@ impl<'m> Edits<'m> {
     ) -> u32 {
         let ty = FuncType::new(params.iter().copied(), results.iter().copied());
         let type_index = self.func_type(module, ty);
+        let mut body = Function::new(locals.iter().copied());
+        for ins in code {
+            body.instruction(ins);
+        }
+        self.add_function(
+            module,
+            NewFunction {
+                type_index,
+                body,
+                name: name.to_string(),
+            },
+        )
+    }
+
+    /// [`Edits::add_helper`] typed by the existing type index `type_index` (a function that
+    /// must have exactly that type, e.g. one stored where `call_indirect (type T)` reaches it:
+    /// under GC a type's identity includes its recursion group and supertypes, so an equal
+    /// parameter and result list spelled by another type index need not be the same type).
+    pub fn add_helper_typed(
+        &mut self,
+        module: &Module<'_>,
+        name: &str,
+        type_index: u32,
+        locals: &[(u32, ValType)],
+        code: &[Instruction<'_>],
+    ) -> u32 {
         let mut body = Function::new(locals.iter().copied());
         for ins in code {
             body.instruction(ins);
@@ -338,6 +378,12 @@ impl<'m> Edits<'m> {
         self.export_targets.insert(name.to_string(), func);
     }
 
+    /// Exports function `func` (usually one a pass added) as `name`, after the original exports.
+    /// The caller makes sure no export of that name exists.
+    pub fn add_function_export(&mut self, name: &str, func: u32) {
+        self.new_exports.push((name.to_string(), func));
+    }
+
     /// Moves the body of defined function `func`, byte for byte, to a new function of the same
     /// type named `name`, and returns the new function's index. Give `func` its new body with
     /// [`Edits::replace_body`]: every call, export and table entry keeps reaching `func`, so
@@ -370,6 +416,11 @@ impl<'m> Edits<'m> {
     /// Gives memory `memory` new limits.
     pub fn set_memory_type(&mut self, memory: u32, ty: wasm_encoder::MemoryType) {
         self.memory_types.insert(memory, ty);
+    }
+
+    /// Gives defined table `table` a new type (larger limits, for slots a pass appends).
+    pub fn set_table_type(&mut self, table: u32, ty: TableType) {
+        self.table_types.insert(table, ty);
     }
 
     /// Records in the output's `wasmfix` custom section that `what` was applied, so a later

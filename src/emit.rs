@@ -21,7 +21,7 @@
 //! one buffer for the whole output and a second copy of the Code section cost 2.9x and 3.0x).
 
 use crate::codemap::CodeMap;
-use crate::edit::{BodyCx, BodyRewriter, Edits, Sees};
+use crate::edit::{BodyCx, BodyRewriter, Edits, ElementItems, Sees};
 use crate::facts::CodeFacts;
 use crate::module::Module;
 use anyhow::{Context, Result, anyhow};
@@ -87,8 +87,14 @@ pub fn emit(
             || !edits.rewriters.is_empty()
             || !edits.replaced_bodies.is_empty(),
     );
-    mark(7, !edits.export_targets.is_empty());
-    mark(4, !edits.new_tables.is_empty());
+    mark(
+        7,
+        !edits.export_targets.is_empty() || !edits.new_exports.is_empty(),
+    );
+    mark(
+        4,
+        !edits.new_tables.is_empty() || !edits.table_types.is_empty(),
+    );
     mark(6, !edits.new_globals.is_empty());
     mark(9, !edits.new_elements.is_empty());
     mark(11, !edits.new_data.is_empty());
@@ -463,8 +469,21 @@ fn build_section(
             let mut tables = TableSection::new();
             if let Some(c) = original(module, 4) {
                 let r = wasmparser::TableSectionReader::new(reader(c, start(4)))?;
-                re.parse_table_section(&mut tables, r)
-                    .map_err(encoding_error)?;
+                for (k, table) in r.into_iter().enumerate() {
+                    let index = module.imported_tables + k as u32;
+                    let table = table?;
+                    let ty = match edits.table_types.get(&index) {
+                        Some(ty) => *ty,
+                        None => re.table_type(table.ty).map_err(encoding_error)?,
+                    };
+                    match table.init {
+                        wasmparser::TableInit::RefNull => tables.table(ty),
+                        wasmparser::TableInit::Expr(e) => {
+                            let init = re.const_expr(e).map_err(encoding_error)?;
+                            tables.table_with_init(ty, &init)
+                        }
+                    };
+                }
             }
             for (ty, init) in &edits.new_tables {
                 match init {
@@ -499,12 +518,23 @@ fn build_section(
                 elements.raw(&module.bytes[e.range.start as usize..e.range.end as usize]);
             }
             for e in &edits.new_elements {
+                let (table, items) = match &e.items {
+                    // Table 0 with function indices: the WebAssembly 1.0 encoding.
+                    ElementItems::Functions(f) => (
+                        (e.table != 0).then_some(e.table),
+                        wasm_encoder::Elements::Functions(f[..].into()),
+                    ),
+                    ElementItems::Expressions(ty, items) => (
+                        Some(e.table),
+                        wasm_encoder::Elements::Expressions(*ty, items[..].into()),
+                    ),
+                };
                 elements.segment(wasm_encoder::ElementSegment {
                     mode: wasm_encoder::ElementMode::Active {
-                        table: Some(e.table),
+                        table,
                         offset: &e.offset,
                     },
-                    elements: wasm_encoder::Elements::Expressions(e.ty, (&e.items[..]).into()),
+                    elements: items,
                 });
             }
             out.section(&elements);
@@ -534,6 +564,9 @@ fn build_section(
                     _ => e.index,
                 };
                 exports.export(e.name, kind, index);
+            }
+            for (name, func) in &edits.new_exports {
+                exports.export(name, wasm_encoder::ExportKind::Func, *func);
             }
             out.section(&exports);
         }
@@ -735,6 +768,17 @@ fn is_indirect_call(ins: &Instruction<'_>) -> bool {
     )
 }
 
+/// A rewriter that [`Sees::IndirectCalls`] gets its prologue call (to start the function's
+/// state) but may not add instructions there: its functions may not be decoded.
+fn no_prologue(sees: Sees, prologue: &[Instruction<'_>]) -> Result<()> {
+    if sees == Sees::IndirectCalls && !prologue.is_empty() {
+        return Err(anyhow!(
+            "a rewriter that sees only indirect calls wrote a prologue"
+        ));
+    }
+    Ok(())
+}
+
 /// Bytes of the unsigned LEB128 encoding of `n`.
 fn leb_len(n: u64) -> usize {
     (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
@@ -783,11 +827,9 @@ impl<'i> Rewriting<'i> {
 
         // Prologues: rewriter k's prologue runs through rewriters after k.
         for (pos, &k) in active.iter().enumerate() {
-            if sees[k] == Sees::IndirectCalls {
-                continue;
-            }
             let mut pro = Vec::new();
             rewriters[k].prologue(&mut cx, &mut pro);
+            no_prologue(sees[k], &pro)?;
             self.stage_in.clear();
             self.stage_in.extend(pro);
             self.run_stages(&mut cx, rewriters, &active[pos + 1..], sees);
@@ -904,6 +946,11 @@ impl<'i> Rewriting<'i> {
         }
         let code_start = body.get_operators_reader()?.original_position() as usize;
         let mut cx = BodyCx::new(func, sig, declared, &[]);
+        for &k in active {
+            let mut pro = Vec::new();
+            rewriters[k].prologue(&mut cx, &mut pro);
+            no_prologue(sees[k], &pro)?;
+        }
         // The code, and (input offset, offset in `code`) of each place the input's code resumes.
         let mut code = Vec::with_capacity(range.end - code_start + 16 * calls.len());
         let mut resumes = vec![(code_start as u64, 0)];

@@ -6,6 +6,7 @@
 //! function body ([`CodeFacts`]) come from the input's validation, which shows every operator
 //! it decodes to a [`CodeWalk`]: the code is decoded once, for both.
 
+use crate::features::{EncodingCheck, Feature};
 use crate::module::{Module, const_value};
 use crate::sig;
 use serde::Serialize;
@@ -96,6 +97,9 @@ pub struct CodeFacts {
     pub indirect_sites: BTreeMap<(u32, u32), usize>,
     /// Tables written by `table.set/grow/fill/copy/init` in code.
     pub tables_changed: Vec<u32>,
+    /// Tables written at slots the code computes (`table.set/fill/copy/init`): unlike
+    /// `table.grow`, these may overwrite entries that were there at instantiation.
+    pub tables_written: Vec<u32>,
     /// Global → functions whose first global access reads it and that also write it: the
     /// stack-pointer prologue idiom (`global.get g; i32.const N; i32.sub; … global.set g`).
     pub prologue_globals: BTreeMap<u32, usize>,
@@ -103,6 +107,8 @@ pub struct CodeFacts {
     pub functions_with_indirect_calls: Vec<u32>,
     /// Mutable i32/i64 global → functions that write it with `global.set`, ascending.
     pub global_writers: BTreeMap<u32, Vec<u32>>,
+    /// Functions that execute `memory.size` (learn how much memory exists), ascending.
+    pub memory_size_functions: Vec<u32>,
     /// The WebAssembly features the code uses (operators, block types, locals).
     #[serde(skip)]
     pub features: crate::features::FeatureSet,
@@ -116,6 +122,11 @@ pub struct CodeFacts {
 impl CodeFacts {
     pub fn table_changed_by_code(&self, table: u32) -> bool {
         self.tables_changed.contains(&table)
+    }
+
+    /// Whether code may overwrite existing slots of `table` (anything but `table.grow`).
+    pub fn table_written_by_code(&self, table: u32) -> bool {
+        self.tables_written.contains(&table)
     }
 }
 
@@ -136,6 +147,12 @@ pub struct Facts {
     pub stack_pointer: Result<Found<u32>, String>,
     pub stack_pointer_init: Option<u64>,
     pub data: Option<DataExtent>,
+    /// The linker that laid out memory, when something certain identifies it.
+    pub linker: Option<Found<Linker>>,
+    /// The lowest address a static (initialized or zero-initialized) can have: nothing of the
+    /// program lives in `[0, global_base)`, so an access there is a null-pointer dereference.
+    /// Never above the lowest data address, the stack's low end or the heap base.
+    pub global_base: Result<Found<u64>, String>,
     pub heap_base: Option<Found<u64>>,
     pub data_end: Option<Found<u64>>,
     pub stack: Result<StackRegion, String>,
@@ -147,9 +164,14 @@ pub struct Facts {
     /// What an earlier wasmfix run applied (its `wasmfix` custom section), by pass.
     pub applied: serde_json::Map<String, serde_json::Value>,
     pub global_names: HashMap<u32, String>,
+    /// Data segment names from the name section (wasm-ld names its output segments `.rodata`,
+    /// `.data`, …; wasm-opt keeps them, numbering the pieces it splits off).
+    pub data_names: HashMap<u32, String>,
     pub debug_info: DebugInfoFacts,
     code: OnceLock<CodeFacts>,
     indirect_calls: OnceLock<Vec<IndirectCallFacts>>,
+    heap: OnceLock<Result<crate::heap::HeapStart, String>>,
+    allocator: OnceLock<Result<crate::allocator::Allocator, String>>,
     features: OnceLock<crate::features::InputFeatures>,
 }
 
@@ -169,11 +191,13 @@ impl Facts {
     }
 
     fn sections(m: &Module<'_>) -> Facts {
-        let (function_names, global_names) = names(m);
+        let (function_names, global_names, data_names) = names(m);
         Facts {
             stack_pointer: Err(String::new()),
             stack_pointer_init: None,
             data: data_extent(m),
+            linker: None,
+            global_base: Err(String::new()),
             heap_base: None,
             data_end: None,
             stack: Err(String::new()),
@@ -183,10 +207,13 @@ impl Facts {
             producers: producers(m),
             function_names,
             global_names,
+            data_names,
             applied: applied(m),
             debug_info: debug_info(m),
             code: OnceLock::new(),
             indirect_calls: OnceLock::new(),
+            heap: OnceLock::new(),
+            allocator: OnceLock::new(),
             features: OnceLock::new(),
         }
     }
@@ -201,6 +228,8 @@ impl Facts {
             self.stack_pointer_init = defined_global_value(m, sp.value);
         }
         self.stack = self.stack_region(m);
+        self.linker = linker(m, &self);
+        self.global_base = self.global_base(m);
         self
     }
 
@@ -209,6 +238,18 @@ impl Facts {
         // An invalid body stops the walk; `new` is for modules that validated.
         self.code
             .get_or_init(|| crate::validate::validate_input(m).unwrap_or_default())
+    }
+
+    /// Where the module's runtime starts its heap (see [`crate::heap`]), found on first use.
+    pub fn heap(&self, m: &Module<'_>) -> &Result<crate::heap::HeapStart, String> {
+        self.heap.get_or_init(|| crate::heap::find(m, self))
+    }
+
+    /// The module's allocator (`malloc`, `free` and their family), found by names or by its
+    /// code, or why it cannot be established; see [`crate::allocator`]. Found on first use.
+    pub fn allocator(&self, m: &Module<'_>) -> &Result<crate::allocator::Allocator, String> {
+        self.allocator
+            .get_or_init(|| crate::allocator::find(m, &self.function_names, &Default::default()))
     }
 
     /// The WebAssembly features the input uses (its `target_features` section and what its
@@ -416,6 +457,68 @@ impl Facts {
         }
     }
 
+    /// The lowest address a static can have, from what is certain: the name `__global_base`,
+    /// else the documented default of the linker that laid the module out (see [`linker`]),
+    /// lowered to the lowest address anything of the program is known to occupy. The lowest
+    /// data segment alone is not enough: `wasm-opt` drops the leading zero bytes of segments
+    /// (memory packing), so zero-initialized statics can lie below it.
+    fn global_base(&self, m: &Module<'_>) -> Result<Found<u64>, String> {
+        if m.memory0_segments().any(|(_, range)| range.is_none()) {
+            return Err(
+                "data segments are placed at instantiation (a dynamically linked or \
+                        PIC module): the statics' addresses are not known"
+                    .into(),
+            );
+        }
+        let named = self.global_address(m, "__global_base");
+        let (base, how) = match (&named, &self.linker) {
+            (Some(named), _) => (named.value, format!("`__global_base`: {}", named.how)),
+            (None, Some(linker)) => (
+                linker.value.default_global_base(),
+                format!(
+                    "{}'s default global base, the linker identified by {}",
+                    linker.value.name(),
+                    linker.how
+                ),
+            ),
+            (None, None) => {
+                return Err(
+                    "cannot establish where the statics start: no `__global_base`, \
+                            and no name section, producers section or Emscripten import \
+                            identifies the linker (the lowest data segment is no answer: \
+                            wasm-opt drops leading zero bytes); keep the producers section"
+                        .into(),
+                );
+            }
+        };
+        // Nothing of the program may lie below the value: data, the stack, the heap.
+        let mut lower: Vec<(u64, String)> = Vec::new();
+        if let Some(d) = &self.data {
+            lower.push((d.low, "the lowest data segment".into()));
+        }
+        let mut stack_first = false;
+        if let Ok(st) = &self.stack {
+            lower.push((st.low, "the stack's low end".into()));
+            stack_first = st.layout == StackLayout::StackFirst;
+        }
+        if let Some(h) = &self.heap_base {
+            lower.push((h.value, "`__heap_base`".into()));
+        }
+        match lower.into_iter().filter(|(v, _)| *v < base).min() {
+            // Data or the heap below the linker's default: the module was linked with another
+            // global base, which is known only to lie at or below them. wasm-opt may have packed
+            // zero-initialized statics away below the lowest segment, so no value is certain.
+            Some((v, what)) if named.is_none() && !(v == 0 && stack_first) => Err(format!(
+                "cannot establish where the statics start: {what} ({v}) lies below \
+                     {how}, so the module was linked with another global base, and \
+                     zero-initialized statics may lie below the lowest segment; export \
+                     `__global_base`"
+            )),
+            Some((v, what)) => Ok(found(v, format!("{what}, below {base} ({how})"))),
+            None => Ok(found(base, how)),
+        }
+    }
+
     /// Per `call_indirect` type: sites, and the table entries of castable other types.
     pub fn indirect_calls(&self, m: &Module<'_>) -> &[IndirectCallFacts] {
         self.indirect_calls
@@ -452,6 +555,103 @@ impl Facts {
         }
         out
     }
+}
+
+/// A linker whose memory layout is documented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Linker {
+    /// LLVM's wasm-ld (clang, wasi-sdk, Rust, zig cc): statics from `--global-base`, 1024 by
+    /// default, unless the stack comes first.
+    WasmLd,
+    /// Emscripten (wasm-ld underneath): statics from `GLOBAL_BASE`, 1024 by default.
+    Emscripten,
+}
+
+impl Linker {
+    pub fn name(self) -> &'static str {
+        match self {
+            Linker::WasmLd => "wasm-ld",
+            Linker::Emscripten => "Emscripten",
+        }
+    }
+
+    /// The global base the linker uses unless told otherwise.
+    pub fn default_global_base(self) -> u64 {
+        1024
+    }
+}
+
+/// The linker that laid the module out, from evidence only that linker leaves: Emscripten's
+/// JavaScript-library imports; the functions wasm-ld synthesizes (`__wasm_call_ctors`, …);
+/// wasm-ld's output segment names (`.rodata`, `.data`, …); a `processed-by clang` producer
+/// (clang's object files are linked by wasm-ld).
+fn linker(m: &Module<'_>, f: &Facts) -> Option<Found<Linker>> {
+    if let Some(i) = m.imports.iter().find(|i| {
+        i.module == "env"
+            && (i.name.starts_with("emscripten_") || i.name.starts_with("_emscripten_"))
+    }) {
+        return Some(found(
+            Linker::Emscripten,
+            format!("its import `{}.{}`", i.module, i.name),
+        ));
+    }
+    const SYNTHESIZED: &[&str] = &[
+        "__wasm_call_ctors",
+        "__wasm_init_memory",
+        "__wasm_apply_data_relocs",
+        "__wasm_init_tls",
+    ];
+    let named = f
+        .function_names
+        .values()
+        .map(String::as_str)
+        .chain(
+            m.exports
+                .iter()
+                .filter(|e| e.kind == ExternalKind::Func)
+                .map(|e| e.name),
+        )
+        .filter(|n| SYNTHESIZED.contains(n))
+        .min();
+    if let Some(n) = named {
+        return Some(found(
+            Linker::WasmLd,
+            format!("the function `{n}` it synthesizes"),
+        ));
+    }
+    let segment = f
+        .data_names
+        .values()
+        .filter(|n| {
+            [".rodata", ".data", ".bss", ".tdata"]
+                .iter()
+                .any(|s| n == s || n.strip_prefix(s).is_some_and(|r| r.starts_with('.')))
+        })
+        .min();
+    if let Some(n) = segment {
+        return Some(found(
+            Linker::WasmLd,
+            format!("its output data segment name `{n}`"),
+        ));
+    }
+    let clang = f
+        .producers
+        .iter()
+        .filter(|(field, _)| field == "processed-by")
+        .flat_map(|(_, values)| values)
+        // `clang`, or a vendor's build of it (`Debian clang`).
+        .find(|(name, _)| name.split_whitespace().last() == Some("clang"));
+    if let Some((name, version)) = clang {
+        return Some(found(
+            Linker::WasmLd,
+            format!(
+                "the producer `processed-by: {}`",
+                format!("{name} {version}").trim()
+            ),
+        ));
+    }
+    None
 }
 
 /// The `wasmfix` custom section an earlier run wrote: `{"fpcast": …, "stack": …}`.
@@ -526,16 +726,19 @@ fn defined_global_value(m: &Module<'_>, g: u32) -> Option<u64> {
     const_value(&d.init).map(|v| v as u64)
 }
 
-fn names(m: &Module<'_>) -> (HashMap<u32, String>, HashMap<u32, String>) {
-    let (mut funcs, mut globals) = (HashMap::new(), HashMap::new());
+type Names = HashMap<u32, String>;
+
+fn names(m: &Module<'_>) -> (Names, Names, Names) {
+    let (mut funcs, mut globals, mut data) = (HashMap::new(), HashMap::new(), HashMap::new());
     let Some(s) = m.custom("name") else {
-        return (funcs, globals);
+        return (funcs, globals, data);
     };
     let reader = wasmparser::NameSectionReader::new(m.section_reader(s));
     for sub in reader.into_iter().flatten() {
         let (map, target, count) = match sub {
             wasmparser::Name::Function(map) => (map, &mut funcs, m.num_funcs()),
             wasmparser::Name::Global(map) => (map, &mut globals, m.num_globals()),
+            wasmparser::Name::Data(map) => (map, &mut data, m.data.len() as u32),
             _ => continue,
         };
         // The name section is not validated: a name for an index that does not exist names
@@ -544,7 +747,7 @@ fn names(m: &Module<'_>) -> (HashMap<u32, String>, HashMap<u32, String>) {
             target.insert(naming.index, naming.name.to_string());
         }
     }
-    (funcs, globals)
+    (funcs, globals, data)
 }
 
 fn data_extent(m: &Module<'_>) -> Option<DataExtent> {
@@ -759,6 +962,8 @@ fn producers(m: &Module<'_>) -> Vec<(String, Vec<(String, String)>)> {
 /// ascending order; [`CodeWalk::merge`] joins the shares.
 pub(crate) struct CodeWalk<'g> {
     facts: CodeFacts,
+    /// The module's bytes (the walk's offsets point into them).
+    bytes: &'g [u8],
     /// Whether each global is a mutable i32 or i64: one that can hold an address, such as the
     /// stack pointer.
     address_globals: &'g [bool],
@@ -773,12 +978,19 @@ pub(crate) struct CodeWalk<'g> {
     subtracts: bool,
     /// A write of that global after the subtraction: the prologue idiom.
     writes_first: bool,
+    /// What the current operator's encoding must be checked for, once its end is known.
+    encoding: EncodingCheck,
+    /// Where the current operator starts.
+    offset: u64,
 }
 
 impl<'g> CodeWalk<'g> {
-    pub(crate) fn new(address_globals: &'g [bool]) -> CodeWalk<'g> {
+    /// A walk over bodies of the module `bytes`, whose address globals are `address_globals`
+    /// (see [`CodeWalk::address_globals`]).
+    pub(crate) fn new(bytes: &'g [u8], address_globals: &'g [bool]) -> CodeWalk<'g> {
         CodeWalk {
             facts: CodeFacts::default(),
+            bytes,
             address_globals,
             func: 0,
             calls_indirect: false,
@@ -786,6 +998,8 @@ impl<'g> CodeWalk<'g> {
             saw_access: false,
             subtracts: false,
             writes_first: false,
+            encoding: EncodingCheck::Nothing,
+            offset: 0,
         }
     }
 
@@ -825,10 +1039,17 @@ impl<'g> CodeWalk<'g> {
     /// `inner` (the validator's visitor for the operator at `offset`), showing the operator to
     /// this walk before it validates it.
     pub(crate) fn observe<V>(&mut self, offset: u64, inner: V) -> Observed<'_, 'g, V> {
-        Observed {
-            walk: self,
-            offset,
-            inner,
+        self.offset = offset;
+        self.encoding = EncodingCheck::Nothing;
+        Observed { walk: self, inner }
+    }
+
+    /// The operator [`CodeWalk::observe`] showed ends at `end`: what only its encoding tells.
+    #[inline]
+    pub(crate) fn operator_end(&mut self, end: usize) {
+        if self.encoding != EncodingCheck::Nothing {
+            let encoding = &self.bytes[self.offset as usize..end];
+            crate::features::check_encoding(&mut self.facts.features, self.encoding, encoding);
         }
     }
 
@@ -841,6 +1062,7 @@ impl<'g> CodeWalk<'g> {
                 *all.indirect_sites.entry(k).or_default() += v;
             }
             all.tables_changed.extend(p.tables_changed);
+            all.tables_written.extend(p.tables_written);
             for (k, v) in p.prologue_globals {
                 *all.prologue_globals.entry(k).or_default() += v;
             }
@@ -850,10 +1072,14 @@ impl<'g> CodeWalk<'g> {
             for (g, funcs) in p.global_writers {
                 all.global_writers.entry(g).or_default().extend(funcs);
             }
+            all.memory_size_functions.extend(p.memory_size_functions);
             all.features = all.features.union(p.features);
         }
         all.tables_changed.sort();
         all.tables_changed.dedup();
+        all.tables_written.sort();
+        all.tables_written.dedup();
+        all.memory_size_functions.sort();
         all.functions_with_indirect_calls.sort();
         all.indirect_call_offsets.sort();
         for funcs in all.global_writers.values_mut() {
@@ -862,19 +1088,34 @@ impl<'g> CodeWalk<'g> {
         all
     }
 
-    fn indirect_call(&mut self, offset: u64, type_index: u32, table_index: u32) {
+    fn indirect_call(&mut self, type_index: u32, table_index: u32) {
         *self
             .facts
             .indirect_sites
             .entry((type_index, table_index))
             .or_default() += 1;
-        self.facts.indirect_call_offsets.push(offset);
+        self.facts.indirect_call_offsets.push(self.offset);
         self.calls_indirect = true;
     }
 
-    fn table_changed(&mut self, table: u32) {
+    /// `table.grow`: the table changes, its existing slots do not.
+    fn table_grown(&mut self, table: u32) {
         if !self.facts.tables_changed.contains(&table) {
             self.facts.tables_changed.push(table);
+        }
+    }
+
+    /// `table.set/fill/init/copy`: slots the code computes are written.
+    fn table_written(&mut self, table: u32) {
+        if !self.facts.tables_written.contains(&table) {
+            self.facts.tables_written.push(table);
+        }
+        self.table_grown(table);
+    }
+
+    fn memory_size(&mut self) {
+        if self.facts.memory_size_functions.last() != Some(&self.func) {
+            self.facts.memory_size_functions.push(self.func);
         }
     }
 
@@ -911,48 +1152,72 @@ impl<'g> CodeWalk<'g> {
     }
 }
 
-/// What the walk looks at in an operator, besides its features.
+/// What the walk looks at in an operator, besides the features its immediates show.
 macro_rules! walk_operator {
-    ($w:expr, $offset:expr; CallIndirect $type_index:ident $table_index:ident) => {
-        $w.indirect_call($offset, $type_index, $table_index)
+    ($w:expr; CallIndirect $type_index:ident $table_index:ident) => {{
+        if $table_index == 0 {
+            $w.encoding = EncodingCheck::ZeroIndex(Feature::CallIndirectOverlong);
+        }
+        $w.indirect_call($type_index, $table_index)
+    }};
+    ($w:expr; ReturnCallIndirect $type_index:ident $table_index:ident) => {
+        $w.indirect_call($type_index, $table_index)
     };
-    ($w:expr, $offset:expr; ReturnCallIndirect $type_index:ident $table_index:ident) => {
-        $w.indirect_call($offset, $type_index, $table_index)
+    ($w:expr; TableGrow $table:ident) => {
+        $w.table_grown($table)
     };
-    ($w:expr, $offset:expr; TableSet $table:ident) => {
-        $w.table_changed($table)
+    ($w:expr; TableSet $table:ident) => {
+        $w.table_written($table)
     };
-    ($w:expr, $offset:expr; TableGrow $table:ident) => {
-        $w.table_changed($table)
+    ($w:expr; TableFill $table:ident) => {
+        $w.table_written($table)
     };
-    ($w:expr, $offset:expr; TableFill $table:ident) => {
-        $w.table_changed($table)
+    ($w:expr; TableInit $elem_index:ident $table:ident) => {
+        $w.table_written($table)
     };
-    ($w:expr, $offset:expr; TableInit $elem_index:ident $table:ident) => {
-        $w.table_changed($table)
+    ($w:expr; TableCopy $dst_table:ident $src_table:ident) => {
+        $w.table_written($dst_table)
     };
-    ($w:expr, $offset:expr; TableCopy $dst_table:ident $src_table:ident) => {
-        $w.table_changed($dst_table)
-    };
-    ($w:expr, $offset:expr; GlobalGet $global_index:ident) => {
+    ($w:expr; GlobalGet $global_index:ident) => {
         $w.global_get($global_index)
     };
-    ($w:expr, $offset:expr; GlobalSet $global_index:ident) => {
+    ($w:expr; GlobalSet $global_index:ident) => {
         $w.global_set($global_index)
     };
-    ($w:expr, $offset:expr; I32Sub) => {
+    ($w:expr; I32Sub) => {
         $w.sub()
     };
-    ($w:expr, $offset:expr; I64Sub) => {
+    ($w:expr; I64Sub) => {
         $w.sub()
     };
-    ($w:expr, $offset:expr; $op:ident $($arg:ident)*) => {};
+    ($w:expr; MemorySize $mem:ident) => {{
+        if $mem == 0 {
+            $w.encoding = EncodingCheck::ZeroIndex(Feature::Multimemory);
+        }
+        $w.memory_size()
+    }};
+    ($w:expr; MemoryGrow $mem:ident) => {
+        if $mem == 0 {
+            $w.encoding = EncodingCheck::ZeroIndex(Feature::Multimemory);
+        }
+    };
+    ($w:expr; $op:ident $($arg:ident)*) => {
+        $(walk_immediate!($w; $arg);)*
+    };
+}
+
+/// An immediate the walk looks at in any operator: a memory argument, whose encoding may name
+/// the memory.
+macro_rules! walk_immediate {
+    ($w:expr; memarg) => {
+        $w.encoding = EncodingCheck::Memarg
+    };
+    ($w:expr; $other:ident) => {};
 }
 
 /// A validator's visitor for one operator that shows the operator to a [`CodeWalk`] first.
 pub(crate) struct Observed<'w, 'g, V> {
     walk: &'w mut CodeWalk<'g>,
-    offset: u64,
     inner: V,
 }
 
@@ -963,7 +1228,7 @@ macro_rules! observe_then_visit {
             fn $visit(&mut self $($(,$arg: $argty)*)?) -> Self::Output {
                 crate::features::OperatorFeatures(&mut self.walk.facts.features)
                     .$visit($($($arg.clone()),*)?);
-                walk_operator!(self.walk, self.offset; $op $($($arg)*)?);
+                walk_operator!(self.walk; $op $($($arg)*)?);
                 self.inner.$visit($($($arg),*)?)
             }
         )*
@@ -976,6 +1241,7 @@ macro_rules! observe_then_visit_simd {
             fn $visit(&mut self $($(,$arg: $argty)*)?) -> Self::Output {
                 crate::features::OperatorFeatures(&mut self.walk.facts.features)
                     .$visit($($($arg.clone()),*)?);
+                $($(walk_immediate!(self.walk; $arg);)*)?
                 self.inner
                     .simd_visitor()
                     .expect("a visitor that took a SIMD operator")

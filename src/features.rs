@@ -48,12 +48,14 @@ pub enum Feature {
     StackSwitching,
     SharedEverything,
     CustomDescriptors,
+    /// The compact encodings of the import section (one module name for many imports).
+    CompactImports,
 }
 
 use Feature as F;
 
 impl Feature {
-    pub const ALL: [Feature; 21] = [
+    pub const ALL: [Feature; 22] = [
         F::SignExt,
         F::NontrappingFloatToInt,
         F::BulkMemory,
@@ -75,6 +77,7 @@ impl Feature {
         F::StackSwitching,
         F::SharedEverything,
         F::CustomDescriptors,
+        F::CompactImports,
     ];
 
     /// binaryen's name, as in `--enable-NAME` / `--disable-NAME`.
@@ -101,6 +104,7 @@ impl Feature {
             F::StackSwitching => "stack-switching",
             F::SharedEverything => "shared-everything",
             F::CustomDescriptors => "custom-descriptors",
+            F::CompactImports => "compact-imports",
         }
     }
 
@@ -130,9 +134,10 @@ impl Feature {
             F::Gc => &["gc", "typed-function-references"],
             F::CustomPageSizes => &["custom-page-sizes"],
             F::WideArithmetic => &["wide-arithmetic"],
-            F::StackSwitching => &["stack-switching"],
+            F::StackSwitching => &["stack-switching", "typed-continuations"],
             F::SharedEverything => &["shared-everything"],
             F::CustomDescriptors => &["custom-descriptors"],
+            F::CompactImports => &["compact-imports"],
         }
     }
 
@@ -172,6 +177,7 @@ impl Feature {
             F::StackSwitching => W::STACK_SWITCHING,
             F::SharedEverything => W::SHARED_EVERYTHING_THREADS,
             F::CustomDescriptors => W::CUSTOM_DESCRIPTORS,
+            F::CompactImports => W::COMPACT_IMPORTS,
         }
     }
 }
@@ -451,8 +457,14 @@ fn leb(out: &mut Vec<u8>, mut n: u32) {
 fn section_features(m: &Module<'_>) -> FeatureSet {
     let mut s = FeatureSet::EMPTY;
     for t in &m.types {
-        if !t.is_final || !t.supertype_idxs.is_empty() || t.composite_type.shared {
+        if !t.is_final || !t.supertype_idxs.is_empty() {
             s.insert(F::Gc);
+        }
+        if t.composite_type.shared {
+            s.insert(F::SharedEverything);
+        }
+        if t.composite_type.descriptor_idx.is_some() || t.composite_type.describes_idx.is_some() {
+            s.insert(F::CustomDescriptors);
         }
         match &t.composite_type.inner {
             CompositeInnerType::Func(f) => {
@@ -496,7 +508,7 @@ fn section_features(m: &Module<'_>) -> FeatureSet {
     }
     for init in &m.table_inits {
         s.insert(F::Gc);
-        const_expr(&mut s, init);
+        const_expr(m, &mut s, init);
     }
     if m.memories.len() > 1 {
         s.insert(F::Multimemory);
@@ -519,24 +531,39 @@ fn section_features(m: &Module<'_>) -> FeatureSet {
         }
     }
     for g in &m.defined_globals {
-        const_expr(&mut s, &g.init);
+        const_expr(m, &mut s, &g.init);
     }
     for i in &m.imports {
         if let TypeRef::FuncExact(_) = i.ty {
             s.insert(F::CustomDescriptors);
         }
     }
+    if let Some(section) = m.sections.iter().find(|s| s.id == 2) {
+        let groups = wasmparser::ImportSectionReader::new(m.section_reader(section));
+        if groups
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|g| !matches!(g, wasmparser::Imports::Single(..)))
+        {
+            s.insert(F::CompactImports);
+        }
+    }
     if !m.tags.is_empty() {
         s.insert(F::ExceptionHandling);
     }
+    // A tag with results is a stack-switching tag (an exception tag has none).
+    if m.tags.iter().any(|t| {
+        m.func_type(t.func_type_idx)
+            .is_some_and(|f| !f.results().is_empty())
+    }) {
+        s.insert(F::StackSwitching);
+    }
     for e in &m.elements {
         match &e.kind {
-            ElementKind::Passive => s.insert(F::BulkMemory),
-            // Declared segments came with reference types, encoded as bulk memory's.
-            ElementKind::Declared => {
-                s.insert(F::BulkMemory);
-                s.insert(F::ReferenceTypes);
-            }
+            // Declared segments came with reference types, but only their `ref.func`s need
+            // it (see the items below); the encoding is bulk memory's.
+            ElementKind::Passive | ElementKind::Declared => s.insert(F::BulkMemory),
             ElementKind::Active {
                 table_index,
                 offset_expr,
@@ -544,14 +571,14 @@ fn section_features(m: &Module<'_>) -> FeatureSet {
                 if table_index.is_some_and(|t| t != 0) {
                     s.insert(F::ReferenceTypes);
                 }
-                const_expr(&mut s, offset_expr);
+                const_expr(m, &mut s, offset_expr);
             }
         }
         // The expressions encoding (even of funcref items) came with reference types.
         if let ElementItems::Expressions(ty, items) = &e.items {
             ref_type(&mut s, *ty);
             for item in items.clone().into_iter().flatten() {
-                const_expr(&mut s, &item);
+                const_expr(m, &mut s, &item);
             }
         }
     }
@@ -568,7 +595,7 @@ fn section_features(m: &Module<'_>) -> FeatureSet {
                 if *memory_index != 0 {
                     s.insert(F::Multimemory);
                 }
-                const_expr(&mut s, offset_expr);
+                const_expr(m, &mut s, offset_expr);
             }
         }
     }
@@ -584,18 +611,32 @@ pub fn val_type(s: &mut FeatureSet, v: ValType) {
     }
 }
 
-/// Features a reference type needs as a value (every one needs reference types).
+/// Features a reference type needs (as the validator checks them: every one needs reference
+/// types; indexed and non-nullable ones function references, which binaryen counts as GC).
 fn ref_type(s: &mut FeatureSet, r: RefType) {
+    use wasmparser::AbstractHeapType as A;
     s.insert(F::ReferenceTypes);
-    if r == RefType::FUNCREF || r == RefType::EXTERNREF {
-        return;
-    }
     match r.heap_type() {
-        HeapType::Abstract {
-            ty: wasmparser::AbstractHeapType::Exn | wasmparser::AbstractHeapType::NoExn,
-            ..
-        } => s.insert(F::ExceptionHandling),
-        _ => s.insert(F::Gc),
+        HeapType::Concrete(_) => s.insert(F::Gc),
+        HeapType::Exact(_) => s.insert(F::CustomDescriptors),
+        HeapType::Abstract { shared, ty } => {
+            if shared {
+                s.insert(F::SharedEverything);
+            }
+            match (ty, r.is_nullable()) {
+                (A::Func | A::Extern, true) => {}
+                (A::Exn | A::NoExn, _) => s.insert(F::ExceptionHandling),
+                (A::Cont | A::NoCont, _) => s.insert(F::StackSwitching),
+                _ => s.insert(F::Gc),
+            }
+        }
+    }
+}
+
+/// Features a heap type immediate needs (`ref.null`, `ref.test`, `ref.cast`).
+fn heap_type(s: &mut FeatureSet, h: HeapType) {
+    if let Some(r) = RefType::new(true, h) {
+        ref_type(s, r);
     }
 }
 
@@ -606,9 +647,13 @@ fn storage_type(s: &mut FeatureSet, t: wasmparser::StorageType) {
 }
 
 /// Features of the operators of a constant expression.
-fn const_expr(s: &mut FeatureSet, expr: &wasmparser::ConstExpr<'_>) {
+fn const_expr(m: &Module<'_>, s: &mut FeatureSet, expr: &wasmparser::ConstExpr<'_>) {
     for op in expr.get_operators_reader().into_iter().flatten() {
         match op {
+            // WebAssembly 1.0 reads only imported globals in constant expressions.
+            Operator::GlobalGet { global_index } if global_index >= m.imported_globals => {
+                s.insert(F::Gc)
+            }
             Operator::I32Add
             | Operator::I32Sub
             | Operator::I32Mul
@@ -716,7 +761,8 @@ pub fn operator_feature(op: &Operator<'_>) -> Option<Feature> {
 }
 
 /// What an operator's immediates need beyond its proposal: a `call_indirect` on another table
-/// than 0, a block type with several values, typed values in blocks, `select` and `ref.null`.
+/// than 0, a block type with several values, typed values in blocks and `select`, the
+/// reference types of `ref.null`, `ref.test`, `ref.cast` and `br_on_cast`.
 macro_rules! immediate_features {
     ($s:expr; CallIndirect $type_index:ident $table_index:ident) => {
         if $table_index != 0 {
@@ -741,12 +787,49 @@ macro_rules! immediate_features {
     ($s:expr; TypedSelect $ty:ident) => {
         val_type($s, $ty)
     };
-    ($s:expr; RefNull $hty:ident) => {
-        ref_type(
-            $s,
-            RefType::new(true, $hty).unwrap_or(RefType::FUNCREF.as_non_null()),
-        )
+    ($s:expr; TypedSelectMulti $tys:ident) => {
+        for &ty in &$tys {
+            val_type($s, ty)
+        }
     };
+    ($s:expr; RefNull $hty:ident) => {
+        heap_type($s, $hty)
+    };
+    ($s:expr; RefTestNonNull $hty:ident) => {
+        heap_type($s, $hty)
+    };
+    ($s:expr; RefTestNullable $hty:ident) => {
+        heap_type($s, $hty)
+    };
+    ($s:expr; RefCastNonNull $hty:ident) => {
+        heap_type($s, $hty)
+    };
+
+    ($s:expr; RefCastNullable $hty:ident) => {
+        heap_type($s, $hty)
+    };
+    ($s:expr; RefCastDescEqNonNull $hty:ident) => {
+        heap_type($s, $hty)
+    };
+    ($s:expr; RefCastDescEqNullable $hty:ident) => {
+        heap_type($s, $hty)
+    };
+    ($s:expr; BrOnCast $depth:ident $from:ident $to:ident) => {{
+        ref_type($s, $from);
+        ref_type($s, $to);
+    }};
+    ($s:expr; BrOnCastFail $depth:ident $from:ident $to:ident) => {{
+        ref_type($s, $from);
+        ref_type($s, $to);
+    }};
+    ($s:expr; BrOnCastDescEq $depth:ident $from:ident $to:ident) => {{
+        ref_type($s, $from);
+        ref_type($s, $to);
+    }};
+    ($s:expr; BrOnCastDescEqFail $depth:ident $from:ident $to:ident) => {{
+        ref_type($s, $from);
+        ref_type($s, $to);
+    }};
     // An access to a memory other than 0 needs a second memory, which the sections show.
     ($s:expr; $op:ident $($arg:ident)*) => {};
 }
@@ -783,4 +866,88 @@ impl<'a> VisitOperator<'a> for OperatorFeatures<'_> {
 
 impl<'a> VisitSimdOperator<'a> for OperatorFeatures<'_> {
     wasmparser::for_each_visit_simd_operator!(record_features);
+}
+
+/// What of an operator's encoding tells features its immediates do not:
+/// WebAssembly 1.0 requires the table of `call_indirect` and the memory of `memory.size` /
+/// `memory.grow` to be one zero byte (an over-long LEB zero, as wasm-ld leaves when it pads
+/// relocated immediates, needs reference types' `call-indirect-overlong`, or multi-memory), and
+/// a memory access spells memory 0 implicitly (an explicit index needs multi-memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodingCheck {
+    /// Nothing: the immediates say it all.
+    Nothing,
+    /// The last immediate is index 0: encoded in more than one byte, it needs this feature.
+    ZeroIndex(Feature),
+    /// A memory argument, whose flags may name the memory explicitly.
+    Memarg,
+}
+
+/// What [`check_encoding`] must look at in `op`'s encoding.
+pub fn encoding_check(op: &Operator<'_>) -> EncodingCheck {
+    match op {
+        Operator::CallIndirect { table_index: 0, .. } => {
+            EncodingCheck::ZeroIndex(F::CallIndirectOverlong)
+        }
+        Operator::MemorySize { mem: 0 } | Operator::MemoryGrow { mem: 0 } => {
+            EncodingCheck::ZeroIndex(F::Multimemory)
+        }
+        _ if has_memarg(op) => EncodingCheck::Memarg,
+        _ => EncodingCheck::Nothing,
+    }
+}
+
+/// Features that only an operator's encoding (`encoding`: its bytes in the input) shows; see
+/// [`EncodingCheck`].
+pub fn encoding_features(s: &mut FeatureSet, op: &Operator<'_>, encoding: &[u8]) {
+    check_encoding(s, encoding_check(op), encoding)
+}
+
+/// [`encoding_features`] of an operator that needs `check` (see [`encoding_check`]).
+pub fn check_encoding(s: &mut FeatureSet, check: EncodingCheck, encoding: &[u8]) {
+    match check {
+        EncodingCheck::Nothing => {}
+        EncodingCheck::ZeroIndex(f) => {
+            // A zero index is the last byte; the byte before it is the end of the previous
+            // immediate or the opcode, neither of which continues a LEB.
+            if let [.., before, last] = encoding
+                && (*last != 0 || before & 0x80 != 0)
+            {
+                s.insert(f)
+            }
+        }
+        EncodingCheck::Memarg => {
+            // The memarg follows the opcode: one byte, or a prefix byte and a LEB.
+            let opcode_len = match encoding.first() {
+                Some(0xfc..=0xfe) => encoding
+                    .iter()
+                    .skip(1)
+                    .position(|b| b & 0x80 == 0)
+                    .map_or(encoding.len(), |i| i + 2),
+                _ => 1,
+            };
+            // Bit 6 of the flags: an explicit memory index.
+            if encoding
+                .get(opcode_len)
+                .is_some_and(|flags| flags & 0x40 != 0)
+            {
+                s.insert(F::Multimemory);
+            }
+        }
+    }
+}
+
+/// Whether `op` has a memory argument (loads, stores, atomics, SIMD memory operators).
+fn has_memarg(op: &Operator<'_>) -> bool {
+    macro_rules! memarg_ops {
+        ($( @$proposal:ident $op:ident $({ $($arg:ident: $argty:ty),* })? => $visit:ident ($($ann:tt)*))*) => {
+            match op {
+                $( Operator::$op { .. } => false $($(|| memarg_ops!(is_memarg $arg))*)?, )*
+                _ => false,
+            }
+        };
+        (is_memarg memarg) => { true };
+        (is_memarg $other:ident) => { false };
+    }
+    wasmparser::for_each_operator!(memarg_ops)
 }

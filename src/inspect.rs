@@ -25,6 +25,21 @@ pub fn count(n: usize) -> String {
     out
 }
 
+/// What `inspect` and `--check` say about a preview1 module the stock adapter would break.
+pub const ADAPTER_HAZARD: &str = "this module's allocator assumes it owns all memory above its heap start; the preview1 → preview2 adapter takes pages with memory.grow and will be overwritten: run wasmfix before `wasm-tools component new`";
+
+/// Whether turning the module into a component with the stock preview1 adapter would let its
+/// allocator hand out the adapter's pages: it imports preview1, has no `cabi_realloc*` export
+/// for the adapter to allocate with, and its allocator is not one known to take only the pages
+/// `memory.grow` returns.
+pub fn adapter_hazard(m: &Module<'_>, facts: &Facts) -> bool {
+    crate::passes::adapter_memory::not_applicable(m).is_none()
+        && !facts.applied.contains_key("adapter-memory")
+        && m.memories.len() == 1
+        && m.imported_memories == 0
+        && crate::heap::grow_only(m, facts).is_none()
+}
+
 pub fn hazards(m: &Module<'_>, facts: &Facts) -> Vec<Hazard> {
     let mut out = Vec::new();
     if let Ok(s) = &facts.stack
@@ -69,7 +84,24 @@ pub fn hazards(m: &Module<'_>, facts: &Facts) -> Vec<Hazard> {
             ),
         });
     }
+    if adapter_hazard(m, facts) {
+        out.push(Hazard {
+            kind: "preview2-adapter",
+            message: ADAPTER_HAZARD.into(),
+        });
+    }
     out
+}
+
+/// The heap facts, for modules the adapter-memory pass would change (WASI preview1 imports,
+/// no `cabi_realloc*` export, not applied yet).
+fn heap_facts<'f>(
+    m: &Module<'_>,
+    facts: &'f Facts,
+) -> Option<&'f Result<crate::heap::HeapStart, String>> {
+    let applies = crate::passes::adapter_memory::not_applicable(m).is_none()
+        && !facts.applied.contains_key("adapter-memory");
+    applies.then(|| facts.heap(m))
 }
 
 pub fn json(m: &Module<'_>, facts: &Facts) -> Value {
@@ -80,6 +112,8 @@ pub fn json(m: &Module<'_>, facts: &Facts) -> Value {
         .map(|t| {
             let mut v = serde_json::to_value(t).expect("serializable");
             v["changed_by_code"] = json!(code.table_changed_by_code(t.index));
+            v["written_by_code"] = json!(code.table_written_by_code(t.index));
+            v["run_time_entries"] = json!(run_time_entries(m, facts, t));
             v
         })
         .collect();
@@ -93,8 +127,11 @@ pub fn json(m: &Module<'_>, facts: &Facts) -> Value {
         "stack_pointer_init": facts.stack_pointer_init,
         "stack": result(&facts.stack),
         "data": facts.data,
+        "linker": facts.linker,
+        "global_base": result(&facts.global_base),
         "heap_base": facts.heap_base,
         "data_end": facts.data_end,
+        "heap_start": heap_facts(m, facts).map(result),
         "tables": tables,
         "indirect_calls": facts.indirect_calls(m),
         "pic_markers": facts.pic_markers,
@@ -106,9 +143,43 @@ pub fn json(m: &Module<'_>, facts: &Facts) -> Value {
         })),
         "producers": facts.producers,
         "debug_info": facts.debug_info,
+        "allocator": allocator_json(m, facts),
         "applied_by_wasmfix": facts.applied,
         "hazards": hazards(m, facts),
     })
+}
+
+fn allocator_json(m: &Module<'_>, facts: &Facts) -> Value {
+    if let Some(done) = facts.applied.get("heap-canary") {
+        return json!({ "wrapped_by_wasmfix": done });
+    }
+    result(facts.allocator(m))
+}
+
+/// What fpcast does for casts to entries a funcref table gets at run time (when it can get any
+/// and is called through): they are typed with `ref.test` only when the run allows GC.
+fn run_time_entries(m: &Module<'_>, facts: &Facts, t: &crate::facts::TableFacts) -> Option<String> {
+    let code = facts.code(m);
+    let called = code
+        .indirect_sites
+        .keys()
+        .any(|&(_, table)| table == t.index);
+    if !called || t.element_type != "funcref" || !t.changes_at_run_time(code) {
+        return None;
+    }
+    Some(
+        if facts
+            .features(m)
+            .used
+            .contains(crate::features::Feature::Gc)
+        {
+            "fpcast adapts casts to them (the input uses GC: ref.test types them)".into()
+        } else {
+            "fpcast does not adapt casts to them unless GC is enabled (--enable-gc: ref.test \
+         types them; the input does not use GC)"
+                .into()
+        },
+    )
 }
 
 fn result<T: serde::Serialize>(r: &Result<T, String>) -> Value {
@@ -201,6 +272,18 @@ pub fn text(name: &str, m: &Module<'_>, facts: &Facts) -> String {
             let _ = writeln!(w, "data: no active data segments with constant offsets");
         }
     }
+    match &facts.global_base {
+        Ok(g) => {
+            let _ = writeln!(
+                w,
+                "global base: {} (no static below it: [0, {}) is the null page; {})",
+                g.value, g.value, g.how
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(w, "global base: unknown: {why}");
+        }
+    }
     for (label, v) in [
         ("__data_end", &facts.data_end),
         ("__heap_base", &facts.heap_base),
@@ -223,6 +306,15 @@ pub fn text(name: &str, m: &Module<'_>, facts: &Facts) -> String {
             let _ = writeln!(w, "stack: unknown: {why}");
         }
     }
+    match heap_facts(m, facts) {
+        Some(Ok(h)) => {
+            let _ = writeln!(w, "heap: {}", h.how());
+        }
+        Some(Err(why)) => {
+            let _ = writeln!(w, "heap: start unknown: {why}");
+        }
+        None => {}
+    }
     let code = facts.code(m);
     for t in &facts.tables {
         let max = t.maximum.map_or("none".to_string(), |v| v.to_string());
@@ -233,8 +325,10 @@ pub fn text(name: &str, m: &Module<'_>, facts: &Facts) -> String {
         if t.exported {
             notes.push("exported");
         }
-        if code.table_changed_by_code(t.index) {
-            notes.push("changed by code");
+        if code.table_written_by_code(t.index) {
+            notes.push("written by code");
+        } else if code.table_changed_by_code(t.index) {
+            notes.push("grown by code");
         }
         if notes.is_empty() {
             notes.push("static");
@@ -248,6 +342,9 @@ pub fn text(name: &str, m: &Module<'_>, facts: &Facts) -> String {
             t.initial,
             notes.join(", ")
         );
+        if let Some(note) = run_time_entries(m, facts, t) {
+            let _ = writeln!(w, "  entries added at run time: {note}");
+        }
     }
     let calls = facts.indirect_calls(m);
     if !calls.is_empty() {
@@ -283,6 +380,32 @@ pub fn text(name: &str, m: &Module<'_>, facts: &Facts) -> String {
         let _ = writeln!(w, "dynamic linking / PIC: {}", facts.pic_markers.join(", "));
     }
     let _ = writeln!(w, "debug info: {}", debug_info_text(&facts.debug_info));
+    if !facts.applied.contains_key("heap-canary") {
+        match facts.allocator(m) {
+            Ok(a) => {
+                let fs: Vec<String> = a
+                    .functions
+                    .iter()
+                    .map(|f| format!("{} {}", f.role.c_name(), f.label))
+                    .collect();
+                let _ = writeln!(
+                    w,
+                    "allocator: {}{}",
+                    a.family.map_or(String::new(), |f| format!("{} ", f.name())),
+                    fs.join(", ")
+                );
+                for f in &a.functions {
+                    let _ = writeln!(w, "  {} {}: {}", f.role.c_name(), f.label, f.how);
+                }
+                for e in &a.evidence {
+                    let _ = writeln!(w, "  {e}");
+                }
+            }
+            Err(why) => {
+                let _ = writeln!(w, "allocator: unknown: {why}");
+            }
+        }
+    }
     for (what, detail) in &facts.applied {
         let _ = writeln!(w, "fixed by wasmfix: {what} {detail}");
     }

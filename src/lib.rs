@@ -5,13 +5,16 @@
 //! result with untouched parts copied byte for byte ([`emit`]), and validates it
 //! ([`validate`]). [`pipeline::run`] ties these together; the `wasmfix` binary is a thin CLI.
 
+pub mod allocator;
 pub mod codemap;
+pub mod component;
 pub mod diag;
 pub mod dwarf;
 pub mod edit;
 pub mod emit;
 pub mod facts;
 pub mod features;
+pub mod heap;
 pub mod inspect;
 pub mod module;
 #[path = "../passes/mod.rs"]

@@ -16,9 +16,13 @@ Examples:
   wasmfix app.wasm -o app.wasm          rewrite in place with the default pipeline
   wasmfix app.wasm -o fixed.wasm -v     say what each pass did
   wasmfix app.wasm -o app.wasm --harden also add stack canaries, heap redzones, null/rodata checks
+  wasmfix app.wasm -o dbg.wasm --harden --harden-mode report
+                                        report each violation once and let the program go on
   wasmfix --check app.wasm              exit 1 if the module has hazards (for a Makefile gate)
   wasmfix inspect app.wasm              stack layout, tables, indirect calls, hazards
   wasmfix passes                        list the passes
+  wasmfix app.component.wasm -o app.component.wasm
+                                        rewrite every core module inside a component
   wasmfix app.wasm -o app.wasm --source-map app.wasm.map
                                         also rewrite the module's source map in place
 
@@ -52,7 +56,7 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct Rewrite {
-    /// Input module (`-` reads standard input).
+    /// Input module or component (`-` reads standard input).
     input: Option<PathBuf>,
     /// Output module (`-` writes standard output; may equal the input).
     #[arg(short, long, value_name = "OUT")]
@@ -66,6 +70,20 @@ struct Rewrite {
     /// hit prints `wasmfix: …` to stderr (when the module imports WASI fd_write) and traps.
     #[arg(long, conflicts_with = "passes")]
     harden: bool,
+    /// What a hardening check does when it finds a violation: `stop` (print and trap, the
+    /// default) or `report` (print each violation once per site and let the program go on, like
+    /// ASan's halt_on_error=0).
+    #[arg(long, value_enum, value_name = "MODE", default_value = "stop")]
+    harden_mode: HardenMode,
+    /// Do not check accesses and stack frames in function FUNC (a name from the name section,
+    /// or a function index); repeatable. Like a sanitizer suppression `fun:FUNC`.
+    #[arg(long, value_name = "FUNC")]
+    harden_allow: Vec<String>,
+    /// bounds: stop a load from the null page with a wasmfix message too, as stores are (a
+    /// compare and branch per load: bigger and slower). By default such a load traps at the
+    /// access as an out-of-bounds memory access.
+    #[arg(long)]
+    bounds_precise: bool,
     /// Write a JSON report of what each pass did to FILE (`-`: standard output).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -73,6 +91,11 @@ struct Rewrite {
     /// expected signature and the table entry's name and signature to stderr.
     #[arg(long)]
     fpcast_diagnose: bool,
+    /// fpcast: `tables` (a shadow table per call signature; needs reference types) or `mvp`
+    /// (views appended to the table itself, WebAssembly 1.0). Default: `tables` when the
+    /// input uses reference types or they are enabled, else `mvp`.
+    #[arg(long, value_name = "DESIGN", value_parser = ["tables", "mvp"])]
+    fpcast_design: Option<String>,
     /// stack-first: size in bytes of the relocated stack (default: the module's own).
     #[arg(long, value_name = "BYTES")]
     stack_size: Option<u64>,
@@ -84,10 +107,78 @@ struct Rewrite {
     /// Where to write the rewritten source map (default: OUT.map; may equal IN.map).
     #[arg(long, value_name = "OUT.map", requires = "source_map")]
     source_map_out: Option<PathBuf>,
+    /// heap-canary: the allocation function (`malloc`, or what it forwards to), by name (name
+    /// section or export) or function index, when the module is stripped or its allocator is
+    /// not one wasmfix recognizes. Needs --free too.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    malloc: Option<wasmfix::allocator::Selector>,
+    /// heap-canary: the release function (`free`).
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    free: Option<wasmfix::allocator::Selector>,
+    /// heap-canary: `calloc(count, size)`.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    calloc: Vec<wasmfix::allocator::Selector>,
+    /// heap-canary: `realloc(pointer, size)`.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    realloc: Vec<wasmfix::allocator::Selector>,
+    /// heap-canary: an aligned allocation `(alignment, size) -> pointer` (`aligned_alloc`,
+    /// `memalign`); may be given several times.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    aligned_alloc: Vec<wasmfix::allocator::Selector>,
+    /// heap-canary: `posix_memalign(out, alignment, size)`.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    posix_memalign: Vec<wasmfix::allocator::Selector>,
+    /// heap-canary: `malloc_usable_size(pointer)`.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    malloc_usable_size: Vec<wasmfix::allocator::Selector>,
+    /// heap-canary: bytes of freed blocks held back (poisoned) before they go back to the
+    /// allocator, so a use after free finds the poison instead of a new block [default: 4 MiB;
+    /// 0: none]. Peak memory grows by up to this much.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Allocator")]
+    quarantine: Option<u32>,
+    /// heap-canary: check every block in the quarantine at every allocation, and run the
+    /// --collect-fn collector before every --alloc-fn allocation (slow; for tests: a write
+    /// after free shows at the next allocation, a block a collector frees too early shows on
+    /// the first run).
+    #[arg(long, help_heading = "Allocator")]
+    heap_stress: bool,
+    /// heap-canary: an allocation function of a runtime that is not malloc (a garbage
+    /// collector's): i32 arguments, returns the block. Its blocks keep their addresses (no
+    /// header); may be given several times.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    alloc_fn: Vec<wasmfix::passes::heap_canary::FnSpec>,
+    /// heap-canary: the runtime's release function (a collector's sweep calls it): which
+    /// argument is the block (default 0) and which its size (required), e.g.
+    /// `gc_release:ptr=0:size=1`. Released blocks are poisoned and held in a ring before the
+    /// real release.
+    #[arg(
+        long,
+        value_name = "NAME|INDEX:ptr=N:size=N",
+        help_heading = "Allocator"
+    )]
+    free_fn: Vec<wasmfix::passes::heap_canary::FnSpec>,
+    /// heap-canary: the runtime's collector (no arguments), run before every --alloc-fn
+    /// allocation under --heap-stress.
+    #[arg(long, value_name = "NAME|INDEX", help_heading = "Allocator")]
+    collect_fn: Option<wasmfix::allocator::Selector>,
+    /// heap-canary: stop when a listed import (MODULE.NAME) returns, or the host passes a listed
+    /// export (export:NAME), an i32 that points into a block released and still held back:
+    /// `wasmfix: env.map_get returned 0x…, which points into a block freed at …`.
+    #[arg(
+        long,
+        value_name = "MODULE.NAME|export:NAME,…",
+        value_delimiter = ',',
+        help_heading = "Allocator"
+    )]
+    check_host_pointers: Vec<wasmfix::passes::heap_canary::HostPointer>,
     /// Copy DWARF unchanged even when bodies move, leaving its code addresses stale (for
     /// measuring what the update costs).
     #[arg(long, hide = true)]
     no_dwarf_update: bool,
+    /// Keep the messages' text in code even when the input uses bulk memory (for measuring
+    /// the WebAssembly 1.0 design on such modules).
+    #[arg(long, hide = true)]
+    messages_in_code: bool,
     /// Analyze only: print hazards and exit 1 if any remain, 0 if none.
     #[arg(long)]
     check: bool,
@@ -99,11 +190,17 @@ struct Rewrite {
     verbose: bool,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum HardenMode {
+    Stop,
+    Report,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Print the module's facts (stack layout, tables, indirect calls) and its hazards.
     Inspect {
-        /// Input module.
+        /// Input module or component.
         input: PathBuf,
         /// Print JSON for tools instead of text.
         #[arg(long)]
@@ -260,6 +357,9 @@ fn read_input(path: &Path) -> Result<Vec<u8>, Exit> {
 
 fn inspect(input: &Path, json: bool) -> Result<u8, Exit> {
     let bytes = read_input(input)?;
+    if wasmfix::component::is_component(&bytes) {
+        return inspect_component(input, &bytes, json);
+    }
     let (module, facts) =
         pipeline::load(&bytes).map_err(|f| fail(2, format!("{}: {f}", input.display())))?;
     let text = if json {
@@ -270,6 +370,77 @@ fn inspect(input: &Path, json: bool) -> Result<u8, Exit> {
     };
     write_stdout(|w| w.write_all(text.as_bytes()))?;
     Ok(0)
+}
+
+/// `inspect` of a component: each core module's facts, under its label.
+fn inspect_component(input: &Path, bytes: &[u8], json: bool) -> Result<u8, Exit> {
+    let name = input.display().to_string();
+    let modules =
+        wasmfix::component::core_modules(bytes).map_err(|f| fail(2, format!("{name}: {f}")))?;
+    let mut texts = Vec::new();
+    let mut values = Vec::new();
+    for m in &modules {
+        let module_bytes = &bytes[m.range.clone()];
+        let (module, facts) = pipeline::load(module_bytes)
+            .map_err(|f| fail(2, format!("{name}: {}: {f}", m.label)))?;
+        if json {
+            let mut v = wasmfix::inspect::json(&module, &facts);
+            v["label"] = serde_json::json!(m.label);
+            v["offset"] = serde_json::json!(m.range.start);
+            values.push(v);
+        } else {
+            texts.push(wasmfix::inspect::text(
+                &format!("{name}: {}", m.label),
+                &module,
+                &facts,
+            ));
+        }
+    }
+    let text = if json {
+        let v = serde_json::json!({
+            "component": true,
+            "size": bytes.len(),
+            "core_modules": values,
+        });
+        serde_json::to_string_pretty(&v).expect("serializable") + "\n"
+    } else {
+        let mut text = format!(
+            "{name}: component, {} bytes, {} core modules\n",
+            wasmfix::inspect::count(bytes.len()),
+            modules.len()
+        );
+        for t in texts {
+            text.push('\n');
+            text.push_str(&t);
+        }
+        text
+    };
+    write_stdout(|w| w.write_all(text.as_bytes()))?;
+    Ok(0)
+}
+
+/// The hazards of `bytes`, a module or every core module of a component, as
+/// (where, hazard) pairs.
+fn hazards_of(name: &str, bytes: &[u8]) -> Result<Vec<(String, String)>, Exit> {
+    let mut units = Vec::new();
+    if wasmfix::component::is_component(bytes) {
+        let modules =
+            wasmfix::component::core_modules(bytes).map_err(|f| fail(2, format!("{name}: {f}")))?;
+        for m in modules {
+            units.push((format!("{name}: {}", m.label), m.range));
+        }
+    } else {
+        units.push((name.to_string(), 0..bytes.len()));
+    }
+    let mut out = Vec::new();
+    for (label, range) in units {
+        let (module, facts) =
+            pipeline::load(&bytes[range]).map_err(|f| fail(2, format!("{label}: {f}")))?;
+        for h in wasmfix::inspect::hazards(&module, &facts) {
+            out.push((label.clone(), h.message));
+        }
+    }
+    Ok(out)
 }
 
 fn select_passes(list: Option<&str>, harden: bool) -> Result<Vec<&'static dyn Pass>, Exit> {
@@ -298,23 +469,21 @@ fn select_passes(list: Option<&str>, harden: bool) -> Result<Vec<&'static dyn Pa
 }
 
 fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
-    let Some(input) = args.input else {
+    let Some(input) = args.input.clone() else {
         return Err(fail(2, "no input module given (try `wasmfix --help`)"));
     };
     let name = input.display().to_string();
     if args.check {
         let bytes = read_input(&input)?;
-        let (module, facts) =
-            pipeline::load(&bytes).map_err(|f| fail(2, format!("{name}: {f}")))?;
-        let hazards = wasmfix::inspect::hazards(&module, &facts);
+        let hazards = hazards_of(&name, &bytes)?;
         if !args.quiet {
-            for h in &hazards {
-                eprintln!("wasmfix: {name}: hazard: {}", h.message);
+            for (label, message) in &hazards {
+                eprintln!("wasmfix: {label}: hazard: {message}");
             }
         }
         return Ok(if hazards.is_empty() { 0 } else { 1 });
     }
-    let Some(output) = args.output else {
+    let Some(output) = args.output.clone() else {
         return Err(fail(
             2,
             format!("{name}: no output given: add -o OUT (-o {name} rewrites in place)"),
@@ -325,7 +494,7 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
     if to_stdout && args.report.as_deref() == Some(Path::new("-")) {
         return Err(fail(2, "--report - and -o - both write standard output"));
     }
-    let source_map_out = match (&args.source_map, args.source_map_out) {
+    let source_map_out = match (&args.source_map, args.source_map_out.clone()) {
         (None, _) => None,
         (Some(_), Some(out)) => Some(out),
         (Some(_), None) if to_stdout => {
@@ -345,14 +514,16 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         None => None,
     };
     let bytes = read_input(&input)?;
-    let options = PassOptions {
-        fpcast_diagnose: args.fpcast_diagnose,
-        stack_size: args.stack_size,
-        no_dwarf_update: args.no_dwarf_update,
-        code_map: source_map.is_some(),
-        harden: args.harden,
-        features,
-    };
+    if wasmfix::component::is_component(&bytes) {
+        if args.source_map.is_some() {
+            return Err(fail(
+                2,
+                format!("{name}: --source-map applies to core modules, not components"),
+            ));
+        }
+        return rewrite_component(&args, features, &name, &bytes, &passes, &output);
+    }
+    let options = pass_options(&args, features, source_map.is_some());
     let outcome = pipeline::rewrite(&bytes, &passes, &options).map_err(|f| {
         let status = if matches!(f, Failure::Internal(_)) {
             3
@@ -454,6 +625,167 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         None => write_stdout(|w| outcome.write_to(w))?,
     }
     Ok(0)
+}
+
+/// The passes' options from the command line (`code_map`: a source map is to be rewritten).
+fn pass_options(args: &Rewrite, features: FeatureChoice, code_map: bool) -> PassOptions {
+    PassOptions {
+        fpcast_diagnose: args.fpcast_diagnose,
+        fpcast_design: args
+            .fpcast_design
+            .as_deref()
+            .and_then(passes::fpcast::Design::from_name),
+        stack_size: args.stack_size,
+        no_dwarf_update: args.no_dwarf_update,
+        code_map,
+        harden: args.harden,
+        on_error: match args.harden_mode {
+            HardenMode::Stop => wasmfix::diag::OnError::Stop,
+            HardenMode::Report => wasmfix::diag::OnError::Report,
+        },
+        harden_allow: args.harden_allow.clone(),
+        bounds_precise: args.bounds_precise,
+        explicit_passes: args.passes.is_some(),
+        heap: heap_options(args),
+        features,
+        messages_in_code: args.messages_in_code,
+    }
+}
+
+/// Rewrites every core module of a component (see `wasmfix::component`).
+fn rewrite_component(
+    args: &Rewrite,
+    features: FeatureChoice,
+    name: &str,
+    bytes: &[u8],
+    passes: &[&'static dyn Pass],
+    output: &Path,
+) -> Result<u8, Exit> {
+    let options = pass_options(args, features, false);
+    let outcome = wasmfix::component::run(bytes, passes, &options).map_err(|f| {
+        let status = if matches!(f, Failure::Internal(_)) {
+            3
+        } else {
+            2
+        };
+        fail(status, format!("{name}: {f}"))
+    })?;
+    for m in &outcome.modules {
+        for r in &m.outcome.reports {
+            if args.verbose {
+                eprintln!("wasmfix: {}: {}: {}", m.label, r.pass, r.summary);
+            }
+            if !args.quiet {
+                for w in &r.warnings {
+                    eprintln!("wasmfix: {name}: {}: {}: warning: {w}", m.label, r.pass);
+                }
+            }
+        }
+        if !args.quiet {
+            for w in &m.outcome.debug_info.warnings {
+                eprintln!("wasmfix: {name}: {}: debug info: warning: {w}", m.label);
+            }
+        }
+    }
+    if !args.quiet {
+        for w in &outcome.warnings {
+            eprintln!("wasmfix: {name}: warning: {w}");
+        }
+    }
+    let to_stdout = output == Path::new("-");
+    let staged = if to_stdout {
+        None
+    } else {
+        Some(
+            Staged::write(output, |w| w.write_all(&outcome.bytes))
+                .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
+        )
+    };
+    if let Some(report) = &args.report {
+        let modules: Vec<serde_json::Value> = outcome
+            .modules
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "core_module": m.label,
+                    "output_bytes": m.outcome.bytes.len(),
+                    "rewritten_functions": m.outcome.rewritten_functions,
+                    "passes": m.outcome.reports,
+                    "debug_info": m.outcome.debug_info,
+                })
+            })
+            .collect();
+        let json = serde_json::json!({
+            "input": name,
+            "output": output.display().to_string(),
+            "component": true,
+            "input_bytes": bytes.len(),
+            "output_bytes": outcome.bytes.len(),
+            "core_modules": modules,
+        });
+        let text = serde_json::to_string_pretty(&json).expect("serializable") + "\n";
+        if report == Path::new("-") {
+            write_stdout(|w| w.write_all(text.as_bytes()))?;
+        } else {
+            std::fs::write(report, text)
+                .map_err(|e| fail(2, format!("{}: cannot write report: {e}", report.display())))?;
+        }
+    }
+    match staged {
+        Some(staged) => staged
+            .commit()
+            .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
+        None => write_stdout(|w| w.write_all(&outcome.bytes))?,
+    }
+    Ok(0)
+}
+
+/// heap-canary's options from the command line.
+fn heap_options(args: &Rewrite) -> wasmfix::passes::heap_canary::HeapOptions {
+    use wasmfix::allocator::Role;
+    let mut functions = Vec::new();
+    functions.extend(args.malloc.clone().map(|s| (Role::Malloc, s)));
+    functions.extend(args.free.clone().map(|s| (Role::Free, s)));
+    for (role, list) in [
+        (Role::Calloc, &args.calloc),
+        (Role::Realloc, &args.realloc),
+        (Role::Aligned, &args.aligned_alloc),
+        (Role::PosixMemalign, &args.posix_memalign),
+        (Role::UsableSize, &args.malloc_usable_size),
+    ] {
+        functions.extend(list.iter().cloned().map(|s| (role, s)));
+    }
+    wasmfix::passes::heap_canary::HeapOptions {
+        allocator: wasmfix::allocator::Manual { functions },
+        quarantine: args.quarantine,
+        stress: args.heap_stress,
+        alloc_fns: args.alloc_fn.clone(),
+        free_fns: args.free_fn.clone(),
+        collect_fn: args.collect_fn.clone(),
+        host_pointers: args.check_host_pointers.clone(),
+    }
+}
+
+/// `4096`, `64k`, `4m`/`4MiB`: a byte count below 4 GiB.
+fn parse_bytes(s: &str) -> Result<u32, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t.as_str(), ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count (like 4096, 64k or 4m)"))?;
+    let scale: u64 = match unit {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use k or m)")),
+    };
+    n.checked_mul(scale)
+        .and_then(|v| u32::try_from(v).ok())
+        .filter(|&v| v < i32::MAX as u32)
+        .ok_or_else(|| format!("`{s}` is too large (at most 2 GiB)"))
 }
 
 /// A module written to a temporary file beside its target, renamed over the target by

@@ -93,20 +93,28 @@ impl DebugInfoReport {
 /// Reads and validates `input`, or says why it is bad input.
 pub fn read(input: &[u8]) -> Result<Module<'_>, Failure> {
     let module = Module::parse(input).map_err(Failure::BadInput)?;
-    validate::validate(input, None, validate::features()).map_err(invalid)?;
+    validate::validate(input, None, validate::features()).map_err(|e| invalid(input, e))?;
     Ok(module)
 }
 
 /// Reads and validates `input` and establishes its facts (the code facts on the way).
 pub fn load(input: &[u8]) -> Result<(Module<'_>, Facts), Failure> {
     let module = Module::parse(input).map_err(Failure::BadInput)?;
-    let code = validate::validate_input(&module).map_err(invalid)?;
+    let code = validate::validate_input(&module).map_err(|e| invalid(input, e))?;
     let facts = Facts::with_code(&module, code);
     Ok((module, facts))
 }
 
-fn invalid(e: anyhow::Error) -> Failure {
-    Failure::BadInput(e.context("invalid module"))
+/// Why `input` did not validate (`e`): it is invalid, or valid only with a proposal wasmfix
+/// cannot name (so passes could not tell what the output may use), which it says rather than
+/// call the module invalid.
+fn invalid(input: &[u8], e: anyhow::Error) -> Failure {
+    let unsupported = validate::validate(input, None, wasmparser::WasmFeatures::all()).is_ok();
+    Failure::BadInput(e.context(if unsupported {
+        "uses a WebAssembly proposal wasmfix does not support"
+    } else {
+        "invalid module"
+    }))
 }
 
 /// Runs `passes` over `input` and returns the validated output as one buffer.
@@ -190,6 +198,23 @@ pub fn rewrite<'a>(
             error,
         })?;
         reports.push(report);
+    }
+    // The messages' text, now that every pass has stored its own: in a passive segment when
+    // the run allows bulk memory, else written by code (see `diag`).
+    if edits.diagnostics.is_some() {
+        let mut cx = PassCx {
+            module: &module,
+            facts: &facts,
+            edits: &mut edits,
+            options,
+        };
+        let bulk_memory =
+            !options.messages_in_code && cx.allows(crate::features::Feature::BulkMemory);
+        if bulk_memory {
+            cx.use_feature(crate::features::Feature::BulkMemory, "messages")
+                .map_err(Failure::Internal)?;
+        }
+        crate::diag::finish(&module, &mut edits, bulk_memory);
     }
     if !edits.applied.is_empty() {
         let mut applied = crate::facts::applied(&module);

@@ -55,6 +55,42 @@ pub fn castable(callee: &FuncType, site: &FuncType) -> bool {
     got == want || got.is_empty() && want.iter().all(|&t| has_zero(t)) || want.is_empty()
 }
 
+/// The signatures an entry added at run time may have when a call site typed `site` reaches
+/// it through a castable cast, in a fixed order: every signature of `known` (the module's
+/// own types) castable to `site`, then the common C variants of `site` itself: its
+/// parameters cut short, or extended by up to two `i32`s, returning what the site returns,
+/// nothing, or (for a site that wants nothing) an `i32` it drops. Functions that come from
+/// another module (an Emscripten side module, `addFunction`) often have a signature the
+/// main module never declares; the variants cover the casts C code makes in practice.
+pub fn run_time_candidates<'a>(
+    site: &FuncType,
+    known: impl IntoIterator<Item = &'a FuncType>,
+) -> Vec<FuncType> {
+    let mut out: Vec<FuncType> = Vec::new();
+    let mut add = |ty: FuncType| {
+        if castable(&ty, site) && !out.contains(&ty) {
+            out.push(ty);
+        }
+    };
+    for ty in known {
+        add(ty.clone());
+    }
+    let params = site.params();
+    let mut results: Vec<Vec<ValType>> = vec![site.results().to_vec(), Vec::new()];
+    if site.results().is_empty() {
+        results.push(vec![ValType::I32]);
+    }
+    for n in 0..=params.len() + 2 {
+        let p: Vec<ValType> = (0..n)
+            .map(|i| params.get(i).copied().unwrap_or(ValType::I32))
+            .collect();
+        for r in &results {
+            add(FuncType::new(p.iter().copied(), r.iter().copied()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +127,30 @@ mod tests {
             !castable(&ft(&[I32], &[I64]), &ft(&[I32], &[I32])),
             "different results"
         );
+    }
+
+    #[test]
+    fn run_time_candidates_are_castable_variants_of_the_site() {
+        let site = ft(&[I32, I32], &[I32]);
+        let known = [ft(&[F64], &[F64]), ft(&[I64], &[I32]), site.clone()];
+        let c = run_time_candidates(&site, &known);
+        assert_eq!(
+            c[0],
+            ft(&[I64], &[I32]),
+            "the module's own castable types first"
+        );
+        assert!(c.contains(&ft(&[I32], &[I32])), "getter idiom");
+        assert!(
+            c.contains(&ft(&[I32, I32, I32], &[I32])),
+            "a missing argument"
+        );
+        assert!(
+            c.contains(&ft(&[I32, I32], &[])),
+            "a void function read as int"
+        );
+        assert!(!c.contains(&site) && !c.contains(&ft(&[F64], &[F64])));
+        assert!(c.iter().all(|u| castable(u, &site)));
+        let void_site = ft(&[I32], &[]);
+        assert!(run_time_candidates(&void_site, []).contains(&ft(&[I32], &[I32])));
     }
 }

@@ -17,9 +17,10 @@ use wasmparser::{
     ValidPayload, Validator, ValidatorResources, WasmFeatures,
 };
 
-/// The features wasmfix accepts in its input: everything wasmparser validates in a core module.
+/// The features wasmfix accepts in its input: every proposal it can name (see
+/// [`crate::features::Feature`]), so that what the input uses is always a set of those.
 pub fn features() -> WasmFeatures {
-    WasmFeatures::all()
+    crate::features::FeatureSet::all().wasm_features()
 }
 
 /// A function body and what its validator needs.
@@ -62,7 +63,7 @@ pub fn validate_input(m: &Module<'_>) -> Result<CodeFacts> {
     let funcs = validate_sections(&[m.bytes], None, features())?;
     let address_globals = CodeWalk::address_globals(m);
     let shares = on_threads(funcs, |share| {
-        let mut walk = CodeWalk::new(&address_globals);
+        let mut walk = CodeWalk::new(m.bytes, &address_globals);
         let mut allocs = FuncValidatorAllocations::default();
         for (f, body) in share {
             walk.start_function(f.index);
@@ -94,6 +95,7 @@ fn validate_walking(
     while !reader.eof() {
         let offset = reader.original_position();
         reader.visit_operator(&mut walk.observe(offset, v.visitor(offset)))??;
+        walk.operator_end(reader.original_position() as usize);
     }
     reader.finish_expression(&v.visitor(reader.original_position()))
 }

@@ -91,7 +91,10 @@ fn bad_inputs() -> Vec<(&'static str, Option<Vec<u8>>)> {
             "invalid module (call to a missing function)",
             Some(wat::parse_str("(module (func call 7))").unwrap()),
         ),
-        ("a component", Some(wat::parse_str("(component)").unwrap())),
+        (
+            "a malformed component",
+            Some(b"\0asm\x0d\0\x01\0\x01\x05\0asm".to_vec()),
+        ),
         ("a nonexistent path", None),
     ]
 }
@@ -189,8 +192,8 @@ fn error_messages_say_what_is_wrong() {
         ("text.wasm", b"hello, world\n", "not a WebAssembly module"),
         (
             "c.wasm",
-            &wat::parse_str("(component)").unwrap(),
-            "component",
+            b"\0asm\x0d\0\x01\0\x01\x05\0asm",
+            "invalid component",
         ),
     ];
     for (name, bytes, expected) in cases {

@@ -803,9 +803,19 @@ fn traps_show_the_same_source_frames_after_the_rewrite() {
                         .map(|f| (f.func_index, f.func_name.clone(), f.symbols.clone()))
                         .collect()
                 };
+                // In fpcast's WebAssembly 1.0 design a null slot holds the forwarder, which
+                // makes the original call and traps the same way, one frame deeper: that
+                // frame, wasmfix's, is the only one allowed on top.
+                let mut after_source = source(&after);
+                if after_source.first().is_some_and(|f| {
+                    f.1.as_deref()
+                        .is_some_and(|n| n.starts_with("wasmfix:fpcast_forward "))
+                }) {
+                    after_source.remove(0);
+                }
                 assert_eq!(
                     source(&before),
-                    source(&after),
+                    after_source,
                     "{fixture} --passes {passes} {case}: frames differ"
                 );
                 assert!(
@@ -954,7 +964,9 @@ fn the_name_section_names_what_wasmfix_adds() {
     for expected in [
         "wasmfix:adapt (i32)->(i32) as (i32,i32)->(i32)",
         "wasmfix:fpcast_index",
-        "wasmfix:fpcast_adapters table 0",
+        // The fixture is WebAssembly 1.0: the views are appended to table 0, and its null
+        // slots hold the forwarder (an MVP element segment cannot hold a null).
+        "wasmfix:fpcast_forward (i32,i32)->(i32) table 0",
     ] {
         assert!(
             after.iter().any(|(_, _, n)| n == expected),

@@ -1,10 +1,15 @@
 //! fpcast on the C fixtures (tests/fixtures/c/fpcast.c), every build variant: each castable
 //! case traps before and prints, after the pass, exactly what the correctly typed build prints;
 //! null, wild and non-castable calls keep their traps. The fixed modules also run under node (V8).
+//! The fixtures are WebAssembly 1.0 modules: by default fpcast appends its views to the table
+//! itself and the output stays 1.0; with reference types enabled, shadow tables can be forced.
+//! Both designs are checked.
 
 mod common;
 
 use common::{Outcome, fixture, rewrite, run_wasi};
+use wasmfix::features::Feature;
+use wasmfix::passes::fpcast::Design;
 
 const VARIANTS: &[&str] = &["O0", "O2", "O0.wasmopt", "O2.wasmopt", "O2.stripped"];
 const CASTS: &[&str] = &[
@@ -27,6 +32,31 @@ const ERASED_BY_WASM_OPT: &[(&str, &str)] = &[
     ("O2.wasmopt", "mixed-mismatch"),
 ];
 
+/// fpcast's designs: the default for these inputs (WebAssembly 1.0 views in the table) and
+/// shadow tables (forced, with reference types enabled).
+const DESIGNS: &[Design] = &[Design::Mvp, Design::Tables];
+
+/// `--passes fpcast` in `design`.
+fn fix(input: &[u8], design: Design) -> Vec<u8> {
+    let mut options = wasmfix::passes::PassOptions {
+        fpcast_design: Some(design),
+        ..Default::default()
+    };
+    if design == Design::Tables {
+        options.features.enable(Feature::ReferenceTypes);
+    }
+    let out = wasmfix::pipeline::run(input, &common::passes("fpcast"), &options)
+        .unwrap_or_else(|f| panic!("fpcast {design:?}: {f}"));
+    let mut features = wasmparser::WasmFeatures::WASM1;
+    if design == Design::Tables {
+        features |= wasmparser::WasmFeatures::REFERENCE_TYPES;
+    }
+    if let Err(e) = wasmparser::Validator::new_with_features(features).validate_all(&out.bytes) {
+        panic!("fpcast {design:?}: the output needs more than its features: {e}");
+    }
+    out.bytes
+}
+
 fn typed_for(variant: &str) -> Vec<u8> {
     let level = if variant.starts_with("O0") {
         "O0"
@@ -46,21 +76,24 @@ fn trap_kind(outcome: &Outcome) -> String {
 
 #[test]
 fn castable_casts_give_the_typed_programs_output() {
-    for variant in VARIANTS {
+    for (variant, &design) in VARIANTS
+        .iter()
+        .flat_map(|v| DESIGNS.iter().map(move |d| (v, d)))
+    {
         let original = fixture(&format!("fpcast.{variant}.wasm"));
-        let fixed = rewrite(&original, "fpcast");
+        let fixed = fix(&original, design);
         let typed = typed_for(variant);
         for case in CASTS {
             let before = run_wasi(&original, &[case]);
             assert!(
                 before.outcome.is_trap("indirect call type mismatch"),
-                "{variant} {case} should trap before: {before:?}"
+                "{variant} {design:?} {case} should trap before: {before:?}"
             );
             let after = run_wasi(&fixed, &[case]);
             if ERASED_BY_WASM_OPT.contains(&(variant, case)) {
                 assert!(
                     after.outcome.is_trap("unreachable"),
-                    "{variant} {case}: {after:?}"
+                    "{variant} {design:?} {case}: {after:?}"
                 );
                 continue;
             }
@@ -69,10 +102,10 @@ fn castable_casts_give_the_typed_programs_output() {
             assert_eq!(
                 after.outcome,
                 Outcome::Exit(0),
-                "{variant} {case}: {}",
+                "{variant} {design:?} {case}: {}",
                 after.stderr
             );
-            assert_eq!(after.stdout, want.stdout, "{variant} {case}");
+            assert_eq!(after.stdout, want.stdout, "{variant} {design:?} {case}");
         }
         // The loop over matching targets only worked before and works the same after.
         let before = run_wasi(&original, &["mixed-match"]);
@@ -88,18 +121,21 @@ fn castable_casts_give_the_typed_programs_output() {
 
 #[test]
 fn null_wild_and_non_castable_calls_keep_their_traps() {
-    for variant in VARIANTS {
+    for (variant, &design) in VARIANTS
+        .iter()
+        .flat_map(|v| DESIGNS.iter().map(move |d| (v, d)))
+    {
         let original = fixture(&format!("fpcast.{variant}.wasm"));
-        let fixed = rewrite(&original, "fpcast");
+        let fixed = fix(&original, design);
         for case in KEEP_TRAPPING {
             let before = run_wasi(&original, &[case]);
             let after = run_wasi(&fixed, &[case]);
             assert_eq!(
                 trap_kind(&before.outcome),
                 trap_kind(&after.outcome),
-                "{variant} {case}"
+                "{variant} {design:?} {case}"
             );
-            assert_eq!(before.stdout, after.stdout, "{variant} {case}");
+            assert_eq!(before.stdout, after.stdout, "{variant} {design:?} {case}");
         }
     }
 }
@@ -178,9 +214,12 @@ fn fixed_modules_run_under_node() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    for variant in ["O0", "O2"] {
-        let fixed = rewrite(&fixture(&format!("fpcast.{variant}.wasm")), "fpcast");
-        let path = dir.path().join(format!("{variant}.wasm"));
+    for (variant, &design) in ["O0", "O2"]
+        .iter()
+        .flat_map(|v| DESIGNS.iter().map(move |d| (v, d)))
+    {
+        let fixed = fix(&fixture(&format!("fpcast.{variant}.wasm")), design);
+        let path = dir.path().join(format!("{variant}.{design:?}.wasm"));
         std::fs::write(&path, &fixed).unwrap();
         let typed = typed_for(variant);
         for case in CASTS {
@@ -193,13 +232,13 @@ fn fixed_modules_run_under_node() {
                 .unwrap();
             assert!(
                 out.status.success(),
-                "node {variant} {case}: {}",
+                "node {variant} {design:?} {case}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
             assert_eq!(
                 String::from_utf8_lossy(&out.stdout),
                 run_wasi(&typed, &[case]).stdout,
-                "node {variant} {case}"
+                "node {variant} {design:?} {case}"
             );
         }
     }
@@ -291,4 +330,58 @@ fn wat_cases_call_casts_with_c_semantics() {
             }
         }
     }
+}
+
+/// The warning about entries whose body is only `unreachable` needs evidence that an optimizer
+/// emptied them: wasi-libc's `__SIG_ERR` and abstract C++ destructors are written that way by
+/// hand (issue 13.4).
+#[test]
+fn unreachable_entries_are_reported_only_with_evidence() {
+    let module = |producers: &str, extra: &str| {
+        wat::parse_str(format!(
+            r#"(module
+              {producers}
+              (type $void1 (func (param i32)))
+              (type $void2 (func (param i32 i32)))
+              (type $int2 (func (param i32 i32) (result i32)))
+              (table 4 4 funcref)
+              (elem (i32.const 1) func $sig_err $erased $add)
+              (func $sig_err (type $void1) unreachable)
+              (func $erased (type $void2) unreachable)
+              (func $add (type $int2) local.get 0 local.get 1 i32.add)
+              (func (export "call_void1") (param i32 i32) local.get 0 local.get 1 call_indirect (type $void1))
+              (func (export "call_int2") (param i32 i32 i32) (result i32)
+                local.get 0 local.get 1 local.get 2 call_indirect (type $int2))
+              {extra})"#
+        ))
+        .unwrap()
+    };
+    let warnings = |input: &[u8]| {
+        let out =
+            wasmfix::pipeline::run(input, &common::passes("fpcast"), &Default::default()).unwrap();
+        out.reports[0].warnings.join("\n")
+    };
+    // $sig_err's signature is called indirectly: written by hand as far as anyone can tell.
+    let w = warnings(&module("", ""));
+    assert!(
+        w.contains("1 table entries (erased)")
+            && w.contains("no call_indirect has their signature"),
+        "{w}"
+    );
+    let w = warnings(&module(
+        r#"(@producers (processed-by "binaryen" "132"))"#,
+        "",
+    ));
+    assert!(
+        w.contains("2 table entries (sig_err, erased)")
+            && w.contains("the producers section names binaryen"),
+        "{w}"
+    );
+    // Neither: $erased's signature is called indirectly too.
+    let w = warnings(&module(
+        "",
+        r#"(func (export "call_void2") (param i32 i32 i32)
+             local.get 0 local.get 1 local.get 2 call_indirect (type $void2))"#,
+    ));
+    assert!(!w.contains("unreachable"), "{w}");
 }

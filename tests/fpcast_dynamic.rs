@@ -1,6 +1,7 @@
 //! fpcast on a table that changes at run time (exported, grown and written by code): castable
 //! entries present at link time are adapted; entries added later behave exactly as before.
 
+use wasmfix::passes::fpcast::Design;
 use wasmtime::{Engine, Instance, Module, Store, TypedFunc};
 
 const WAT: &str = r#"
@@ -54,16 +55,28 @@ fn trap_text(r: wasmtime::Result<i32>) -> String {
 
 #[test]
 fn run_time_table_changes_behave_as_before() {
+    for (design, mode) in [
+        (
+            Design::Tables,
+            "shadow table, forwarder from the link-time length on",
+        ),
+        (Design::Mvp, "views in the table"),
+    ] {
+        check_design(design, mode);
+    }
+}
+
+fn check_design(design: Design, mode: &str) {
     let wasm = wat::parse_str(WAT).unwrap();
-    let out = wasmfix::pipeline::run(
-        &wasm,
-        &[wasmfix::passes::find("fpcast").unwrap()],
-        &Default::default(),
-    )
-    .unwrap_or_else(|f| panic!("{f}"));
+    let options = wasmfix::passes::PassOptions {
+        fpcast_design: Some(design),
+        ..Default::default()
+    };
+    let out = wasmfix::pipeline::run(&wasm, &[wasmfix::passes::find("fpcast").unwrap()], &options)
+        .unwrap_or_else(|f| panic!("{f}"));
     let report = &out.reports[0];
     assert_eq!(
-        report.details["signatures"][0]["mode"], "dispatch",
+        report.details["signatures"][0]["mode"], mode,
         "{:#}",
         report.details
     );
@@ -92,9 +105,11 @@ fn run_time_table_changes_behave_as_before() {
         );
     }
     // Entries appended at run time: the matching one works in both…
+    // (In the WebAssembly 1.0 design the views lie past the original slots, so appended
+    // entries get other numbers; function pointers are opaque to C.)
     let s1 = before.grow_sub.call(&mut before.store, ()).unwrap();
     let s2 = after.grow_sub.call(&mut after.store, ()).unwrap();
-    assert_eq!(s1, s2);
+    assert_eq!(s1 == s2, design == Design::Tables, "{s1} / {s2}");
     let b = before.call2.call(&mut before.store, (6, 7, s1)).unwrap();
     let a = after.call2.call(&mut after.store, (6, 7, s2)).unwrap();
     assert_eq!((b, a), (-1, -1));

@@ -2,7 +2,9 @@
 //! them, and one exported `call_indirect` site per signature. Every (site, slot) pair is called
 //! before and after the pass in wasmtime: calls that worked return the same value, castable
 //! mismatches return what a C call would (per a model of the arguments' adaptation), and
-//! every other trap stays a trap. The output always validates.
+//! every other trap stays a trap. The output always validates. Each case picks fpcast's design
+//! (shadow tables or views in the table) and whether the table is exported (so it may change
+//! at run time, and indices past its link-time length go through the forwarder).
 
 use proptest::prelude::*;
 use wasmtime::{Engine, Instance, Module, Store, Val};
@@ -130,6 +132,10 @@ struct Case {
     /// Table slots: a function index or a null slot.
     slots: Vec<Option<usize>>,
     sites: Vec<Sig>,
+    /// The table is exported (fpcast treats it as changing at run time).
+    exported: bool,
+    /// `--fpcast-design tables` (with reference types enabled) rather than the default.
+    tables: bool,
 }
 
 fn case_strategy() -> impl Strategy<Value = Case> {
@@ -137,8 +143,10 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         proptest::collection::vec(sig_strategy(), 1..8),
         proptest::collection::vec(sig_strategy(), 1..5),
         proptest::collection::vec(proptest::option::weighted(0.85, 0usize..100), 1..12),
+        any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(funcs, mut sites, raw_slots)| {
+        .prop_map(|(funcs, mut sites, raw_slots, exported, tables)| {
             // Every site signature should also be matched by some function, sometimes.
             if let Some(f) = funcs.first() {
                 sites.push(f.clone());
@@ -151,6 +159,8 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                 funcs,
                 slots,
                 sites,
+                exported,
+                tables,
             }
         })
 }
@@ -166,7 +176,12 @@ fn module_wat(case: &Case) -> String {
     for (i, s) in case.funcs.iter().enumerate() {
         w += &func_wat(i, s);
     }
-    w += &format!("(table {} funcref)\n", case.slots.len());
+    let export = if case.exported {
+        "(export \"table\")"
+    } else {
+        ""
+    };
+    w += &format!("(table {export} {} funcref)\n", case.slots.len());
     for (slot, f) in case.slots.iter().enumerate() {
         if let Some(f) = f {
             w += &format!("(elem (i32.const {slot}) func $f{f})\n");
@@ -197,10 +212,9 @@ enum Outcome {
     Trap(String),
 }
 
-fn call(engine: &Engine, wasm: &[u8], export: &str, args: &[Val], results: usize) -> Outcome {
-    let module = Module::new(engine, wasm).expect("module compiles");
+fn call(engine: &Engine, module: &Module, export: &str, args: &[Val], results: usize) -> Outcome {
     let mut store = Store::new(engine, ());
-    let instance = match Instance::new(&mut store, &module, &[]) {
+    let instance = match Instance::new(&mut store, module, &[]) {
         Ok(i) => i,
         Err(e) => return Outcome::Trap(format!("instantiation: {e:?}")),
     };
@@ -216,10 +230,16 @@ fn call(engine: &Engine, wasm: &[u8], export: &str, args: &[Val], results: usize
 
 fn check(case: &Case, diagnose: bool) -> Result<(), TestCaseError> {
     let wasm = wat::parse_str(module_wat(case)).expect("generated WAT parses");
-    let options = wasmfix::passes::PassOptions {
+    let mut options = wasmfix::passes::PassOptions {
         fpcast_diagnose: diagnose,
         ..Default::default()
     };
+    if case.tables {
+        options.fpcast_design = Some(wasmfix::passes::fpcast::Design::Tables);
+        options
+            .features
+            .enable(wasmfix::features::Feature::ReferenceTypes);
+    }
     let fixed = match wasmfix::pipeline::run(
         &wasm,
         &[wasmfix::passes::find("fpcast").unwrap()],
@@ -232,10 +252,14 @@ fn check(case: &Case, diagnose: bool) -> Result<(), TestCaseError> {
         .validate_all(&fixed)
         .map_err(|e| TestCaseError::fail(format!("output invalid: {e}")))?;
     let engine = Engine::default();
+    let original = Module::new(&engine, &wasm).expect("module compiles");
+    let rewritten = Module::new(&engine, &fixed).expect("module compiles");
     for (k, site) in case.sites.iter().enumerate() {
         let arg_values: Vec<i64> = (0..site.params.len()).map(|i| 3 + 2 * i as i64).collect();
-        // Every slot, plus one out of range.
-        for slot in 0..=case.slots.len() {
+        // Every slot, plus some out of range (past the original table, where the views of the
+        // WebAssembly 1.0 design lie, and far past it).
+        let slots = (0..=case.slots.len() + 4).chain([1000, u32::MAX as usize]);
+        for slot in slots {
             let mut args: Vec<Val> = site
                 .params
                 .iter()
@@ -245,8 +269,8 @@ fn check(case: &Case, diagnose: bool) -> Result<(), TestCaseError> {
             args.push(Val::I32(slot as i32));
             let results = site.result.is_some() as usize;
             let export = format!("call{k}");
-            let before = call(&engine, &wasm, &export, &args, results);
-            let after = call(&engine, &fixed, &export, &args, results);
+            let before = call(&engine, &original, &export, &args, results);
+            let after = call(&engine, &rewritten, &export, &args, results);
             let callee = case.slots.get(slot).copied().flatten();
             match (&before, &after) {
                 (Outcome::Value(b), Outcome::Value(a)) => {

@@ -126,12 +126,9 @@ fn a_second_run_changes_nothing() {
     }
 }
 
-/// The builds that keep their names: heap-canary finds the allocator there.
-const NAMED: &[&str] = &["O0", "O2", "O0.wasmopt", "O2.wasmopt"];
-
 #[test]
 fn heap_overflows_stop_at_free_with_the_block_size() {
-    for variant in NAMED {
+    for variant in VARIANTS {
         let original = fixture(&format!("harden.{variant}.wasm"));
         // 28 bytes stay inside the allocator's slack: only a redzone at the exact size sees them.
         for n in ["28", "32", "48"] {
@@ -159,7 +156,7 @@ fn heap_overflows_stop_at_free_with_the_block_size() {
 
 #[test]
 fn double_free_is_reported() {
-    for variant in NAMED {
+    for variant in VARIANTS {
         let original = fixture(&format!("harden.{variant}.wasm"));
         let before = run_wasi(&original, &["doublefree"]);
         assert_eq!(before.stdout, "double free accepted\n", "{variant}");
@@ -168,11 +165,34 @@ fn double_free_is_reported() {
     }
 }
 
-/// Without a name section the allocator cannot be found: `heap-canary` alone refuses with the
-/// reason (exit 2, nothing written), `--harden` warns and applies the other passes.
+/// Without a name section the allocator is found by its code: dlmalloc's request
+/// normalization and its free's shared state (see `src/allocator.rs`).
 #[test]
-fn stripped_modules_are_refused_by_heap_canary_and_warned_about_by_harden() {
-    let path = common::repo().join("tests/fixtures/wasm/harden.O2.stripped.wasm");
+fn stripped_modules_get_heap_canary_from_the_allocators_code() {
+    let out = wasmfix::pipeline::run(
+        &fixture("harden.O2.stripped.wasm"),
+        &common::passes("heap-canary"),
+        &Default::default(),
+    )
+    .unwrap();
+    let summary = &out.reports[0].summary;
+    assert!(
+        summary.contains("wrapped dlmalloc malloc function ") && summary.contains("free function "),
+        "{summary}"
+    );
+    let evidence = out.reports[0].details["evidence"].to_string();
+    assert!(
+        evidence.contains("normalizes requests like dlmalloc"),
+        "{evidence}"
+    );
+}
+
+/// An allocator wasmfix does not recognize (zig 0.15+'s own malloc), stripped: `heap-canary`
+/// alone refuses with the reason (exit 2, nothing written), `--harden` warns and applies the
+/// other passes.
+#[test]
+fn unrecognized_allocators_are_refused_by_heap_canary_and_warned_about_by_harden() {
+    let path = common::repo().join("tests/fixtures/wasm/uaf.zig.O2.stripped.wasm");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.wasm");
     let refused = common::wasmfix()
@@ -185,7 +205,9 @@ fn stripped_modules_are_refused_by_heap_canary_and_warned_about_by_harden() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("heap-canary: cannot find `malloc`") && stderr.contains("name section"),
+        stderr.contains("heap-canary: cannot find `malloc`")
+            && stderr.contains("not an allocator wasmfix recognizes")
+            && stderr.contains("--malloc"),
         "{stderr}"
     );
     assert!(!out.exists());
@@ -203,9 +225,9 @@ fn stripped_modules_are_refused_by_heap_canary_and_warned_about_by_harden() {
         "{stderr}"
     );
     let fixed = std::fs::read(&out).unwrap();
-    let after = run_wasi(&fixed, &["heap", "48"]);
+    let after = run_wasi(&fixed, &["write"]);
     assert_eq!(
-        after.stdout, "heap ok\n",
+        after.stdout, "write after free accepted (4950)\n",
         "not checked, as the warning says"
     );
 }
@@ -390,4 +412,100 @@ fn snapshot_blocks_pass_through_and_reused_snapshot_memory_is_still_checked() {
             Some(message) => assert_stopped(&after, message, what),
         }
     }
+}
+
+/// A module with `__global_base` = 1024 and "hello" at 1024 whose `_start` loads the `i32` at
+/// `p + o` (p from a mutable global, so not a constant) and exits with 0 when it reads "hell".
+/// `$twice` loads through the same base at offsets 0 and 4 (the second is covered by the
+/// first's check).
+fn load_module(p: u32, o: u32) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 1)
+          (global (export "__global_base") i32 (i32.const 1024))
+          (global $p (mut i32) (i32.const {p}))
+          (func $read (param $p i32) (result i32)
+            local.get $p
+            i32.load offset={o})
+          (func $twice (param $p i32) (result i32)
+            local.get $p
+            i32.load offset={o}
+            local.get $p
+            i32.load offset={o4}
+            i32.xor)
+          (func (export "_start")
+            global.get $p  call $read  i32.const 0x6c6c6568  i32.ne
+            global.get $p  call $twice  i32.const 0x6c6c6568  i32.const 0x6f  i32.xor  i32.ne
+            i32.or  call $exit)
+          (data (i32.const 1024) "hello\00\00\00"))"#,
+        o4 = o + 4
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// Stop mode rebases a load from the null page so that it traps at the access as an
+/// out-of-bounds access (no message); `--bounds-precise` stops it with the message. Loads that
+/// are not in the null page read what they read before, at the edges of the page too.
+#[test]
+fn null_page_loads_trap_at_the_access() {
+    let precise = wasmfix::passes::PassOptions {
+        bounds_precise: true,
+        ..Default::default()
+    };
+    let bounds = common::passes("bounds");
+    // (p, o, whether p + o is in the null page)
+    let cases: &[(u32, u32, bool)] = &[
+        (1024, 0, false),
+        (1020, 4, false),
+        (4, 1020, false),
+        (0, 1024, false),
+        (8, 0, true),
+        (1020, 0, true),
+        (3, 1020, true),
+        (0, 0, true),
+    ];
+    for &(p, o, null) in cases {
+        let what = format!("load at {p} offset {o}");
+        let original = load_module(p, o);
+        let before = run_wasi(&original, &[]);
+        let fast = wasmfix::pipeline::run(&original, &bounds, &Default::default()).unwrap();
+        let slow = wasmfix::pipeline::run(&original, &bounds, &precise).unwrap();
+        assert_ne!(fast.bytes, original, "{what}: nothing checked");
+        let (fast, slow) = (run_wasi(&fast.bytes, &[]), run_wasi(&slow.bytes, &[]));
+        if null {
+            assert_eq!(
+                before.outcome,
+                Outcome::Exit(1),
+                "{what}: original {before:?}"
+            );
+            assert!(
+                fast.outcome.is_trap("out of bounds") && fast.stderr.is_empty(),
+                "{what}: {fast:?}"
+            );
+            assert_stopped(
+                &slow,
+                &format!(
+                    "wasmfix: null pointer dereference at address {:#x} in ",
+                    p + o
+                ),
+                &what,
+            );
+        } else {
+            assert_eq!(
+                before.outcome,
+                Outcome::Exit(0),
+                "{what}: original {before:?}"
+            );
+            assert_eq!(fast, before, "{what}");
+            assert_eq!(slow, before, "{what}");
+        }
+    }
+    // An address past 4 GiB traps as before.
+    let original = load_module(u32::MAX - 2, 4);
+    let before = run_wasi(&original, &[]);
+    assert!(before.outcome.is_trap("out of bounds"), "{before:?}");
+    let fast = wasmfix::pipeline::run(&original, &bounds, &Default::default()).unwrap();
+    assert!(run_wasi(&fast.bytes, &[]).outcome.is_trap("out of bounds"));
 }

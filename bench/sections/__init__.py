@@ -8,7 +8,7 @@ its tables and returns its figures (they go into --json under sections.NAME).
 import importlib
 
 # To add a section: write bench/sections/NAME.py and add its module name here.
-MODULES = ["core", "fpcast", "stack", "dwarf", "harden", "ruby_sanity"]
+MODULES = ["core", "fpcast", "stack", "dwarf", "harden", "heap", "ruby_sanity", "preview2", "pyodide", "fpcast_designs"]
 
 SECTIONS = {}
 for _module in MODULES:

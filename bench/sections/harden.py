@@ -7,13 +7,15 @@ wasm-opt --safe-heap --detect-features: rewrite time, size growth and the run_ru
 adds). The same for ruby-debug (same Ruby, with names: where heap-canary finds the allocator) without
 --safe-heap. Then harden.O2.wasm `hash 200000` (malloc/strdup/realloc/free heavy) and `sort 300000`
 under the python wasmtime package for the original, --harden and each pass alone (--stack-runs
-interleaved runs, medians, only _start timed), with size growth. Not in the default sections: run
---sections harden.
+interleaved runs, medians, only _start timed), with size growth. Then (issue 15) pyodide.asm.wasm: the
+default pipeline, --harden and each pass alone, size growth and bench/pyodide's workload in node
+(--stack-runs interleaved node runs). Not in the default sections: run --sections harden.
 """
 import json
 import os
+import subprocess
 
-from benchlib.context import FIXTURES, MB, ToolError, last_error_line, log, warm
+from benchlib.context import BENCH, FIXTURES, MB, ToolError, last_error_line, log, warm
 from benchlib.engine import load_wasmtime, time_start
 from benchlib.rounds import interleave
 from benchlib.ruby import print_ruby_variants, run_ruby_variants
@@ -30,7 +32,11 @@ THRESHOLDS = {
     "ruby_stack_canary_ratio": ("<=", 1.05),   # --passes stack-canary / original
     "ruby_heap_canary_ratio": ("<=", 1.10),    # --passes heap-canary / original (None: refused on ruby.wasm)
     "fixture_heap_canary_ratio": ("<=", 1.10), # harden.O2.wasm `hash N` (malloc/free heavy), heap-canary / original
+    "pyodide_harden_size_pct": ("<=", 20.0),   # issue 15: pyodide.asm.wasm --harden size growth (%)
+    "pyodide_harden_ratio": ("<=", 1.3),       # issue 15: bench/pyodide workload eval time, --harden / original
 }
+PYODIDE_RUNNER = os.path.join(BENCH, "pyodide", "run.mjs")
+PYODIDE_ROUNDS_PER_RUN = 3  # timed rounds inside one node process (after its warm-up round)
 HARDEN_FIXTURE = "harden.O2.wasm"
 
 
@@ -143,6 +149,56 @@ def harden_fixture(ctx, checks):
     return fig
 
 
+def harden_pyodide(ctx, checks):
+    """pyodide.asm.wasm (issue 15): the default pipeline, --harden and each pass alone; size growth and
+    bench/pyodide's workload eval time through the real pyodide.mjs (node), interleaved: each round runs
+    every variant in a fresh node process (PYODIDE_ROUNDS_PER_RUN timed rounds after a warm-up)."""
+    src = ctx.module("pyodide")["path"]
+    size = os.path.getsize(src)
+    package = os.path.dirname(src)
+    warm(src)
+    paths, fig = {"orig": src}, {"input_bytes": size, "variants": {}}
+    for label, flags in (("default", []), ("harden", ["--harden"]), ("bounds", ["--passes", "bounds"]),
+                         ("stack-canary", ["--passes", "stack-canary"]), ("heap-canary", ["--passes", "heap-canary"])):
+        out = ctx.out_path("pyodide.%s.wasm" % label)
+        log("harden: pyodide wasmfix %s" % " ".join(flags))
+        m = ctx.measure([ctx.wasmfix(), src, "-o", out] + flags)
+        if not m.ok:
+            fig["variants"][label] = {"refused": last_error_line(m.err)}
+            continue
+        paths[label] = out
+        fig["variants"][label] = {"bytes": os.path.getsize(out),
+                                  "size_growth_pct": round(growth_pct(os.path.getsize(out), size), 3)}
+    outputs = {}
+
+    def timed(k, _round):
+        cmd = ["node", PYODIDE_RUNNER, package] + ([] if k == "orig" else [paths[k]])
+        r = subprocess.run(cmd + ["--rounds", str(PYODIDE_ROUNDS_PER_RUN)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise ToolError("pyodide runner failed on %s: %s" % (k, last_error_line(r.stderr)))
+        j = json.loads(r.stdout.strip().splitlines()[-1])
+        outputs.setdefault(k, set()).add(j["output"])
+        return j["eval_s"]
+
+    res = interleave(ctx, "harden pyodide workload", list(paths), ctx.args.stack_runs, timed, label="harden: pyodide")
+    for k in paths:
+        e = fig["variants"].setdefault(k, {})
+        e.update(eval_s=round(res.median(k), 4), ratio=round(res.ratio(k, "orig"), 4),
+                 min_ratio=round(res.min_ratio(k, "orig"), 4),
+                 output_ok=outputs.get(k) == outputs.get("orig") and len(outputs.get(k, ())) == 1)
+    print("\n== harden: pyodide.asm.wasm %.1f MB (%d interleaved node runs x %d rounds; ratio = median / original) =="
+          % (size / MB, ctx.args.stack_runs, PYODIDE_ROUNDS_PER_RUN))
+    print(table(["variant", "size %", "eval ratio", "min ratio", "output ok"],
+                [[k, fmt(e.get("size_growth_pct"), "+.2f"), fmt(e.get("ratio"), ".3f"), fmt(e.get("min_ratio"), ".3f"),
+                  {True: "yes", False: "NO", None: "-"}[e.get("output_ok")] if "refused" not in e else e["refused"][:80]]
+                 for k, e in fig["variants"].items()]))
+    h = fig["variants"].get("harden", {})
+    checks.add("pyodide_harden_size_pct", "pyodide --harden size growth %", h.get("size_growth_pct"),
+               lambda v: "%+.2f" % v)
+    checks.add("pyodide_harden_ratio", "pyodide --harden eval ratio", h.get("ratio"), lambda v: "%.3f" % v)
+    return fig
+
+
 def run(ctx):
     checks = Checks(ctx, "harden", THRESHOLDS)
     fig = {"thresholds": checks.to_json()}
@@ -151,5 +207,7 @@ def run(ctx):
         # heap-canary needs the allocator's names: the named build is where it applies.
         fig["ruby-debug"] = harden_ruby(ctx, checks, "ruby-debug", safe_heap=False)
     fig["fixture"] = harden_fixture(ctx, checks)
+    if ctx.has_module("pyodide"):
+        fig["pyodide"] = harden_pyodide(ctx, checks)
     checks.print("harden: acceptance thresholds (issue 6)")
     return fig

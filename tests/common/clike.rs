@@ -9,10 +9,14 @@
 //!   segment), and sometimes the linker's relocations (`linking`, `reloc.CODE`, `reloc.DATA`)
 //!   for every data address in code and data, as `-Wl,--emit-relocs` leaves them;
 //! - `malloc`/`free` over a bump heap with a free list, and an exported test that uses them;
-//! - a funcref table (slot 0 null, as wasm-ld does; sometimes exported, so it may change at
-//!   run time) of functions with mixed signatures, and exported `call_indirect` sites (some
-//!   through a stack frame, some `return_call_indirect`) that reach matching, castable and
+//! - a funcref table (slot 0 null, as wasm-ld does; sometimes exported and growable, so it may
+//!   change at run time) of functions with mixed signatures, and exported `call_indirect` sites
+//!   (some through a stack frame, some `return_call_indirect`) that reach matching, castable and
 //!   non-castable entries, null slots and out-of-range slots;
+//! - when the table is exported, the table's functions are exported too (`t0`, `t1`, …), and
+//!   the plan has the harness append them to the table at run time (and overwrite or null an
+//!   appended slot) before calling each site through the new slots, as Emscripten's
+//!   `addFunction`/`removeFunction` or a side module would;
 //! - a ring of functions with stack frames (three epilogue styles, `alloca`, early returns)
 //!   that recurse to a depth given by the caller.
 //!
@@ -22,7 +26,7 @@
 //! frame sizes) that a guarded module stops and a relocated one traps on.
 #![allow(dead_code)] // shared by test files that each use part of it
 
-use super::diff::{Arg, Call, Expect, PLAN_SECTION, Plan};
+use super::diff::{Arg, Call, Expect, PLAN_SECTION, Plan, TABLE_EXPORT, TABLE_GROW, TABLE_SET};
 use arbitrary::Unstructured;
 use std::collections::HashMap;
 use wasm_encoder::{
@@ -839,6 +843,49 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
             }
         }
     }
+    // Entries added at run time: each table function appended, then called from each site;
+    // and per site, a slot appended, overwritten, and a null one appended (slot reuse).
+    if export_table {
+        for (k, site) in site_sigs.iter().enumerate() {
+            let mut args: Vec<Arg> = site_args(site).into_iter().map(Arg::I64).collect();
+            args.push(Arg::Appended(0));
+            let expect = |f: Option<usize>| match f {
+                Some(f) if castable(&table_sigs[f], site) => {
+                    Expect::CastAtRunTime(cast_result(f, &table_sigs[f], site))
+                }
+                _ => Expect::Exact,
+            };
+            let icall = |slot: u32, f: Option<usize>| {
+                let mut args = args.clone();
+                *args.last_mut().unwrap() = Arg::Appended(slot);
+                Call {
+                    export: format!("icall{k}"),
+                    args,
+                    expect: expect(f),
+                }
+            };
+            let grow = |f: Option<usize>| Call {
+                export: TABLE_GROW.into(),
+                args: vec![Arg::I64(f.map_or(-1, |f| f as i64))],
+                expect: Expect::Exact,
+            };
+            for f in 0..n_tables {
+                contract.push(vec![grow(Some(f)), icall(0, Some(f))]);
+            }
+            let last = n_tables - 1;
+            contract.push(vec![
+                grow(Some(0)),
+                grow(None),
+                Call {
+                    export: TABLE_SET.into(),
+                    args: vec![Arg::Appended(0), Arg::I64(last as i64)],
+                    expect: Expect::Exact,
+                },
+                icall(1, None),
+                icall(0, Some(last)),
+            ]);
+        }
+    }
     plan.sessions.push(exact);
     plan.sessions.extend(contract);
     plan.stack = Some((stack_low as u64, stack_high as u64));
@@ -875,7 +922,8 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
         element_type: RefType::FUNCREF,
         table64: false,
         minimum: table_len,
-        maximum: Some(table_len),
+        // An exported table grows at run time (Emscripten's -sALLOW_TABLE_GROWTH).
+        maximum: (!export_table).then_some(table_len),
         shared: false,
     });
     push(&mut module, &mut section_count, &tables);
@@ -915,7 +963,10 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
         exports.export("__stack_pointer", ExportKind::Global, g_sp);
     }
     if export_table {
-        exports.export("__indirect_function_table", ExportKind::Table, 0);
+        exports.export(TABLE_EXPORT, ExportKind::Table, 0);
+        for i in 0..n_tables {
+            exports.export(&format!("t{i}"), ExportKind::Func, f_table(i));
+        }
     }
     push(&mut module, &mut section_count, &exports);
     let mut elements = ElementSection::new();

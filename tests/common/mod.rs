@@ -293,7 +293,16 @@ fn compile(wasm: &[u8]) -> wasmtime::Module {
 /// Panics when the module does not compile or cannot be instantiated for a reason other than a
 /// trap (a missing import, for example): that is a broken test, not an outcome.
 pub fn run_wasi(wasm: &[u8], args: &[&str]) -> Run {
-    run_module(engine(), &compile(wasm), args).0
+    run_module(engine(), &compile(wasm), args, &|_| {}).0
+}
+
+/// The linker a WASI command runs in, for tests that add host functions of their own.
+pub type WasiLinker = wasmtime::Linker<wasmtime_wasi::p1::WasiP1Ctx>;
+
+/// [`run_wasi`] with more host functions: `host` adds them to the linker (a language runtime
+/// that hands pointers to its host and takes them back).
+pub fn run_wasi_with_host(wasm: &[u8], args: &[&str], host: &dyn Fn(&mut WasiLinker)) -> Run {
+    run_module(engine(), &compile(wasm), args, host).0
 }
 
 /// One frame of a trap's backtrace, innermost first.
@@ -313,13 +322,14 @@ pub fn run_wasi_backtrace(wasm: &[u8], args: &[&str]) -> (Run, Vec<Frame>) {
     let engine = engine_with_backtrace_details();
     let module = wasmtime::Module::new(engine, wasm)
         .unwrap_or_else(|e| panic!("wasmtime cannot compile the module: {e:?}"));
-    run_module(engine, &module, args)
+    run_module(engine, &module, args, &|_| {})
 }
 
 fn run_module(
     engine: &wasmtime::Engine,
     module: &wasmtime::Module,
     args: &[&str],
+    host: &dyn Fn(&mut WasiLinker),
 ) -> (Run, Vec<Frame>) {
     use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
@@ -337,6 +347,7 @@ fn run_module(
     store.set_fuel(FUEL).expect("fuel is enabled");
     let mut linker = wasmtime::Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx).expect("WASI preview1 imports");
+    host(&mut linker);
 
     let result = linker
         .instantiate(&mut store, module)

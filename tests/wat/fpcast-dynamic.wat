@@ -1,6 +1,8 @@
 ;; passes: fpcast
-;; The same cast through an exported, growable table (Emscripten's __indirect_function_table):
-;; calls go through a dispatch function so entries added at run time behave as before.
+;; The same cast through an exported table (Emscripten's __indirect_function_table) of a
+;; WebAssembly 1.0 module: views appended to the table itself; indices from the link-time
+;; length on go to a forwarder that makes the original call, so entries added later behave
+;; as before.
 (module
   (type $getter1 (func (param i32) (result i32)))
   (type $getter2 (func (param i32 i32) (result i32)))

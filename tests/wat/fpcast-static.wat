@@ -1,6 +1,7 @@
 ;; passes: fpcast
 ;; A getter stored in a two-argument slot (CPython's getset idiom), called through a plain
 ;; call_indirect and through a return_call_indirect; the table is static (not exported).
+;; A WebAssembly 1.0 module: the views are appended to the table itself.
 (module
   (type $getter1 (func (param i32) (result i32)))
   (type $getter2 (func (param i32 i32) (result i32)))

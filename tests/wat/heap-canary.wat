@@ -2,6 +2,8 @@
 ;; A toy bump allocator under libc's names: `malloc` only forwards to `dlmalloc`, so `dlmalloc`
 ;; is wrapped in place (its body moves to `wasmfix:real_malloc`), like `free`; `calloc` and
 ;; `realloc` get bodies built on the two wrappers. Every caller keeps calling the same indices.
+;; `free` poisons the block and puts it in the quarantine; the module uses no bulk memory, so
+;; poisoning, `calloc`'s clearing and `realloc`'s copy call loops (`wasmfix:fill`/`copy`).
 (module
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (memory 2)

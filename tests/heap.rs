@@ -1,0 +1,577 @@
+//! heap-canary's use-after-free checks and allocator recognition on the C fixtures
+//! (tests/fixtures/c/uaf.c; tests/fixtures/build_heap.sh builds them with clang 14 + wasi-libc
+//! 2022 (dlmalloc), zig 0.14 (emmalloc) and zig 0.17 (its own malloc, not recognized)): every
+//! bug that the original runs silently stops, every correct program prints what it printed.
+
+mod common;
+
+use common::{Outcome, Run, fixture, run_wasi};
+use wasmfix::passes::heap_canary::HeapOptions;
+
+/// Builds in which heap-canary finds the allocator: by names (O0, O2, O2.wasmopt) or by its
+/// code (the stripped ones: dlmalloc from clang, emmalloc from zig 0.14).
+const VARIANTS: &[&str] = &["O0", "O2", "O2.wasmopt", "O2.stripped", "zig14.O2.stripped"];
+
+fn rewrite(input: &[u8], passes: &str, heap: HeapOptions) -> Vec<u8> {
+    let options = wasmfix::passes::PassOptions {
+        heap,
+        harden: passes == "harden",
+        ..Default::default()
+    };
+    let list = if passes == "harden" {
+        wasmfix::passes::harden_pipeline()
+            .into_iter()
+            .map(|n| wasmfix::passes::find(n).unwrap())
+            .collect()
+    } else {
+        common::passes(passes)
+    };
+    wasmfix::pipeline::run(input, &list, &options)
+        .unwrap_or_else(|f| panic!("{passes}: {f}"))
+        .bytes
+}
+
+fn heap_canary(variant: &str, heap: HeapOptions) -> Vec<u8> {
+    rewrite(
+        &fixture(&format!("uaf.{variant}.wasm")),
+        "heap-canary",
+        heap,
+    )
+}
+
+fn quarantine(bytes: u32) -> HeapOptions {
+    HeapOptions {
+        quarantine: Some(bytes),
+        ..Default::default()
+    }
+}
+
+fn stress() -> HeapOptions {
+    HeapOptions {
+        stress: true,
+        ..Default::default()
+    }
+}
+
+fn assert_trapped(run: &Run, what: &str) {
+    assert!(
+        matches!(run.outcome, Outcome::Trap(_)),
+        "{what}: should trap: {run:?}"
+    );
+}
+
+const WRITTEN: &str = "wasmfix: heap use after free: block of ";
+
+#[test]
+fn correct_programs_behave_identically() {
+    for variant in VARIANTS {
+        let original = fixture(&format!("uaf.{variant}.wasm"));
+        let builds = [
+            ("heap-canary", heap_canary(variant, HeapOptions::default())),
+            ("no quarantine", heap_canary(variant, quarantine(0))),
+            ("a 1 KiB quarantine", heap_canary(variant, quarantine(1024))),
+            (
+                "--harden",
+                rewrite(&original, "harden", HeapOptions::default()),
+            ),
+        ];
+        for args in [
+            &["list", "3000"][..],
+            &["tree", "2000"],
+            &["strings", "3000"],
+            &["aligned"],
+            &["churn", "20000"],
+        ] {
+            let before = run_wasi(&original, args);
+            assert_eq!(before.outcome, Outcome::Exit(0), "{variant} {args:?}");
+            for (what, fixed) in &builds {
+                assert_eq!(before, run_wasi(fixed, args), "{variant} {what} {args:?}");
+            }
+        }
+        // Stress mode checks the whole quarantine at every allocation: small runs.
+        let stressed = heap_canary(variant, stress());
+        for args in [&["list", "200"][..], &["tree", "200"], &["churn", "500"]] {
+            assert_eq!(
+                run_wasi(&original, args),
+                run_wasi(&stressed, args),
+                "{variant} --heap-stress {args:?}"
+            );
+        }
+    }
+}
+
+/// Poisoning, `calloc`'s clearing and `realloc`'s copy use `memory.fill`/`memory.copy` only
+/// where the run allows bulk memory: clang 14's builds do not use it, so they get loops; with
+/// bulk memory enabled the output uses it, says so (`added_features`), and behaves the same.
+#[test]
+fn bulk_memory_only_where_the_run_allows_it() {
+    let bulk_ops = |bytes: &[u8]| {
+        let mut n = 0;
+        for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+            if let Ok(wasmparser::Payload::CodeSectionEntry(body)) = payload {
+                let mut ops = body.get_operators_reader().unwrap();
+                while !ops.eof() {
+                    if matches!(
+                        ops.read().unwrap(),
+                        wasmparser::Operator::MemoryFill { .. }
+                            | wasmparser::Operator::MemoryCopy { .. }
+                    ) {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    };
+    let original = fixture("uaf.O2.wasm");
+    assert_eq!(bulk_ops(&original), 0, "the fixture uses no bulk memory");
+    let plain = heap_canary("O2", HeapOptions::default());
+    assert_eq!(
+        bulk_ops(&plain),
+        0,
+        "loops where the input has no bulk memory"
+    );
+    let mut options = wasmfix::passes::PassOptions::default();
+    options
+        .features
+        .enable(wasmfix::features::Feature::BulkMemory);
+    let outcome = wasmfix::pipeline::run(&original, &common::passes("heap-canary"), &options)
+        .unwrap_or_else(|f| panic!("{f}"));
+    assert!(bulk_ops(&outcome.bytes) > 0);
+    assert!(
+        outcome
+            .added_features
+            .contains(wasmfix::features::Feature::BulkMemoryOpt),
+        "{:?}",
+        outcome.added_features
+    );
+    for args in [
+        &["list", "3000"][..],
+        &["strings", "3000"],
+        &["churn", "2000"],
+    ] {
+        let before = run_wasi(&original, args);
+        assert_eq!(before, run_wasi(&plain, args), "{args:?}");
+        assert_eq!(before, run_wasi(&outcome.bytes, args), "bulk {args:?}");
+    }
+    // A write after free is found with either.
+    for fixed in [&plain, &outcome.bytes] {
+        let after = run_wasi(fixed, &["write"]);
+        assert!(after.stderr.starts_with(WRITTEN), "{after:?}");
+    }
+}
+
+/// `write` frees a block, writes into it, then allocates and frees 100 more blocks of 24–63
+/// bytes: with a small quarantine the block leaves it during that loop, before the program
+/// prints anything.
+#[test]
+fn a_write_after_free_stops_when_the_block_leaves_the_quarantine() {
+    for variant in VARIANTS {
+        let original = fixture(&format!("uaf.{variant}.wasm"));
+        let before = run_wasi(&original, &["write"]);
+        assert_eq!(before.outcome, Outcome::Exit(0), "{variant}");
+        assert_eq!(before.stdout, "write after free accepted (4950)\n");
+        for (what, fixed) in [
+            (
+                "a 256-byte quarantine",
+                heap_canary(variant, quarantine(256)),
+            ),
+            ("--heap-stress", heap_canary(variant, stress())),
+        ] {
+            let after = run_wasi(&fixed, &["write"]);
+            assert_trapped(&after, &format!("{variant} {what}"));
+            assert_eq!(
+                after.stdout, "",
+                "{variant} {what}: stopped before printing"
+            );
+            assert!(
+                after
+                    .stderr
+                    .starts_with(&format!("{WRITTEN}24 bytes at 0x"))
+                    && after.stderr.ends_with(" written after it was freed\n"),
+                "{variant} {what}: {after:?}"
+            );
+        }
+    }
+}
+
+/// With the default quarantine the block is still in it when the program ends: the check at
+/// the end of `_start` (case `write`) or before `proc_exit` (case `exit`, which calls
+/// `exit(0)`) finds it.
+#[test]
+fn a_write_after_free_stops_at_exit_at_the_latest() {
+    for variant in VARIANTS {
+        let original = fixture(&format!("uaf.{variant}.wasm"));
+        for (fixed, what) in [
+            (heap_canary(variant, HeapOptions::default()), "heap-canary"),
+            (
+                rewrite(&original, "harden", HeapOptions::default()),
+                "--harden",
+            ),
+        ] {
+            for (case, size, printed) in [
+                ("write", 24, "write after free accepted (4950)\n"),
+                ("exit", 40, "exit after a write after free\n"),
+            ] {
+                let before = run_wasi(&original, &[case]);
+                assert_eq!(before.outcome, Outcome::Exit(0), "{variant} {case}");
+                assert_eq!(before.stdout, printed, "{variant} {case}");
+                let after = run_wasi(&fixed, &[case]);
+                assert_trapped(&after, &format!("{variant} {what} {case}"));
+                assert_eq!(after.stdout, printed, "{variant} {what} {case}");
+                assert!(
+                    after
+                        .stderr
+                        .starts_with(&format!("{WRITTEN}{size} bytes at 0x")),
+                    "{variant} {what} {case}: {after:?}"
+                );
+            }
+        }
+    }
+}
+
+/// `read` prints the string a freed struct's pointer field points to; `struct` follows a
+/// pointer read from a freed block and writes through it. The poison makes that pointer
+/// 0xfefefefe, which traps at its first use instead of reaching the old data.
+#[test]
+fn a_pointer_read_from_a_freed_block_traps_at_its_first_use() {
+    for variant in VARIANTS {
+        let original = fixture(&format!("uaf.{variant}.wasm"));
+        let fixed = heap_canary(variant, HeapOptions::default());
+        for (case, printed) in [
+            ("read", "read after free: alice\n"),
+            ("struct", "struct ok 1\n"),
+        ] {
+            let before = run_wasi(&original, &[case]);
+            assert_eq!(before.outcome, Outcome::Exit(0), "{variant} {case}");
+            assert_eq!(before.stdout, printed, "{variant} {case}");
+            let after = run_wasi(&fixed, &[case]);
+            assert!(
+                after.outcome.is_trap("out of bounds memory access"),
+                "{variant} {case}: {after:?}"
+            );
+            assert_eq!(after.stdout, "", "{variant} {case}");
+        }
+    }
+}
+
+/// The allocator found by its code in the stripped build is the one the names give in the
+/// same build with names.
+#[test]
+fn the_code_finds_the_functions_the_names_give() {
+    let roles = |name: &str| {
+        let bytes = fixture(name);
+        let (m, facts) = wasmfix::pipeline::load(&bytes).unwrap();
+        let a = facts.allocator(&m).as_ref().unwrap().clone();
+        let mut v: Vec<(String, u32)> = a
+            .functions
+            .iter()
+            .map(|f| (f.role.c_name().to_string(), f.func))
+            .collect();
+        v.sort();
+        (v, a)
+    };
+    let (named, by_names) = roles("uaf.O2.wasmopt.wasm");
+    let (stripped, by_code) = roles("uaf.O2.stripped.wasm");
+    assert_eq!(named, stripped);
+    assert!(
+        by_names
+            .functions
+            .iter()
+            .all(|f| f.how.contains("name section"))
+    );
+    assert!(
+        by_code
+            .functions
+            .iter()
+            .all(|f| !f.how.contains("name section"))
+    );
+    assert_eq!(by_code.family, Some(wasmfix::allocator::Family::Dlmalloc));
+    let (_, emmalloc) = roles("uaf.zig14.O2.stripped.wasm");
+    assert_eq!(emmalloc.family, Some(wasmfix::allocator::Family::Emmalloc));
+    assert!(emmalloc.aligned_core.is_some());
+}
+
+/// `--malloc`/`--free` name the allocator by hand: by index on a stripped module, with the
+/// same result as finding it; a function of the wrong type is refused with the reason.
+#[test]
+fn the_allocator_can_be_named_by_hand() {
+    let stripped = fixture("uaf.O2.stripped.wasm");
+    let (m, facts) = wasmfix::pipeline::load(&stripped).unwrap();
+    let found = facts.allocator(&m).as_ref().unwrap();
+    let (malloc, free) = (found.malloc(), found.free());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.wasm");
+    let path = common::repo().join("tests/fixtures/wasm/uaf.O2.stripped.wasm");
+    let by_hand = common::wasmfix()
+        .arg(&path)
+        .args(["--passes", "heap-canary", "-o"])
+        .arg(&out)
+        .args(["--malloc", &malloc.to_string(), "--free", &free.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(by_hand.status.code(), Some(0), "{by_hand:?}");
+    let fixed = std::fs::read(&out).unwrap();
+    assert_eq!(fixed, heap_canary("O2.stripped", HeapOptions::default()));
+
+    let wrong = common::wasmfix()
+        .arg(&path)
+        .args(["--passes", "heap-canary", "-o"])
+        .arg(&out)
+        .args(["--malloc", &free.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("--malloc {free}")) && stderr.contains("has type (i32)->()"),
+        "{stderr}"
+    );
+}
+
+/// The real modules: the code finds in stripped ruby.wasm the functions ruby-debug (the same
+/// build with names) names; heap-canary applies to both and to yosys and sqlite, and the
+/// output validates. (The Ruby workload itself runs in `bench/bench.py --sections heap`.)
+#[test]
+fn corpus_allocators() {
+    let Some(corpus) = common::corpus() else {
+        eprintln!("corpus not fetched: skipped");
+        return;
+    };
+    let get = |name: &str| corpus.iter().find(|(n, _)| n == name).map(|(_, p)| p);
+    if let (Some(ruby), Some(debug)) = (get("ruby"), get("ruby-debug")) {
+        let roles = |path: &std::path::Path| {
+            let bytes = std::fs::read(path).unwrap();
+            let (m, facts) = wasmfix::pipeline::load(&bytes).unwrap();
+            let a = facts.allocator(&m).as_ref().unwrap().clone();
+            let v: Vec<(String, u32)> = a
+                .functions
+                .iter()
+                .map(|f| (f.role.c_name().to_string(), f.func))
+                .collect();
+            (v, a.family)
+        };
+        let (stripped, family) = roles(ruby);
+        assert_eq!(stripped, roles(debug).0);
+        assert_eq!(family, Some(wasmfix::allocator::Family::Dlmalloc));
+        assert_eq!(stripped.len(), 8, "{stripped:?}");
+    }
+    for (name, path) in &corpus {
+        if name == "ruby-debug" {
+            continue; // 49 MB of DWARF: covered by tests/debug_info.rs
+        }
+        let bytes = std::fs::read(path).unwrap();
+        let out =
+            wasmfix::pipeline::run(&bytes, &common::passes("heap-canary"), &Default::default())
+                .unwrap_or_else(|f| panic!("{name}: {f}"));
+        common::validate(&out.bytes);
+        assert!(
+            out.reports[0].summary.starts_with("wrapped "),
+            "{name}: {}",
+            out.reports[0].summary
+        );
+    }
+}
+
+// --- A language runtime with a mark-sweep collector (tests/fixtures/c/gcrt.c): seed 003 ---
+
+/// Runs gcrt's `_start` with a host that keeps one pointer (`env.host_store`), hands it back
+/// (`env.host_load`) or passes it to the export `list_length` (`env.host_length`).
+fn run_gcrt(wasm: &[u8], args: &[&str]) -> Run {
+    use std::sync::{Arc, Mutex};
+    common::run_wasi_with_host(wasm, args, &|linker: &mut common::WasiLinker| {
+        let kept = Arc::new(Mutex::new(0i32));
+        let k = kept.clone();
+        linker
+            .func_wrap("env", "host_store", move |p: i32| *k.lock().unwrap() = p)
+            .unwrap();
+        let k = kept.clone();
+        linker
+            .func_wrap("env", "host_load", move || *k.lock().unwrap())
+            .unwrap();
+        let k = kept.clone();
+        linker
+            .func_wrap(
+                "env",
+                "host_length",
+                move |mut caller: wasmtime::Caller<'_, _>| -> wasmtime::Result<i32> {
+                    let f = caller
+                        .get_export("list_length")
+                        .and_then(|e| e.into_func())
+                        .expect("exports list_length");
+                    let f = f.typed::<i32, i32>(&caller)?;
+                    let p = *k.lock().unwrap();
+                    f.call(&mut caller, p)
+                },
+            )
+            .unwrap();
+    })
+}
+
+/// gcrt rewritten by heap-canary with its allocator named (by name or, for the stripped
+/// build, by the indices the named build gives).
+fn gcrt(variant: &str, extra: HeapOptions) -> Vec<u8> {
+    let input = fixture(&format!("gcrt.{variant}.wasm"));
+    let named = fixture("gcrt.O2.wasm");
+    let (m, facts) = wasmfix::pipeline::load(&named).unwrap();
+    let index = |name: &str| {
+        let (f, _) = wasmfix::allocator::named(&m, &facts.function_names, name).unwrap();
+        f.to_string()
+    };
+    let by = |name: &str| -> wasmfix::allocator::Selector {
+        if variant == "O2.stripped" {
+            index(name).parse().unwrap()
+        } else {
+            name.parse().unwrap()
+        }
+    };
+    let spec = |name: &str, tail: &str| -> wasmfix::passes::heap_canary::FnSpec {
+        format!(
+            "{}{tail}",
+            match by(name) {
+                wasmfix::allocator::Selector::Index(i) => i.to_string(),
+                wasmfix::allocator::Selector::Name(n) => n,
+            }
+        )
+        .parse()
+        .unwrap()
+    };
+    let heap = HeapOptions {
+        alloc_fns: vec![spec("gc_alloc", "")],
+        free_fns: vec![spec("gc_release", ":ptr=0:size=1")],
+        collect_fn: extra.stress.then(|| by("gc_collect")),
+        host_pointers: vec![
+            "env.host_load".parse().unwrap(),
+            "export:list_length".parse().unwrap(),
+        ],
+        ..extra
+    };
+    rewrite(&input, "heap-canary", heap)
+}
+
+const GCRT: &[&str] = &["O2", "O2.stripped"];
+
+/// The seed's scenario: the collector frees a list only the host points to, the program
+/// allocates, and the host hands the list back. Before: the program reads freed (and partly
+/// reused) cells and goes on. After: it stops at the boundary, naming the import or export.
+#[test]
+fn a_block_the_collector_freed_stops_when_the_host_hands_it_back() {
+    for variant in GCRT {
+        let original = fixture(&format!("gcrt.{variant}.wasm"));
+        let before = run_gcrt(&original, &["unrooted"]);
+        assert_eq!(before.outcome, Outcome::Exit(0), "{variant}");
+        assert!(
+            before.stdout.starts_with("list length=") && before.stdout != "list length=10 sum=55\n",
+            "{variant}: garbage from freed cells: {before:?}"
+        );
+        let before = run_gcrt(&original, &["callback"]);
+        assert_eq!(before.stdout, "length via host=10\n", "{variant}");
+
+        let fixed = gcrt(variant, HeapOptions::default());
+        let after = run_gcrt(&fixed, &["unrooted"]);
+        assert_trapped(&after, variant);
+        assert_eq!(after.stdout, "", "{variant}");
+        assert!(
+            after
+                .stderr
+                .starts_with("wasmfix: env.host_load returned 0x")
+                && after
+                    .stderr
+                    .contains(", which points into a block freed at release #")
+                && after.stderr.ends_with(")\n"),
+            "{variant}: {after:?}"
+        );
+        let after = run_gcrt(&fixed, &["callback"]);
+        assert_trapped(&after, variant);
+        assert!(
+            after
+                .stderr
+                .starts_with("wasmfix: list_length was passed 0x")
+                && after
+                    .stderr
+                    .contains(", which points into a block freed at release #"),
+            "{variant}: {after:?}"
+        );
+        // Rooted, the same program is correct and prints the same.
+        for args in [&["rooted"][..], &["churn", "3000"], &["quiet"]] {
+            let before = run_gcrt(&original, args);
+            assert_eq!(before.outcome, Outcome::Exit(0), "{variant} {args:?}");
+            assert_eq!(before, run_gcrt(&fixed, args), "{variant} {args:?}");
+        }
+    }
+}
+
+/// `quiet` allocates only once between storing and loading: no collection runs and the bug
+/// stays hidden. A collection at every allocation (`--heap-stress --collect-fn`) shows it on
+/// the first run; correct programs still print the same.
+#[test]
+fn stress_mode_shows_a_latent_collector_bug_on_the_first_run() {
+    for variant in GCRT {
+        let original = fixture(&format!("gcrt.{variant}.wasm"));
+        let before = run_gcrt(&original, &["quiet"]);
+        assert_eq!(
+            before.stdout, "list length=10 sum=55\n",
+            "{variant}: hidden"
+        );
+        let stressed = gcrt(variant, stress());
+        let after = run_gcrt(&stressed, &["quiet"]);
+        assert_trapped(&after, variant);
+        assert!(
+            after
+                .stderr
+                .starts_with("wasmfix: env.host_load returned 0x"),
+            "{variant}: {after:?}"
+        );
+        for args in [&["rooted"][..], &["churn", "300"]] {
+            assert_eq!(
+                run_gcrt(&original, args),
+                run_gcrt(&stressed, args),
+                "{variant} {args:?}"
+            );
+        }
+    }
+}
+
+/// Custom allocator options that cannot work are refused with the reason, one line.
+#[test]
+fn custom_allocator_options_are_checked() {
+    let path = common::repo().join("tests/fixtures/wasm/gcrt.O2.wasm");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.wasm");
+    for (args, expected) in [
+        (
+            &["--alloc-fn", "gc_alloc", "--free-fn", "gc_release"][..],
+            "--free-fn `gc_release`: say which argument holds the block's size (:size=N)",
+        ),
+        (
+            &["--alloc-fn", "gc_release", "--free-fn", "gc_release:size=1"],
+            "--alloc-fn `gc_release`: function",
+        ),
+        (
+            &["--alloc-fn", "gc_alloc"],
+            "--alloc-fn needs the runtime's release function too (--free-fn)",
+        ),
+        (
+            &["--check-host-pointers", "env.nothing"],
+            "--check-host-pointers env.nothing: the module imports no such function",
+        ),
+        (
+            &["--check-host-pointers", "env.host_store"],
+            "--check-host-pointers env.host_store: it returns (i32)->(), not one i32",
+        ),
+    ] {
+        let run = common::wasmfix()
+            .arg(&path)
+            .args(["--passes", "heap-canary", "-o"])
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!out.exists());
+    }
+}
