@@ -5,9 +5,9 @@
 #   bash scripts/compare-outputs.sh OLD_WASMFIX NEW_WASMFIX [INPUT.wasm|INPUT.wat ...]
 #
 # Inputs default to the corpus (../corpus-cache, see ../shared/corpus/fetch.sh), every
-# tests/fixtures/wasm/*.wasm and every tests/wat/*.wat. Each input runs under: the default
-# pipeline, --harden, --passes fpcast --fpcast-diagnose, and `inspect --json` (the facts). For
-# each run the script compares exit status, stderr and output bytes. Outputs that differ are
+# tests/fixtures/wasm/*.wasm and every tests/wat/*.wat. Each input runs under: --passes none,
+# the default pipeline, --harden, --passes fpcast --fpcast-diagnose, and `inspect --json` (the
+# facts). For each run the script compares exit status, stderr and output bytes. Outputs that differ are
 # compared again without custom sections, as text (`wasm-tools strip --all | wasm-tools print`):
 # "same code" then means every section but the custom ones is the same module, the custom
 # sections that differ are listed.
@@ -37,8 +37,9 @@ for input in "${inputs[@]}"; do
         wasm-tools parse "$input" -o "$work/$name.wasm" || { echo "$name: cannot parse"; continue; }
         input="$work/$name.wasm"
     fi
-    for mode in default harden diagnose inspect; do
+    for mode in none default harden diagnose inspect; do
         case $mode in
+            none) args=(--passes none) ;;
             default) args=() ;;
             harden) args=(--harden) ;;
             diagnose) args=(--passes fpcast --fpcast-diagnose) ;;

@@ -6,7 +6,7 @@
 //! function body ([`CodeFacts`]) come from the input's validation, which shows every operator
 //! it decodes to a [`CodeWalk`]: the code is decoded once, for both.
 
-use crate::features::{EncodingCheck, Feature};
+use crate::features::Feature;
 use crate::module::{Module, const_value};
 use crate::sig;
 use serde::Serialize;
@@ -978,8 +978,6 @@ pub(crate) struct CodeWalk<'g> {
     subtracts: bool,
     /// A write of that global after the subtraction: the prologue idiom.
     writes_first: bool,
-    /// What the current operator's encoding must be checked for, once its end is known.
-    encoding: EncodingCheck,
     /// Where the current operator starts.
     offset: u64,
 }
@@ -998,7 +996,6 @@ impl<'g> CodeWalk<'g> {
             saw_access: false,
             subtracts: false,
             writes_first: false,
-            encoding: EncodingCheck::Nothing,
             offset: 0,
         }
     }
@@ -1040,17 +1037,7 @@ impl<'g> CodeWalk<'g> {
     /// this walk before it validates it.
     pub(crate) fn observe<V>(&mut self, offset: u64, inner: V) -> Observed<'_, 'g, V> {
         self.offset = offset;
-        self.encoding = EncodingCheck::Nothing;
         Observed { walk: self, inner }
-    }
-
-    /// The operator [`CodeWalk::observe`] showed ends at `end`: what only its encoding tells.
-    #[inline]
-    pub(crate) fn operator_end(&mut self, end: usize) {
-        if self.encoding != EncodingCheck::Nothing {
-            let encoding = &self.bytes[self.offset as usize..end];
-            crate::features::check_encoding(&mut self.facts.features, self.encoding, encoding);
-        }
     }
 
     /// The facts of all shares.
@@ -1113,6 +1100,27 @@ impl<'g> CodeWalk<'g> {
         self.table_grown(table);
     }
 
+    /// The current operator's encoding, from its opcode to the end of the module: the walk
+    /// sees an operator before its end is known.
+    fn code(&self) -> &'g [u8] {
+        &self.bytes[self.offset as usize..]
+    }
+
+    /// The current operator has a memory argument.
+    #[inline]
+    fn memarg(&mut self) {
+        if crate::features::explicit_memory(self.code()) {
+            self.facts.features.insert(Feature::Multimemory);
+        }
+    }
+
+    /// The current operator is `memory.size` or `memory.grow` of memory `mem`.
+    fn memory_index(&mut self, mem: u32) {
+        if mem == 0 && crate::features::overlong_zero_memory(self.code()) {
+            self.facts.features.insert(Feature::Multimemory);
+        }
+    }
+
     fn memory_size(&mut self) {
         if self.facts.memory_size_functions.last() != Some(&self.func) {
             self.facts.memory_size_functions.push(self.func);
@@ -1155,8 +1163,8 @@ impl<'g> CodeWalk<'g> {
 /// What the walk looks at in an operator, besides the features its immediates show.
 macro_rules! walk_operator {
     ($w:expr; CallIndirect $type_index:ident $table_index:ident) => {{
-        if $table_index == 0 {
-            $w.encoding = EncodingCheck::ZeroIndex(Feature::CallIndirectOverlong);
+        if $table_index == 0 && crate::features::overlong_zero_table($w.code()) {
+            $w.facts.features.insert(Feature::CallIndirectOverlong);
         }
         $w.indirect_call($type_index, $table_index)
     }};
@@ -1191,15 +1199,11 @@ macro_rules! walk_operator {
         $w.sub()
     };
     ($w:expr; MemorySize $mem:ident) => {{
-        if $mem == 0 {
-            $w.encoding = EncodingCheck::ZeroIndex(Feature::Multimemory);
-        }
+        $w.memory_index($mem);
         $w.memory_size()
     }};
     ($w:expr; MemoryGrow $mem:ident) => {
-        if $mem == 0 {
-            $w.encoding = EncodingCheck::ZeroIndex(Feature::Multimemory);
-        }
+        $w.memory_index($mem)
     };
     ($w:expr; $op:ident $($arg:ident)*) => {
         $(walk_immediate!($w; $arg);)*
@@ -1210,7 +1214,7 @@ macro_rules! walk_operator {
 /// the memory.
 macro_rules! walk_immediate {
     ($w:expr; memarg) => {
-        $w.encoding = EncodingCheck::Memarg
+        $w.memarg()
     };
     ($w:expr; $other:ident) => {};
 }

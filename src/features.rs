@@ -868,86 +868,45 @@ impl<'a> VisitSimdOperator<'a> for OperatorFeatures<'_> {
     wasmparser::for_each_visit_simd_operator!(record_features);
 }
 
-/// What of an operator's encoding tells features its immediates do not:
-/// WebAssembly 1.0 requires the table of `call_indirect` and the memory of `memory.size` /
-/// `memory.grow` to be one zero byte (an over-long LEB zero, as wasm-ld leaves when it pads
-/// relocated immediates, needs reference types' `call-indirect-overlong`, or multi-memory), and
-/// a memory access spells memory 0 implicitly (an explicit index needs multi-memory).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EncodingCheck {
-    /// Nothing: the immediates say it all.
-    Nothing,
-    /// The last immediate is index 0: encoded in more than one byte, it needs this feature.
-    ZeroIndex(Feature),
-    /// A memory argument, whose flags may name the memory explicitly.
-    Memarg,
+// Features that only an operator's encoding shows: WebAssembly 1.0 requires the table of
+// `call_indirect` and the memory of `memory.size` / `memory.grow` to be one zero byte (an
+// over-long LEB zero, as wasm-ld leaves when it pads relocated immediates, needs reference
+// types' `call-indirect-overlong`, or multi-memory), and a memory access spells memory 0
+// implicitly (an explicit index needs multi-memory). The facts' walk asks these as it sees the
+// operator, before it is decoded to its end: each reads the encoding from the opcode on.
+
+/// Whether a `call_indirect` on table 0, encoded from `code` on, spells the table index in more
+/// than one byte (a one-byte zero is `0x00`; a longer one starts with `0x80`).
+#[inline]
+pub fn overlong_zero_table(code: &[u8]) -> bool {
+    // The opcode, then the type index (a LEB), then the table index.
+    let type_len = code
+        .iter()
+        .skip(1)
+        .position(|b| b & 0x80 == 0)
+        .map_or(code.len(), |i| i + 1);
+    code.get(1 + type_len).is_some_and(|&b| b != 0)
 }
 
-/// What [`check_encoding`] must look at in `op`'s encoding.
-pub fn encoding_check(op: &Operator<'_>) -> EncodingCheck {
-    match op {
-        Operator::CallIndirect { table_index: 0, .. } => {
-            EncodingCheck::ZeroIndex(F::CallIndirectOverlong)
-        }
-        Operator::MemorySize { mem: 0 } | Operator::MemoryGrow { mem: 0 } => {
-            EncodingCheck::ZeroIndex(F::Multimemory)
-        }
-        _ if has_memarg(op) => EncodingCheck::Memarg,
-        _ => EncodingCheck::Nothing,
-    }
+/// Whether a `memory.size` or `memory.grow` of memory 0, encoded from `code` on, spells the
+/// memory index in more than one byte.
+#[inline]
+pub fn overlong_zero_memory(code: &[u8]) -> bool {
+    code.get(1).is_some_and(|&b| b != 0)
 }
 
-/// Features that only an operator's encoding (`encoding`: its bytes in the input) shows; see
-/// [`EncodingCheck`].
-pub fn encoding_features(s: &mut FeatureSet, op: &Operator<'_>, encoding: &[u8]) {
-    check_encoding(s, encoding_check(op), encoding)
-}
-
-/// [`encoding_features`] of an operator that needs `check` (see [`encoding_check`]).
-pub fn check_encoding(s: &mut FeatureSet, check: EncodingCheck, encoding: &[u8]) {
-    match check {
-        EncodingCheck::Nothing => {}
-        EncodingCheck::ZeroIndex(f) => {
-            // A zero index is the last byte; the byte before it is the end of the previous
-            // immediate or the opcode, neither of which continues a LEB.
-            if let [.., before, last] = encoding
-                && (*last != 0 || before & 0x80 != 0)
-            {
-                s.insert(f)
-            }
-        }
-        EncodingCheck::Memarg => {
-            // The memarg follows the opcode: one byte, or a prefix byte and a LEB.
-            let opcode_len = match encoding.first() {
-                Some(0xfc..=0xfe) => encoding
-                    .iter()
-                    .skip(1)
-                    .position(|b| b & 0x80 == 0)
-                    .map_or(encoding.len(), |i| i + 2),
-                _ => 1,
-            };
-            // Bit 6 of the flags: an explicit memory index.
-            if encoding
-                .get(opcode_len)
-                .is_some_and(|flags| flags & 0x40 != 0)
-            {
-                s.insert(F::Multimemory);
-            }
-        }
-    }
-}
-
-/// Whether `op` has a memory argument (loads, stores, atomics, SIMD memory operators).
-fn has_memarg(op: &Operator<'_>) -> bool {
-    macro_rules! memarg_ops {
-        ($( @$proposal:ident $op:ident $({ $($arg:ident: $argty:ty),* })? => $visit:ident ($($ann:tt)*))*) => {
-            match op {
-                $( Operator::$op { .. } => false $($(|| memarg_ops!(is_memarg $arg))*)?, )*
-                _ => false,
-            }
-        };
-        (is_memarg memarg) => { true };
-        (is_memarg $other:ident) => { false };
-    }
-    wasmparser::for_each_operator!(memarg_ops)
+/// Whether the memory argument of the operator encoded from `code` on names its memory
+/// explicitly (bit 6 of its flags), which needs multi-memory.
+#[inline]
+pub fn explicit_memory(code: &[u8]) -> bool {
+    // The memarg follows the opcode: one byte, or a prefix byte and a LEB.
+    let opcode_len = match code.first() {
+        Some(0xfc..=0xfe) => code
+            .iter()
+            .skip(1)
+            .position(|b| b & 0x80 == 0)
+            .map_or(code.len(), |i| i + 2),
+        _ => 1,
+    };
+    code.get(opcode_len).is_some_and(|flags| flags & 0x40 != 0)
 }

@@ -95,7 +95,6 @@ fn validate_walking(
     while !reader.eof() {
         let offset = reader.original_position();
         reader.visit_operator(&mut walk.observe(offset, v.visitor(offset)))??;
-        walk.operator_end(reader.original_position() as usize);
     }
     reader.finish_expression(&v.visitor(reader.original_position()))
 }

@@ -41,7 +41,7 @@ fn straight_walk(m: &Module<'_>) -> CodeFacts {
             let start = start as usize;
             let end = ops.original_position() as usize;
             wasmfix::features::operator_features(&mut facts.features, &op);
-            wasmfix::features::encoding_features(&mut facts.features, &op, &m.bytes[start..end]);
+            encoding_features(&mut facts.features, &op, &m.bytes[start..end]);
             match op {
                 Operator::CallIndirect {
                     type_index,
@@ -105,6 +105,61 @@ fn straight_walk(m: &Module<'_>) -> CodeFacts {
     facts.tables_changed.sort();
     facts.tables_written.sort();
     facts
+}
+
+/// Features that only an operator's whole encoding shows (an over-long zero table or memory
+/// index, an explicit memory 0 in a memory argument), read from the encoding's end: as the
+/// code facts found them before the validation walk, which reads them from the operator's
+/// start (`features::encoding_features`).
+fn encoding_features(s: &mut FeatureSet, op: &Operator<'_>, encoding: &[u8]) {
+    // A zero index is the last byte; the byte before it is the end of the previous immediate
+    // or the opcode, neither of which continues a LEB.
+    let overlong_zero = || match encoding {
+        [.., before, last] => *last != 0 || before & 0x80 != 0,
+        _ => false,
+    };
+    match op {
+        Operator::CallIndirect { table_index: 0, .. } if overlong_zero() => {
+            s.insert(Feature::CallIndirectOverlong)
+        }
+        Operator::MemorySize { mem: 0 } | Operator::MemoryGrow { mem: 0 } if overlong_zero() => {
+            s.insert(Feature::Multimemory)
+        }
+        _ if has_memarg(op) => {
+            // The memarg follows the opcode: one byte, or a prefix byte and a LEB.
+            let opcode_len = match encoding.first() {
+                Some(0xfc..=0xfe) => encoding
+                    .iter()
+                    .skip(1)
+                    .position(|b| b & 0x80 == 0)
+                    .map_or(encoding.len(), |i| i + 2),
+                _ => 1,
+            };
+            // Bit 6 of the flags: an explicit memory index.
+            if encoding
+                .get(opcode_len)
+                .is_some_and(|flags| flags & 0x40 != 0)
+            {
+                s.insert(Feature::Multimemory);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether `op` has a memory argument (loads, stores, atomics, SIMD memory operators).
+fn has_memarg(op: &Operator<'_>) -> bool {
+    macro_rules! memarg_ops {
+        ($( @$proposal:ident $op:ident $({ $($arg:ident: $argty:ty),* })? => $visit:ident ($($ann:tt)*))*) => {
+            match op {
+                $( Operator::$op { .. } => false $($(|| memarg_ops!(is_memarg $arg))*)?, )*
+                _ => false,
+            }
+        };
+        (is_memarg memarg) => { true };
+        (is_memarg $other:ident) => { false };
+    }
+    wasmparser::for_each_operator!(memarg_ops)
 }
 
 /// Checks that the validation's walk over `bytes` finds what the straight walk finds; `false`
