@@ -58,9 +58,11 @@
 //! Measured on Pyodide 314.0.7 (`--passes bounds`, size growth / eval-time ratio on
 //! bench/pyodide's workload, node 20, medians of 9 interleaved rounds at load 17-21, so ±10%):
 //! inline branch per access (before): +49% / 1.17x; rebased loads, offset trap blocks, known
-//! lower bounds, store values held back behind their checks: +20.3% / 1.07x; the same without
-//! holding values back (now, see `DEFER_STORE_VALUES`): +23.5%; with `--bounds-precise`
-//! (branches for loads): +29.7%.
+//! lower bounds, store values held back behind their checks (now, see `DEFER_STORE_VALUES`):
+//! +20.3% / 1.07x; the same without holding values back: +23.5%; with `--bounds-precise`
+//! (branches for loads): +29.7%. Of the 193,473 loads and 115,846 stores, 106,643 loads are
+//! rebased (about 5 bytes each) and 73,828 stores branch (about 19 bytes each with their
+//! share of the saved values and trap blocks); the others are proven fine.
 //! Alternatives considered: a shared check helper called per access (binaryen `--safe-heap`'s
 //! shape: +10% size on Ruby but a call per access, 4.6x run time on the Ruby workload, which
 //! neither V8 nor wasmtime inlines); checking only the first access of a base per block (a
@@ -605,6 +607,8 @@ struct PerFunction {
     trap_blocks: bool,
     /// A value instruction received but not emitted yet (see `instruction`).
     pending: Option<Instruction<'static>>,
+    /// The input offset of the instruction whose output `pending` is part of.
+    pending_at: u64,
     known: Known,
 }
 
@@ -808,6 +812,16 @@ impl BodyRewriter for Checks {
         }
         let remembered = instruction_to_static(&ins);
         let pending = self.f.pending.take();
+        // A value held back from the previous input instruction is emitted now, before (or
+        // inside the check of) this instruction: it and what comes before this instruction's
+        // own code keep the value's position in the code map (DWARF lines). (Held back from
+        // an earlier instruction of the same input instruction's output: nothing moves.)
+        let held = pending.is_some() && self.f.pending_at != cx.offset;
+        let own_code_from = |cx: &mut BodyCx<'_>, at: usize| {
+            if held {
+                cx.own_code_from(at);
+            }
+        };
         let at = match self.planning {
             true => At::Body,
             false => self.f.blocks.track(&mut ins),
@@ -815,10 +829,12 @@ impl BodyRewriter for Checks {
         match at {
             At::Outside => {
                 out.extend(pending);
+                own_code_from(cx, out.len());
                 out.push(ins);
             }
             At::End => {
                 out.extend(pending);
+                own_code_from(cx, out.len());
                 let traps = match self.f.trap_blocks {
                     true => self.trap_code(cx.func),
                     false => Vec::new(),
@@ -829,13 +845,16 @@ impl BodyRewriter for Checks {
                 self.f.known.observe(&ins, cx.offset);
                 match access_ins(&ins) {
                     Some((store, offset, ty)) => {
-                        match self.check(cx, store, offset, ty, pending, out) {
+                        let rebased = self.check(cx, store, offset, ty, pending, out);
+                        own_code_from(cx, out.len());
+                        match rebased {
                             Some(rebased) => out.push(with_offset(ins, rebased)),
                             None => out.push(ins),
                         }
                     }
                     None => {
                         out.extend(pending);
+                        own_code_from(cx, out.len());
                         match &remembered {
                             // A value a store may follow: emitted with the next instruction,
                             // so that a store's check can come before it (see
@@ -846,7 +865,10 @@ impl BodyRewriter for Checks {
                                 | Instruction::I64Const(_)
                                 | Instruction::F32Const(_)
                                 | Instruction::F64Const(_)),
-                            ) if DEFER_STORE_VALUES => self.f.pending = Some(i.clone()),
+                            ) if DEFER_STORE_VALUES => {
+                                self.f.pending = Some(i.clone());
+                                self.f.pending_at = cx.offset;
+                            }
                             _ => out.push(ins),
                         }
                     }
@@ -927,11 +949,11 @@ fn with_offset(ins: Instruction<'_>, offset: u64) -> Instruction<'_> {
 }
 
 /// Whether a store's simple value (`local.get`, a constant) is held back and emitted after the
-/// store's check, saving the local that keeps the value. Off: the emitter's code map (and so
-/// DWARF lines) attributes output to the input instruction being rewritten, and a held-back
-/// value would land on the next instruction's line (tests/debug_info.rs). Turning it on needs a
-/// way for a rewriter to attribute output to an earlier input offset.
-const DEFER_STORE_VALUES: bool = false;
+/// store's check, saving the local that keeps the value (and its `local.set`/`local.get`).
+/// The held-back value is emitted with the next instruction, which tells the emitter where its
+/// own code starts (`BodyCx::own_code_from`), so the value, and the check before it, keep the
+/// value's position in the code map and its DWARF line (tests/debug_info.rs).
+const DEFER_STORE_VALUES: bool = true;
 
 /// At most this many offsets get a trap block of their own per function (deeper branch
 /// labels would need two-byte immediates).

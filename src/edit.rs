@@ -56,6 +56,9 @@ pub struct BodyCx<'m> {
     /// The function's original operators with their input offsets, decoded once by the emitter,
     /// for rewriters that must look at the whole function before rewriting it.
     pub original: &'m [(wasmparser::Operator<'m>, u64)],
+    /// Where, in the output for the instruction being rewritten, that instruction's own code
+    /// starts (see [`BodyCx::own_code_from`]); the emitter reads and clears it.
+    pub(crate) own_code_from: Option<usize>,
 }
 
 impl<'m> BodyCx<'m> {
@@ -73,7 +76,20 @@ impl<'m> BodyCx<'m> {
             depth: 0,
             offset: 0,
             original,
+            own_code_from: None,
         }
+    }
+
+    /// Says that the output for the instruction being rewritten starts its own code at index
+    /// `index` of `out` (the output for this input instruction so far): what comes before it
+    /// belongs to the previous input instruction. For a rewriter that holds a value back
+    /// (`local.get`, a constant) and emits it only with the next instruction, after code it
+    /// inserts for that instruction: the code map, and so DWARF lines and source maps, then
+    /// put the value (and the inserted code before it) at the value's own position, not at
+    /// the next instruction's. Later rewriters keep the position (the emitter maps it through
+    /// their output).
+    pub fn own_code_from(&mut self, index: usize) {
+        self.own_code_from = Some(index);
     }
 
     /// Adds a local of type `ty` after every original one and returns its index.

@@ -835,6 +835,7 @@ impl<'i> Rewriting<'i> {
             self.run_stages(&mut cx, rewriters, &active[pos + 1..], sees);
             all.append(&mut self.stage_in);
         }
+        cx.own_code_from = None;
 
         // Where each original instruction's replacement starts in `all`.
         let mut starts = Vec::new();
@@ -860,8 +861,11 @@ impl<'i> Rewriting<'i> {
             self.stage_in
                 .push(re.instruction(op.clone()).map_err(encoding_error)?);
             self.run_stages(&mut cx, rewriters, active, sees);
+            // A rewriter that emitted a held-back value first: this instruction's code starts
+            // after it (see `BodyCx::own_code_from`).
+            let own = cx.own_code_from.take().unwrap_or(0);
             if offsets.is_some() {
-                starts.push(all.len());
+                starts.push(all.len() + own);
             }
             all.append(&mut self.stage_in);
         }
@@ -903,12 +907,23 @@ impl<'i> Rewriting<'i> {
     ) {
         for &k in stages {
             self.stage_out.clear();
-            for ins in self.stage_in.drain(..) {
+            // Where an earlier stage said the input instruction's own code starts, in this
+            // stage's output: where the output for that element starts. A stage that says it
+            // itself decides.
+            let earlier = cx.own_code_from.take();
+            let mut mapped = None;
+            for (j, ins) in self.stage_in.drain(..).enumerate() {
+                if earlier == Some(j) {
+                    mapped = Some(self.stage_out.len());
+                }
                 if sees[k] == Sees::IndirectCalls && !is_indirect_call(&ins) {
                     self.stage_out.push(ins);
                 } else {
                     rewriters[k].instruction(cx, ins, &mut self.stage_out);
                 }
+            }
+            if cx.own_code_from.is_none() {
+                cx.own_code_from = mapped.or(earlier.map(|_| self.stage_out.len()));
             }
             std::mem::swap(&mut self.stage_in, &mut self.stage_out);
         }

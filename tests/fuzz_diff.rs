@@ -73,6 +73,74 @@ fn clike_modules_keep_c_semantics_after_every_pipeline() {
     assert_eq!(stats.not_executable, 0, "{stats:?}");
 }
 
+/// The C-like generator makes the layouts behind issue 15 in the cases the test above runs, and
+/// the passes see them: wasm-opt's memory-packing shape with the null page checked up to the
+/// global base (1024), below the lowest data segment (bug 1: the lowest segment taken for the
+/// global base stopped correct programs), and nested frames, as inlining leaves them, that
+/// stack-canary protects.
+#[test]
+fn clike_modules_have_packed_statics_and_nested_frames() {
+    let seed = seed() + 2;
+    let bounds = diff::Pipeline {
+        name: "bounds".into(),
+        passes: vec![wasmfix::passes::find("bounds").unwrap()],
+        options: Default::default(),
+    };
+    let canary = diff::Pipeline {
+        name: "stack-canary".into(),
+        passes: vec![wasmfix::passes::find("stack-canary").unwrap()],
+        options: Default::default(),
+    };
+    let details = |module: &[u8], p: &diff::Pipeline| -> serde_json::Value {
+        let outcome = diff::run_pipeline(module, p).unwrap();
+        outcome.map_or(serde_json::Value::Null, |o| o.reports[0].details.clone())
+    };
+    let (mut modules, mut packed_checked, mut nested) = (0, 0, 0);
+    for index in 0..CASES {
+        let Some(module) = clike::generate(&diff::case_data(seed, index)) else {
+            continue;
+        };
+        modules += 1;
+        let lowest = wasmparser::Parser::new(0)
+            .parse_all(&module)
+            .filter_map(|p| match p.unwrap() {
+                wasmparser::Payload::DataSection(r) => Some(r),
+                _ => None,
+            })
+            .flat_map(|r| r.into_iter().map(|d| d.unwrap()))
+            .filter_map(|d| match d.kind {
+                wasmparser::DataKind::Active { offset_expr, .. } => {
+                    match offset_expr.get_operators_reader().read().unwrap() {
+                        wasmparser::Operator::I32Const { value } => Some(value as u32),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .min()
+            .unwrap();
+        let b = details(&module, &bounds);
+        if b["null_page"] == serde_json::json!([0, 1024]) && lowest > 1024 {
+            packed_checked += 1;
+        }
+        nested += details(&module, &canary)["nested_frames"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    eprintln!(
+        "{modules} modules: {packed_checked} with the null page [0, 1024) checked below a \
+         higher lowest segment; {nested} nested frames protected"
+    );
+    assert!(
+        packed_checked >= modules / 10,
+        "{packed_checked} of {modules}"
+    );
+    assert!(
+        nested >= modules / 10,
+        "{nested} nested frames in {modules} modules"
+    );
+}
+
 /// Every minimized case saved in `tests/fuzz-regressions/` (see the README there).
 #[test]
 fn regression_fixtures_still_pass() {

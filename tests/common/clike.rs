@@ -8,6 +8,12 @@
 //! - active data segments (a runtime word area, a string, random bytes; sometimes a passive
 //!   segment), and sometimes the linker's relocations (`linking`, `reloc.CODE`, `reloc.DATA`)
 //!   for every data address in code and data, as `-Wl,--emit-relocs` leaves them;
+//! - zero-initialized statics at the global base (1024), read and written by the `statics`
+//!   export; half the modules have wasm-opt's memory-packing shape, where the first segment
+//!   starts above them (its leading zero bytes dropped), and then no relocations and the
+//!   accesses' constant addresses folded into their offsets; the linker is named by a
+//!   `processed-by clang` producer and/or wasm-ld's segment names (`.data`, `.rodata`), or by
+//!   nothing (stripped), so that bounds checks the null page `[0, 1024)` in most modules;
 //! - `malloc`/`free` over a bump heap with a free list, and an exported test that uses them;
 //! - a funcref table (slot 0 null, as wasm-ld does; sometimes exported and growable, so it may
 //!   change at run time) of functions with mixed signatures, and exported `call_indirect` sites
@@ -17,8 +23,9 @@
 //!   the plan has the harness append them to the table at run time (and overwrite or null an
 //!   appended slot) before calling each site through the new slots, as Emscripten's
 //!   `addFunction`/`removeFunction` or a side module would;
-//! - a ring of functions with stack frames (three epilogue styles, `alloca`, early returns)
-//!   that recurse to a depth given by the caller.
+//! - a ring of functions with stack frames (three epilogue styles, `alloca`, early returns,
+//!   and half of them with a nested frame as wasm-opt's inliner leaves an inlined callee's,
+//!   sometimes open across the recursive call) that recurse to a depth given by the caller.
 //!
 //! The module carries its call plan in the `wasmfix-fuzz-plan` custom section, with what each
 //! call must do after a rewrite: the same as before, the C-semantics value of a castable
@@ -33,7 +40,8 @@ use wasm_encoder::{
     BlockType, CodeSection, ConstExpr, CustomSection, DataCountSection, DataSection,
     ElementSection, Elements, EntityType, ExportKind, ExportSection, Function, FunctionSection,
     GlobalSection, GlobalType, ImportSection, Instruction as I, MemArg, MemorySection, MemoryType,
-    Module, NameMap, NameSection, RefType, TableSection, TableType, TypeSection, ValType,
+    Module, NameMap, NameSection, ProducersField, ProducersSection, RefType, TableSection,
+    TableType, TypeSection, ValType,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,6 +152,17 @@ struct Worker {
     fill: bool,
     heap: bool,
     early_return: bool,
+    /// An inlined callee's frame, as wasm-opt's inliner leaves it inside its caller: `global.get
+    /// sp; i32.const N; i32.sub; local.tee f; global.set sp` … `local.get f; i32.const N;
+    /// i32.add; global.set sp`. `wraps_call`: the recursive call runs inside it (the inlined
+    /// callee called on), so every deeper level's frames lie below it.
+    nested: Option<Nested>,
+}
+
+#[derive(Clone, Copy)]
+struct Nested {
+    size: u32,
+    wraps_call: bool,
 }
 
 /// Memory addresses in code are padded 5-byte immediates, as the linker writes them; each one
@@ -255,7 +274,17 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
     let export_sp = !names && u.ratio(1, 2)?;
     let export_table = u.ratio(1, 4)?;
     let passive = u.ratio(1, 8)?;
-    let relocs = !stack_first && !passive && u.ratio(1, 2)?;
+    // wasm-opt's memory packing drops the zero bytes at the start of the data, so the
+    // zero-initialized statics lie in [global base, lowest segment) (issue 15, bug 1: bounds
+    // took the lowest segment for the end of the null page and stopped correct programs).
+    // wasm-opt leaves no usable relocations behind.
+    let packed = u.ratio(1, 2)?;
+    let relocs = !stack_first && !passive && !packed && u.ratio(1, 2)?;
+    // What tells wasmfix which linker laid the module out, and so where the statics start
+    // (its default global base, 1024): clang's `processed-by` producer, wasm-ld's output
+    // segment names; neither in a stripped module.
+    let producers = u.ratio(1, 2)?;
+    let segment_names = names && u.ratio(2, 3)?;
     let n_tables = u.int_in_range(1..=6)?;
     let n_workers = u.int_in_range(1..=3)?;
     let n_sites = u.int_in_range(1..=3)?;
@@ -295,6 +324,14 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
             fill: u.ratio(1, 2)?,
             heap: u.ratio(1, 3)?,
             early_return: u.ratio(1, 4)?,
+            nested: if u.ratio(1, 2)? {
+                Some(Nested {
+                    size: 16 * u.int_in_range(1..=8u32)?,
+                    wraps_call: u.ratio(1, 2)?,
+                })
+            } else {
+                None
+            },
         });
     }
     // Table: slot 0 null, then the functions in a shuffled order, some twice, a few nulls.
@@ -331,11 +368,17 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
     }
     let bss = u.int_in_range(0..=256u32)?;
     let data_low: u32 = if stack_first { stack_size + 1024 } else { 1024 };
-    // The runtime words: heap pointer, free-list head, a pointer to the string.
-    let heap_ptr = data_low;
-    let free_head = data_low + 4;
-    let string_ptr = data_low + 8;
-    let string_at = data_low + 16;
+    // Zero-initialized statics (`static int counts[n]`) at the global base, read and written
+    // by the `statics` export.
+    let statics = data_low;
+    let statics_words = u.int_in_range(1..=16u32)?;
+    // The runtime words: heap pointer, free-list head (both zero at start), a pointer to the
+    // string, a zero word.
+    let runtime_at = statics + 4 * statics_words;
+    let heap_ptr = runtime_at;
+    let free_head = runtime_at + 4;
+    let string_ptr = runtime_at + 8;
+    let string_at = runtime_at + 16;
     let mut segments: Vec<(u32, Vec<u8>)> = vec![(data_low, Vec::new()), (string_at, string)];
     let mut at = string_at + segments[1].1.len() as u32;
     for s in extra_segments {
@@ -343,9 +386,16 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
         segments.push((at, s.clone()));
         at += s.len() as u32;
     }
-    let mut runtime = vec![0u8; 16];
-    runtime[8..12].copy_from_slice(&string_at.to_le_bytes());
-    segments[0].1 = runtime;
+    // The first segment: the statics' and runtime words' zeros, the string pointer, a zero
+    // word; packed, only the string pointer (every zero byte before and after it dropped).
+    if packed {
+        segments[0] = (string_ptr, string_at.to_le_bytes().to_vec());
+    } else {
+        let mut first = vec![0u8; (runtime_at - data_low) as usize + 16];
+        let at = (string_ptr - data_low) as usize;
+        first[at..at + 4].copy_from_slice(&string_at.to_le_bytes());
+        segments[0].1 = first;
+    }
     let data_high = at;
     let data_end = (data_high + bss).div_ceil(16) * 16;
     let (stack_low, stack_high, heap_base) = if stack_first {
@@ -365,6 +415,7 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
     let f_worker = |k: usize| imported + 2 + n_tables as u32 + k as u32;
     let f_site = |k: usize| imported + 2 + (n_tables + n_workers) as u32 + k as u32;
     let f_heap = imported + 2 + (n_tables + n_workers + n_sites) as u32;
+    let f_statics = f_heap + 1;
     let (g_sp, g_data_end, g_heap_base) = (0u32, 1u32, 2u32);
 
     let mut types = TypeSection::new();
@@ -554,8 +605,8 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
     // returns the sum of what it stored and what the callee returned.
     for (k, w) in workers.iter().enumerate() {
         let next = f_worker((k + 1) % n_workers);
-        let (d, fp, r, saved, a, p) = (0, 1, 2, 3, 4, 5);
-        let mut b = Body::new(&[(5, ValType::I32)]);
+        let (d, fp, r, saved, a, p, inner, q) = (0, 1, 2, 3, 4, 5, 6, 7);
+        let mut b = Body::new(&[(7, ValType::I32)]);
         if w.epilogue == Epilogue::RestoreSaved {
             b.ins(&[
                 I::GlobalGet(g_sp),
@@ -595,6 +646,50 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
                 I::I32Store(mem(0, 2)),
             ]);
         }
+        // The inlined callee: opens its frame, stores two words in it (at its bottom and top),
+        // reads them back into q (after the recursive call when that runs inside the frame, so
+        // a deeper frame placed over it would change the result) and closes it.
+        let nested_open = |b: &mut Body, n: Nested| {
+            b.ins(&[
+                I::GlobalGet(g_sp),
+                I::I32Const(n.size as i32),
+                I::I32Sub,
+                I::LocalTee(inner),
+                I::GlobalSet(g_sp),
+                I::LocalGet(inner),
+                I::LocalGet(d),
+                I::I32Const(3),
+                I::I32Mul,
+                I::I32Const(1),
+                I::I32Add,
+                I::I32Store(mem(0, 2)),
+                I::LocalGet(inner),
+                I::LocalGet(d),
+                I::I32Const(7),
+                I::I32Add,
+                I::I32Store(mem(n.size as u64 - 4, 2)),
+            ]);
+        };
+        let nested_close = |b: &mut Body, n: Nested| {
+            b.ins(&[
+                I::LocalGet(inner),
+                I::I32Load(mem(0, 2)),
+                I::LocalGet(inner),
+                I::I32Load(mem(n.size as u64 - 4, 2)),
+                I::I32Add,
+                I::LocalSet(q),
+                I::LocalGet(inner),
+                I::I32Const(n.size as i32),
+                I::I32Add,
+                I::GlobalSet(g_sp),
+            ]);
+        };
+        if let Some(n) = w.nested {
+            nested_open(&mut b, n);
+            if !n.wraps_call {
+                nested_close(&mut b, n);
+            }
+        }
         b.ins(&[
             I::LocalGet(d),
             I::If(BlockType::Empty),
@@ -605,6 +700,9 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
             I::LocalSet(r),
             I::End,
         ]);
+        if let Some(n) = w.nested.filter(|n| n.wraps_call) {
+            nested_close(&mut b, n);
+        }
         if w.heap {
             b.ins(&[
                 I::LocalGet(d),
@@ -657,6 +755,8 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
             I::LocalGet(fp),
             I::I32Load(mem(0, 2)),
             I::LocalGet(r),
+            I::I32Add,
+            I::LocalGet(q),
             I::I32Add,
         ]);
         epilogue(&mut b);
@@ -773,25 +873,102 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
         ]);
         bodies.push(b);
     }
+    // statics(n): adds i + 1 to counts[i * 5 % words] for i < n, sums what it stored, adds the
+    // sum to counts[0] and returns counts[0]. Through a computed pointer, and (without
+    // relocations, as wasm-opt leaves the code) through a constant address folded into the
+    // access's offset: `i32.const 0; i32.load offset=counts`.
+    {
+        let (n, i, p, sum) = (0, 1, 2, 3);
+        let mut b = Body::new(&[(3, ValType::I32)]);
+        b.ins(&[
+            I::Block(BlockType::Empty),
+            I::Loop(BlockType::Empty),
+            I::LocalGet(i),
+            I::LocalGet(n),
+            I::I32GeU,
+            I::BrIf(1),
+            I::LocalGet(i),
+            I::I32Const(5),
+            I::I32Mul,
+            I::I32Const(statics_words as i32),
+            I::I32RemU,
+            I::I32Const(2),
+            I::I32Shl,
+        ]);
+        b.addr(statics).ins(&[
+            I::I32Add,
+            I::LocalTee(p),
+            I::LocalGet(p),
+            I::I32Load(mem(0, 2)),
+            I::LocalGet(i),
+            I::I32Add,
+            I::I32Const(1),
+            I::I32Add,
+            I::I32Store(mem(0, 2)),
+            I::LocalGet(sum),
+            I::LocalGet(p),
+            I::I32Load(mem(0, 2)),
+            I::I32Add,
+            I::LocalSet(sum),
+            I::LocalGet(i),
+            I::I32Const(1),
+            I::I32Add,
+            I::LocalSet(i),
+            I::Br(0),
+            I::End,
+            I::End,
+        ]);
+        if relocs {
+            b.addr(statics);
+            b.addr(statics);
+            b.ins(&[
+                I::I32Load(mem(0, 2)),
+                I::LocalGet(sum),
+                I::I32Add,
+                I::I32Store(mem(0, 2)),
+            ]);
+            b.addr(statics);
+            b.ins(&[I::I32Load(mem(0, 2)), I::End]);
+        } else {
+            let counts = mem(statics as u64, 2);
+            b.ins(&[
+                I::I32Const(0),
+                I::I32Const(0),
+                I::I32Load(counts),
+                I::LocalGet(sum),
+                I::I32Add,
+                I::I32Store(counts),
+                I::I32Const(0),
+                I::I32Load(counts),
+                I::End,
+            ]);
+        }
+        bodies.push(b);
+    }
 
     // ---- the plan ----
     let mut plan = Plan::default();
     let mut exact = Vec::new();
     let mut contract = Vec::new();
-    let frames_used = |k: usize, d: u32| -> u64 {
-        (0..=d)
-            .map(|j| {
-                let w = &workers[(k + j as usize) % n_workers];
-                let level = d - j;
-                w.frame as u64 + if w.alloca { (level & 3) as u64 * 16 } else { 0 }
-            })
-            .sum()
+    // The deepest the stack gets in run{k}(d): the frames of the levels above plus, at each
+    // level, its frame, its alloca and its nested frame; a nested frame that wraps the call
+    // stays open under the deeper levels. `slot`: what stack-canary adds above each frame and
+    // each nested frame (16 bytes).
+    let stack_peak = |k: usize, d: u32, slot: u64| -> u64 {
+        let (mut above, mut peak) = (0u64, 0u64);
+        for j in 0..=d {
+            let w = &workers[(k + j as usize) % n_workers];
+            let level = d - j;
+            let own = w.frame as u64 + slot + if w.alloca { (level & 3) as u64 * 16 } else { 0 };
+            let nested = w.nested.map_or(0, |n| n.size as u64 + slot);
+            peak = peak.max(above + own + nested);
+            above += own + w.nested.filter(|n| n.wraps_call).map_or(0, |_| nested);
+        }
+        peak
     };
-    // stack-canary pushes a 16-byte slot above each worker's frame.
-    let fits_with_canary =
-        |k: usize, d: u32| frames_used(k, d) + 16 * (d as u64 + 1) <= stack_size as u64;
+    let fits_with_canary = |k: usize, d: u32| stack_peak(k, d, 16) <= stack_size as u64;
     for k in 0..n_workers {
-        let fits = |d: u32| frames_used(k, d) <= stack_size as u64;
+        let fits = |d: u32| stack_peak(k, d, 0) <= stack_size as u64;
         let deepest = (0..200).take_while(|&d| fits(d)).last();
         let mut depths = vec![0, 1, 3];
         if let Some(d) = deepest {
@@ -814,16 +991,13 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
             }
         }
     }
-    exact.push(Call {
-        export: "heap".into(),
-        args: vec![Arg::I64(u.int_in_range(0..=40)?)],
-        expect: Expect::Exact,
-    });
-    exact.push(Call {
-        export: "heap".into(),
-        args: vec![Arg::I64(u.int_in_range(0..=40)?)],
-        expect: Expect::Exact,
-    });
+    for export in ["heap", "heap", "statics", "statics"] {
+        exact.push(Call {
+            export: export.into(),
+            args: vec![Arg::I64(u.int_in_range(0..=40)?)],
+            expect: Expect::Exact,
+        });
+    }
     for (k, site) in site_sigs.iter().enumerate() {
         let mut args: Vec<Arg> = site_args(site).into_iter().map(Arg::I64).collect();
         args.push(Arg::I64(0));
@@ -899,7 +1073,7 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
         .chain(table_types.iter().copied())
         .chain(std::iter::repeat_n(t_i32_i32, n_workers))
         .chain(export_types.iter().copied())
-        .chain([t_i32_i32])
+        .chain([t_i32_i32, t_i32_i32])
         .collect();
     push(&mut module, &mut section_count, &types);
     if fd_write {
@@ -959,6 +1133,7 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
         exports.export(&format!("icall{k}"), ExportKind::Func, f_site(k));
     }
     exports.export("heap", ExportKind::Func, f_heap);
+    exports.export("statics", ExportKind::Func, f_statics);
     if export_sp {
         exports.export("__stack_pointer", ExportKind::Global, g_sp);
     }
@@ -1004,14 +1179,14 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
     let code_index = push(&mut module, &mut section_count, &code);
     let mut data = DataSection::new();
     let count = segments.len() + passive as usize;
-    // The string pointer is the third word of the first segment.
+    // Where the string pointer lies in the first segment's bytes.
     let string_ptr_offset = leb_len(count as u64)
         + 1
         + 1
         + sleb_len(segments[0].0 as i64)
         + 1
         + leb_len(segments[0].1.len() as u64)
-        + 8;
+        + (string_ptr - segments[0].0) as usize;
     for (at, bytes) in &segments {
         data.active(0, &ConstExpr::i32_const(*at as i32), bytes.iter().copied());
     }
@@ -1037,13 +1212,30 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
             funcs.append(f_site(k), &format!("icall{k}"));
         }
         funcs.append(f_heap, "heap");
+        funcs.append(f_statics, "statics");
         n.functions(&funcs);
         let mut g = NameMap::new();
         g.append(g_sp, "__stack_pointer");
         g.append(g_data_end, "__data_end");
         g.append(g_heap_base, "__heap_base");
         n.globals(&g);
+        if segment_names {
+            // wasm-ld's output segments; the string is a literal.
+            let mut d = NameMap::new();
+            for i in 0..segments.len() as u32 {
+                d.append(i, if i == 1 { ".rodata" } else { ".data" });
+            }
+            n.data(&d);
+        }
         push(&mut module, &mut section_count, &n);
+    }
+    if producers {
+        let mut p = ProducersSection::new();
+        p.field(
+            "processed-by",
+            ProducersField::new().value("clang", "19.1.7"),
+        );
+        push(&mut module, &mut section_count, &p);
     }
     if relocs {
         push(
