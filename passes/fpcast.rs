@@ -86,6 +86,17 @@
 //! `unreachable` rather than on the engine's type check: the call still never runs. It covers
 //! entries present at link time.
 //!
+//! `--fpcast-trace`: every castable mismatch that runs prints, once per (table, slot, call
+//! signature), `wasmfix: fpcast: <caller> called slot <N> (<callee>) as <T> but it is <U>` on
+//! stderr, then calls the entry through its adapter as without the option. A castable link-time
+//! entry gets, in `T`'s view, a tracer of its own in place of the adapter: one bit of an i64
+//! global guards its line, then it calls the adapter. An entry typed at run time (GC) is
+//! reported by the forwarder before it calls the adapter, guarded by the slot's entry in a
+//! private table (see [`Trace`]). Sites store their function's name in a global for the line.
+//! The lines are report-mode messages (`crate::diag`): the memory they borrow is put back, so
+//! the program's own behaviour, stdout included, is unchanged. A module that cannot print (no
+//! WASI `fd_write`) refuses the option. Without the option nothing of this is emitted.
+//!
 //! Measured (`python3 bench/bench.py --sections pyodide,fpcast-designs`, at 233c482 under a
 //! load average of 15-20 on 2 cores, so a round's ratio spread 0.5-2.0x: re-run when quiet).
 //! Pyodide 314.0.7 (5 rounds x 5 calls, median eval / original; output identical in all):
@@ -103,7 +114,10 @@
 //! grow) and views larger than [`view_budget`], are left alone, with a warning.
 
 use super::{Pass, PassCx, PassReport};
-use crate::diag::{Message, RECORD_SCRATCH, StoredBytes, store_bytes, store_text};
+use crate::diag::{
+    Diagnostics, Message, OnError, RECORD_SCRATCH, REPORT_MAX, StoredBytes, shorten, store_bytes,
+    store_text,
+};
 use crate::edit::{BodyCx, BodyRewriter, ElementItems, NewElement, NewFunction, Sees};
 use crate::facts::TableFacts;
 use crate::features::Feature;
@@ -114,7 +128,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{
-    BlockType, ConstExpr, Function, HeapType, Instruction, RefType, TableType, ValType,
+    BlockType, ConstExpr, Function, GlobalType, HeapType, Instruction, RefType, TableType, ValType,
 };
 use wasmparser::FuncType;
 
@@ -245,6 +259,7 @@ impl Pass for Fpcast {
         };
         let gc = cx.allows(Feature::Gc);
         let diagnose = cx.options.fpcast_diagnose;
+        let trace = cx.options.fpcast_trace;
         let mut warnings = Vec::new();
         let mut plans = Vec::new();
         let mut pairs_total = 0;
@@ -422,6 +437,17 @@ impl Pass for Fpcast {
         } else {
             None
         };
+        let trace = if trace {
+            match Trace::new(cx, &code.functions_with_indirect_calls) {
+                Some(t) => Some(t),
+                None => bail!(
+                    "--fpcast-trace: the module cannot print (it imports no WASI fd_write, or \
+                     has no 32-bit memory of at least 4 KiB), so casts cannot be traced"
+                ),
+            }
+        } else {
+            None
+        };
         let mut sites: HashMap<(u32, u32), Site> = HashMap::new();
         let mut report = Vec::new();
         let mut adapters_total = 0;
@@ -436,7 +462,10 @@ impl Pass for Fpcast {
                 plan,
                 design,
                 index_global,
-                diagnose.as_ref(),
+                Messages {
+                    diagnose: diagnose.as_ref(),
+                    trace: trace.as_ref(),
+                },
                 &mut init,
                 tail_calls,
             );
@@ -513,6 +542,7 @@ impl Pass for Fpcast {
             sites,
             index_global,
             caller_global: diagnose.as_ref().map(|d| d.caller_global),
+            trace_caller: trace.map(|t| (t.caller_global, t.callers)),
             functions: &code.functions_with_indirect_calls,
             local: None,
         }));
@@ -694,6 +724,13 @@ fn plan_table<'f>(
     })
 }
 
+/// What fpcast prints from inside the module: `--fpcast-diagnose`, `--fpcast-trace`.
+#[derive(Clone, Copy)]
+struct Messages<'d> {
+    diagnose: Option<&'d Diagnose>,
+    trace: Option<&'d Trace>,
+}
+
 struct BuiltTable {
     /// Per target k: how its sites are rewritten.
     sites: Vec<Site>,
@@ -715,10 +752,11 @@ fn build_table(
     plan: &TablePlan<'_>,
     design: Design,
     index_global: u32,
-    diagnose: Option<&Diagnose>,
+    messages: Messages<'_>,
     init: &mut Function,
     tail_calls: bool,
 ) -> BuiltTable {
+    let Messages { diagnose, trace } = messages;
     let m = cx.module;
     let table = plan.table.index;
     let len = plan.len();
@@ -767,21 +805,25 @@ fn build_table(
         .enumerate()
         .map(|(k, target)| {
             needs_forwarder.then(|| {
-                let tests: Vec<(u32, u32)> = target
+                let tests: Vec<(u32, u32, &FuncType)> = target
                     .run_time
                     .iter()
                     .filter_map(|u| {
                         let a = *adapter_of[k].get(u)?;
-                        Some((a, cx.edits.func_type(m, u.clone())))
+                        Some((a, cx.edits.func_type(m, u.clone()), u))
                     })
                     .collect();
+                let run_time = RunTimeTests {
+                    tests: &tests,
+                    trace: trace.map(|t| (t, plan.reach)),
+                };
                 forwarder(
                     cx,
                     target,
                     table,
                     index_global,
                     out_of_view,
-                    &tests,
+                    run_time,
                     tail_calls,
                 )
             })
@@ -811,6 +853,39 @@ fn build_table(
             });
         }
         class_items.push(items);
+    }
+
+    // --fpcast-trace: per target k, the slots whose link-time entry is called through an
+    // adapter, each with its own tracer (which prints once, then calls the adapter).
+    let mut tracers: Vec<Vec<(u32, u32)>> = vec![Vec::new(); plan.targets.len()];
+    if let Some(trace) = trace {
+        for (k, target) in plan.targets.iter().enumerate() {
+            for (slot, &class) in plan.slot_class.iter().enumerate() {
+                let Some((sig_u, _)) = class.checked_sub(1).map(|c| &plan.classes[c as usize])
+                else {
+                    continue;
+                };
+                let (Some(&adapter), Some(&callee)) = (
+                    adapter_of[k].get(sig_u),
+                    plan.table.contents.get(&(slot as u64)),
+                ) else {
+                    continue;
+                };
+                let tracer = trace.link_time_tracer(
+                    cx,
+                    LinkTimeCast {
+                        table,
+                        slot: slot as u32,
+                        callee,
+                        entry: sig_u,
+                        target,
+                        adapter,
+                    },
+                    tail_calls,
+                );
+                tracers[k].push((slot as u32, tracer));
+            }
+        }
     }
 
     if plan.reach == Reach::Unknown {
@@ -843,6 +918,9 @@ fn build_table(
                     (None, Some(f)) => f,
                     (None, None) => forward,
                 });
+            }
+            for &(slot, tracer) in &tracers[k] {
+                funcs[slot as usize] = tracer;
             }
             funcs.push(forward);
             cx.edits.add_element(NewElement {
@@ -877,7 +955,7 @@ fn build_table(
     // adapters table, whose item (k, c) is what slot i of shadow k holds when slot i's entry
     // is of class c (null: the entry itself).
     let n_classes = plan.classes.len() + 1;
-    let adapter_items: Vec<ConstExpr> = class_items
+    let mut adapter_items: Vec<ConstExpr> = class_items
         .iter()
         .flatten()
         .map(|item| match item {
@@ -885,6 +963,14 @@ fn build_table(
             None => ConstExpr::ref_null(HeapType::FUNC),
         })
         .collect();
+    // --fpcast-trace: the tracers follow, each written over its slot after the fill loop.
+    let tracers_at = adapter_items.len();
+    adapter_items.extend(
+        tracers
+            .iter()
+            .flatten()
+            .map(|&(_, tracer)| ConstExpr::ref_func(tracer)),
+    );
     let funcref_table = |size: u64| TableType {
         element_type: RefType::FUNCREF,
         table64: false,
@@ -986,6 +1072,21 @@ fn build_table(
             Instruction::End,
         ],
     );
+    let mut item = tracers_at;
+    for (k, &shadow) in shadows.iter().enumerate() {
+        for &(slot, _) in &tracers[k] {
+            ins(
+                init,
+                &[
+                    Instruction::I32Const(slot as i32),
+                    Instruction::I32Const(item as i32),
+                    Instruction::TableGet(adapters_table),
+                    Instruction::TableSet(shadow),
+                ],
+            );
+            item += 1;
+        }
+    }
     if plan.reach != Reach::Static {
         for (k, &shadow) in shadows.iter().enumerate() {
             ins(
@@ -1094,10 +1195,30 @@ fn forwarder(
     table: u32,
     index_global: u32,
     out_of_view: Option<(u32, u32)>,
-    tests: &[(u32, u32)],
+    run_time: RunTimeTests<'_>,
     tail_calls: bool,
 ) -> u32 {
+    let RunTimeTests { tests, trace } = run_time;
     let t = &target.sig;
+    // --fpcast-trace: a table of the entries already reported, by slot.
+    let seen = trace.filter(|_| !tests.is_empty()).map(|(trace, reach)| {
+        let seen = cx.edits.add_table(
+            cx.module,
+            TableType {
+                element_type: RefType::FUNCREF,
+                table64: false,
+                minimum: 0,
+                maximum: None,
+                shared: false,
+            },
+            None,
+        );
+        cx.edits.name_table(
+            seen,
+            format!("wasmfix:fpcast_traced {} table {table}", sig::show(t)),
+        );
+        (trace, reach, seen)
+    });
     let n = t.params().len() as u32;
     let args = || (0..n).map(Instruction::LocalGet);
     let mut code = Vec::new();
@@ -1128,12 +1249,20 @@ fn forwarder(
             Instruction::RefTestNonNull(HeapType::Concrete(target.ty)),
             Instruction::BrIf(0),
         ]);
-        for &(adapter, ty_u) in tests {
+        for &(adapter, ty_u, u) in tests {
             code.extend([
                 Instruction::LocalGet(entry),
                 Instruction::RefTestNonNull(HeapType::Concrete(ty_u)),
                 Instruction::If(BlockType::Empty),
             ]);
+            if let Some((trace, reach, seen)) = seen {
+                let tracer = trace.run_time_tracer(cx, table, seen, reach, u, t);
+                code.extend([
+                    Instruction::GlobalGet(index_global),
+                    Instruction::LocalGet(entry),
+                    Instruction::Call(tracer),
+                ]);
+            }
             code.extend(args());
             if tail_calls {
                 code.push(Instruction::ReturnCall(adapter));
@@ -1168,6 +1297,14 @@ fn forwarder(
         .add_helper_typed(cx.module, &name, target.ty, locals, &code)
 }
 
+/// What a forwarder tests an entry found at run time for (GC): `(adapter, type index, U)` for
+/// each castable signature U in turn, and with `--fpcast-trace` who reports the cast.
+#[derive(Clone, Copy)]
+struct RunTimeTests<'a> {
+    tests: &'a [(u32, u32, &'a FuncType)],
+    trace: Option<(&'a Trace, Reach)>,
+}
+
 /// `class_of(slot) -> class` as one `br_table` over the table's filled slots.
 fn class_of_function(cx: &mut PassCx<'_, '_, '_>, plan: &TablePlan<'_>) -> u32 {
     let n_classes = plan.classes.len() as u32 + 1;
@@ -1196,6 +1333,9 @@ struct SiteRewriter<'f> {
     index_global: u32,
     /// With --fpcast-diagnose: where each site records its function for the report.
     caller_global: Option<u32>,
+    /// With --fpcast-trace: where each site records its function's name for the trace, and
+    /// the value each function stores ([`Trace::callers`]).
+    trace_caller: Option<(u32, HashMap<u32, i64>)>,
     /// Functions with indirect calls, ascending.
     functions: &'f [u32],
     /// The current function's local that holds a site's index (added on first use).
@@ -1239,6 +1379,15 @@ impl BodyRewriter for SiteRewriter<'_> {
             out.extend([
                 Instruction::I32Const(cx.func as i32),
                 Instruction::GlobalSet(g),
+            ]);
+        }
+        if let (Some((g, callers)), false) =
+            (&self.trace_caller, matches!(site, Site::Guard { .. }))
+        {
+            let caller = callers.get(&cx.func).copied();
+            out.extend([
+                Instruction::I64Const(caller.unwrap_or((cx.func as i64) << 32)),
+                Instruction::GlobalSet(*g),
             ]);
         }
         let call = |table_index| {
@@ -1486,4 +1635,298 @@ fn read_record(
         ],
         [Instruction::I32Const(width)],
     )
+}
+
+/// `--fpcast-trace`: every castable mismatch that runs is reported once on stderr, then called
+/// with C semantics as without the option:
+/// `wasmfix: fpcast: <caller> called slot <N> (<callee>) as <T> but it is <U>`.
+///
+/// Each adapted site stores its function's name (where it lies in the messages' text) in a
+/// global just before the call. A cast is *distinct* by (table, slot, call signature `T`): the
+/// slot names the callee, and `T` with the callee's signature names the adapter; the caller
+/// printed is the first one that made the cast. The once-guards are exact for that key:
+/// - an entry present at link time is reached, in `T`'s view, through a tracer of its own
+///   (slot, `T`), which holds one bit of an i64 global ([`Diagnostics::once_flag`]): the bit is
+///   clear until the tracer first runs;
+/// - an entry found at run time (with GC, typed by the forwarder) is looked up by its slot in a
+///   private funcref table of `T`'s forwarder, grown on demand and written with the entry when
+///   reported: null means not reported yet. (A reserved area of linear memory would be the
+///   other place for a seen-set; the module has none that the program cannot use.)
+///
+/// The lines are written as report-mode messages ([`OnError::Report`]): the memory they borrow
+/// is put back, and nothing the program sees changes but stderr. A line longer than a report
+/// message ([`REPORT_MAX`] bytes) is written in several pieces; names in it are cut at
+/// [`TRACE_NAME`] bytes.
+struct Trace {
+    /// i64 global: `(offset << 32) | length` of the calling function's name in the messages'
+    /// text, or `index << 32` for a function without a name.
+    caller_global: u32,
+    /// What each function with adapted sites stores in `caller_global`.
+    callers: HashMap<u32, i64>,
+    /// `wasmfix:fpcast_trace_caller()`: appends the caller's name, or `function N`.
+    print_caller: u32,
+}
+
+/// Names in a trace line are cut to this many bytes (a report message holds [`REPORT_MAX`]).
+const TRACE_NAME: usize = 160;
+
+/// A piece of a trace line.
+enum Piece {
+    Text(String),
+    /// A decimal number (instructions leaving one i32).
+    Number(Vec<Instruction<'static>>),
+    /// The calling function's name (or `function N`).
+    Caller,
+}
+
+/// A castable entry present at link time, called through `target`'s view.
+struct LinkTimeCast<'p> {
+    table: u32,
+    slot: u32,
+    callee: u32,
+    entry: &'p FuncType,
+    target: &'p Target,
+    adapter: u32,
+}
+
+impl Trace {
+    /// `None` when the module cannot print (see [`Diagnostics::get`]).
+    fn new(cx: &mut PassCx<'_, '_, '_>, functions: &[u32]) -> Option<Trace> {
+        let m = cx.module;
+        let facts = cx.facts();
+        if !Diagnostics::available(m, cx.edits) {
+            return None;
+        }
+        let mut callers = HashMap::new();
+        for &f in functions {
+            let packed = match facts.function_names.get(&f) {
+                Some(name) if !name.is_empty() => {
+                    let (offset, len) = store_text(m, cx.edits, &shorten(name, TRACE_NAME))?;
+                    ((offset as i64) << 32) | len as i64
+                }
+                _ => (f as i64) << 32,
+            };
+            callers.insert(f, packed);
+        }
+        let caller_global = cx.edits.add_global(
+            m,
+            GlobalType {
+                val_type: ValType::I64,
+                mutable: true,
+                shared: false,
+            },
+            ConstExpr::i64_const(0),
+        );
+        cx.edits
+            .name_global(caller_global, "wasmfix:fpcast_trace_caller");
+        let high = || {
+            vec![
+                Instruction::GlobalGet(caller_global),
+                Instruction::I64Const(32),
+                Instruction::I64ShrU,
+                Instruction::I32WrapI64,
+            ]
+        };
+        let low = || {
+            vec![
+                Instruction::GlobalGet(caller_global),
+                Instruction::I32WrapI64,
+            ]
+        };
+        let mut body = low();
+        body.push(Instruction::If(BlockType::Empty));
+        body.extend(
+            Message::new()
+                .stored_text(m, cx.edits, high(), low())
+                .instructions,
+        );
+        body.push(Instruction::Else);
+        body.extend(
+            Message::new()
+                .text(m, cx.edits, "function ")
+                .number(m, cx.edits, high())
+                .instructions,
+        );
+        body.extend([Instruction::End, Instruction::End]);
+        let print_caller =
+            cx.edits
+                .add_helper(m, "wasmfix:fpcast_trace_caller", (&[], &[]), &[], &body);
+        Some(Trace {
+            caller_global,
+            callers,
+            print_caller,
+        })
+    }
+
+    /// Instructions that print one line made of `pieces`, as report messages: a piece that
+    /// would not fit in the current message starts the next one (long text is cut), so no
+    /// piece is dropped.
+    fn line(&self, cx: &mut PassCx<'_, '_, '_>, pieces: Vec<Piece>) -> Vec<Instruction<'static>> {
+        let (m, edits) = (cx.module, &mut *cx.edits);
+        let report = OnError::Report;
+        let mut out = Vec::new();
+        let mut message = Message::start(m, edits, report);
+        let mut room = REPORT_MAX as usize;
+        for piece in pieces {
+            match piece {
+                Piece::Text(text) => {
+                    let mut rest = text.as_str();
+                    while !rest.is_empty() {
+                        let cut = rest.floor_char_boundary(room.min(rest.len()));
+                        if cut == 0 {
+                            out.extend(message.end(m, edits, report));
+                            message = Message::start(m, edits, report);
+                            room = REPORT_MAX as usize;
+                            continue;
+                        }
+                        message = message.text(m, edits, &rest[..cut]);
+                        room -= cut;
+                        rest = &rest[cut..];
+                    }
+                }
+                Piece::Number(_) | Piece::Caller => {
+                    // A number takes at most 10 digits; a caller its name or `function N`.
+                    let need = match piece {
+                        Piece::Caller => TRACE_NAME.max("function ".len() + 10),
+                        _ => 10,
+                    };
+                    if need > room {
+                        out.extend(message.end(m, edits, report));
+                        message = Message::start(m, edits, report);
+                        room = REPORT_MAX as usize;
+                    }
+                    room -= need;
+                    message = match piece {
+                        Piece::Number(value) => message.number(m, edits, value),
+                        _ => {
+                            message
+                                .instructions
+                                .push(Instruction::Call(self.print_caller));
+                            message
+                        }
+                    };
+                }
+            }
+        }
+        out.extend(message.end(m, edits, report));
+        out
+    }
+
+    /// A function typed `T` that reports the cast the first time it runs, then calls the
+    /// adapter with its arguments.
+    fn link_time_tracer(
+        &self,
+        cx: &mut PassCx<'_, '_, '_>,
+        cast: LinkTimeCast<'_>,
+        tail_calls: bool,
+    ) -> u32 {
+        let m = cx.module;
+        let t = &cast.target.sig;
+        let callee = shorten(&cx.facts().function_name(cast.callee), TRACE_NAME).into_owned();
+        let line = self.line(
+            cx,
+            vec![
+                Piece::Text("wasmfix: fpcast: ".into()),
+                Piece::Caller,
+                Piece::Text(format!(
+                    " called slot {} ({callee}) as {} but it is {}\n",
+                    cast.slot,
+                    sig::show(t),
+                    sig::show(cast.entry)
+                )),
+            ],
+        );
+        let flag =
+            Diagnostics::once_flag(m, cx.edits).expect("Trace::new checked the module can print");
+        let mut body = flag.guard(line);
+        body.extend((0..t.params().len() as u32).map(Instruction::LocalGet));
+        body.push(if tail_calls {
+            Instruction::ReturnCall(cast.adapter)
+        } else {
+            Instruction::Call(cast.adapter)
+        });
+        body.push(Instruction::End);
+        let name = format!(
+            "wasmfix:fpcast_trace table {} slot {} as {}",
+            cast.table,
+            cast.slot,
+            sig::show(t)
+        );
+        cx.edits
+            .add_helper_typed(m, &name, cast.target.ty, &[], &body)
+    }
+
+    /// `trace(slot, entry)`: reports a cast to an entry the forwarder typed at run time as a
+    /// `u`, unless `seen[slot]` (a table of `T`'s forwarder) says it was reported.
+    fn run_time_tracer(
+        &self,
+        cx: &mut PassCx<'_, '_, '_>,
+        table: u32,
+        seen: u32,
+        reach: Reach,
+        u: &FuncType,
+        t: &FuncType,
+    ) -> u32 {
+        let (slot, entry) = (0, 1);
+        let callee = match reach {
+            Reach::Unknown => "not known at link time",
+            _ => "added at run time",
+        };
+        let line = self.line(
+            cx,
+            vec![
+                Piece::Text("wasmfix: fpcast: ".into()),
+                Piece::Caller,
+                Piece::Text(" called slot ".into()),
+                Piece::Number(vec![Instruction::LocalGet(slot)]),
+                Piece::Text(format!(
+                    " ({callee}) as {} but it is {}\n",
+                    sig::show(t),
+                    sig::show(u)
+                )),
+            ],
+        );
+        // Grow `seen` to hold the slot (when it cannot grow, report without recording); return
+        // when the slot holds an entry (reported before); else record the entry and report.
+        let mut body = vec![
+            Instruction::Block(BlockType::Empty),
+            Instruction::Block(BlockType::Empty),
+            Instruction::LocalGet(slot),
+            Instruction::TableSize(seen),
+            Instruction::I32LtU,
+            Instruction::BrIf(0),
+            Instruction::RefNull(HeapType::FUNC),
+            Instruction::LocalGet(slot),
+            Instruction::I32Const(1),
+            Instruction::I32Add,
+            Instruction::TableSize(seen),
+            Instruction::I32Sub,
+            Instruction::TableGrow(seen),
+            Instruction::I32Const(-1),
+            Instruction::I32Eq,
+            Instruction::BrIf(1),
+            Instruction::End,
+            Instruction::LocalGet(slot),
+            Instruction::TableGet(seen),
+            Instruction::RefIsNull,
+            Instruction::I32Eqz,
+            Instruction::If(BlockType::Empty),
+            Instruction::Return,
+            Instruction::End,
+            Instruction::LocalGet(slot),
+            Instruction::LocalGet(entry),
+            Instruction::TableSet(seen),
+            Instruction::End,
+        ];
+        body.extend(line);
+        body.push(Instruction::End);
+        let name = format!(
+            "wasmfix:fpcast_trace_run_time {} as {} table {table}",
+            sig::show(u),
+            sig::show(t)
+        );
+        let params = [wasmparser::ValType::I32, wasmparser::ValType::FUNCREF];
+        cx.edits
+            .add_helper(cx.module, &name, (&params, &[]), &[], &body)
+    }
 }

@@ -24,6 +24,8 @@ mod trap_blocks;
 pub struct PassOptions {
     /// fpcast: calls that still trap on a non-castable mismatch first print what was called.
     pub fpcast_diagnose: bool,
+    /// fpcast: each distinct castable mismatch that runs prints one line to stderr first.
+    pub fpcast_trace: bool,
     /// fpcast: where the per-signature views live (`--fpcast-design`); by default shadow
     /// tables when the run allows reference types, else views in the table itself.
     pub fpcast_design: Option<fpcast::Design>,

@@ -11,15 +11,19 @@
 //! the module imports WASI `fd_write`, then traps. No import or export is added and the host
 //! does nothing: the limits are constants from the module's own layout.
 //!
-//! Inserted after each checked write: `global.get sp; [i32.const low; i32.sub;] global.get
-//! size; i32.gt_u; br_if $trap` (7 bytes when `low` is 0; `size` is an immutable global holding
-//! `high - low`, which encodes shorter than the constant). A function with two or more checked
-//! writes gets one trap block: its body is wrapped as `block $trap (block (result R) <body>)
-//! return end <trap code>`, so branches to the function's own label land on the inner block and
-//! return as before. A function with one checked write (or several results) puts the trap
-//! code in an `if` after it instead. The trap code passes the function and its frame to the
-//! handler: the entry stack pointer minus the current one when a local holds the entry pointer
-//! at every checked write, else the constant of the only prologue-shaped write, else unknown.
+//! Inserted at each checked write: `local.tee $new` before it (a local of the pass, unless the
+//! value written was just teed to a local, as prologues do), then `local.get $new; [i32.const
+//! low; i32.sub;] global.get size; i32.gt_u; br_if $trap` after it
+//! (`size` is an immutable global holding `high - low`, which encodes shorter than the
+//! constant). The value checked is the value written, read from the local rather than from the
+//! global: Liftoff, V8's first tier, loads a global from memory on every `global.get`. A
+//! function with two or more checked writes gets one trap block: its body is wrapped as
+//! `block $trap (block (result R) <body>) return end <trap code>`, so branches to the
+//! function's own label land on the inner block and return as before. A function with one
+//! checked write (or several results) puts the trap code in an `if` after it instead. The trap
+//! code passes the function and its frame to the handler: the entry stack pointer minus the
+//! current one when a local holds the entry pointer at every checked write, else the constant
+//! of the only prologue-shaped write, else unknown.
 //! Checking after the write is as strong as before it: a `global.set` touches no memory, and
 //! neither the check nor the handler (which builds its message at a fixed address) uses the
 //! stack pointer.
@@ -292,6 +296,10 @@ struct Plan {
     nest: u32,
     /// Instructions leaving the frame size (or -1) for the handler.
     frame: Vec<Instruction<'static>>,
+    /// A local of ours that holds the value of the checked write (added on first use).
+    written: Option<u32>,
+    /// The local the previous instruction was a `local.tee` of.
+    previous_tee: Option<u32>,
 }
 
 /// What the guard learns from one function's input body before rewriting it.
@@ -513,6 +521,8 @@ impl BodyRewriter for Guard {
             trap_block,
             nest: 0,
             frame,
+            written: None,
+            previous_tee: None,
         };
     }
 
@@ -522,6 +532,13 @@ impl BodyRewriter for Guard {
         ins: Instruction<'i>,
         out: &mut Vec<Instruction<'i>>,
     ) {
+        let tee = std::mem::replace(
+            &mut self.plan.previous_tee,
+            match ins {
+                Instruction::LocalTee(x) => Some(x),
+                _ => None,
+            },
+        );
         match ins {
             Instruction::Block(_)
             | Instruction::Loop(_)
@@ -540,22 +557,38 @@ impl BodyRewriter for Guard {
             _ => return out.push(ins),
         }
         let is_write = matches!(ins, Instruction::GlobalSet(g) if g == self.sp);
-        out.push(ins);
         if !is_write {
-            return;
+            return out.push(ins);
         }
         // Restoring the entry stack pointer (see `analyse`): in the region already.
         if let Some(k) = self.plan.restores.iter().position(|&o| o == cx.offset) {
             self.plan.restores.swap_remove(k);
-            return;
+            return out.push(ins);
         }
+        // The value written is checked from a local, without reading the global back: the
+        // local the instruction before the write tees it to (the usual prologue), else one of
+        // ours.
+        let written = match tee {
+            Some(x) => {
+                out.push(ins);
+                x
+            }
+            None => {
+                let written = *self
+                    .plan
+                    .written
+                    .get_or_insert_with(|| cx.add_local(wasm_encoder::ValType::I32));
+                out.extend([Instruction::LocalTee(written), ins]);
+                written
+            }
+        };
         // After the write, before anything can store below it: the new pointer, minus `low`,
         // must not exceed `high - low` (unsigned, so a pointer below `low` fails too). A
         // prologue `sp - n` with `0 <= n <= low` only needs `sp >= low`: the old pointer was
         // in `[low, high]` (every write is checked or restores an entry pointer), so the new
         // one lies in `[low - n, high]`, which neither wraps nor exceeds `high`. That is the
         // common case and saves a subtraction and a load.
-        out.push(Instruction::GlobalGet(self.sp));
+        out.push(Instruction::LocalGet(written));
         if self.plan.small_prologues.contains(&cx.offset) {
             out.extend([Instruction::I32Const(self.low as i32), Instruction::I32LtU]);
         } else {

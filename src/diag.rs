@@ -905,17 +905,18 @@ impl Default for Message {
 /// run time; returns its (offset, length), or `None` when the module cannot write messages.
 pub fn store_text(m: &Module<'_>, edits: &mut Edits<'_>, text: &str) -> Option<(u32, u32)> {
     let d = Diagnostics::get(m, edits)?;
-    let text = shorten(text);
+    let text = shorten(text, MAX_NAME);
     Some((d.store(text.as_bytes()), text.len() as u32))
 }
 
-/// `name` when it fits in [`MAX_NAME`] bytes, else its start and end around `…` (a demangled
-/// C++ name keeps its scope and its parameter list's end).
-fn shorten(name: &str) -> std::borrow::Cow<'_, str> {
-    if name.len() <= MAX_NAME {
+/// `name` when it fits in `max` bytes, else its start and end around `…` (a demangled C++
+/// name keeps its scope and its parameter list's end). Function names are stored cut at
+/// [`MAX_NAME`]; a report message, limited to [`REPORT_MAX`] bytes, cuts them shorter.
+pub fn shorten(name: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if name.len() <= max {
         return name.into();
     }
-    let keep = (MAX_NAME - '…'.len_utf8()) / 2;
+    let keep = (max - '…'.len_utf8()) / 2;
     let head = name.floor_char_boundary(keep);
     let tail = name.ceil_char_boundary(name.len() - keep);
     format!("{}…{}", &name[..head], &name[tail..]).into()

@@ -91,6 +91,10 @@ struct Rewrite {
     /// expected signature and the table entry's name and signature to stderr.
     #[arg(long)]
     fpcast_diagnose: bool,
+    /// fpcast: print, once per distinct cast that runs, the caller, the slot, the callee and
+    /// both signatures to stderr, then call it with C semantics as usual (needs WASI fd_write).
+    #[arg(long)]
+    fpcast_trace: bool,
     /// fpcast: `tables` (a shadow table per call signature; needs reference types) or `mvp`
     /// (views appended to the table itself, WebAssembly 1.0). Default: `tables` when the
     /// input uses reference types or they are enabled, else `mvp`.
@@ -631,6 +635,7 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
 fn pass_options(args: &Rewrite, features: FeatureChoice, code_map: bool) -> PassOptions {
     PassOptions {
         fpcast_diagnose: args.fpcast_diagnose,
+        fpcast_trace: args.fpcast_trace,
         fpcast_design: args
             .fpcast_design
             .as_deref()

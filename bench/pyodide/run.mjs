@@ -1,5 +1,9 @@
 // Runs bench/pyodide/workload.py under Pyodide in node and prints one JSON line:
-//   {"output": <digest>, "init_s": <load time>, "eval_s": [<round times>]}
+//   {"output": <digest>, "init_s": <load time>, "eval_s": [<round times>], "cpu_s": [<their CPU>]}
+//
+// cpu_s is the process's CPU time (user + system, every thread: V8 compiles and collects
+// garbage on helper threads) during each timed call: on a loaded machine it is steadier than
+// the wall-clock eval_s, which waits for a core.
 //
 //   node bench/pyodide/run.mjs PYODIDE_PACKAGE_DIR [MODULE.wasm] [--rounds N]
 //
@@ -45,13 +49,17 @@ try {
   const run = py.globals.get("run");
   const output = run();
   const evals = [];
+  const cpu = [];
   for (let i = 0; i < rounds; i++) {
     const t = performance.now();
+    const c = process.cpuUsage();
     const again = run();
     evals.push((performance.now() - t) / 1000);
+    const used = process.cpuUsage(c);
+    cpu.push((used.user + used.system) / 1e6);
     if (again !== output) throw new Error(`round ${i}: output changed: ${again} vs ${output}`);
   }
-  console.log(JSON.stringify({ output, init_s: init, eval_s: evals }));
+  console.log(JSON.stringify({ output, init_s: init, eval_s: evals, cpu_s: cpu }));
 } finally {
   if (tmp) rmSync(tmp, { recursive: true, force: true });
 }

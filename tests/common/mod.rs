@@ -296,6 +296,21 @@ pub fn run_wasi(wasm: &[u8], args: &[&str]) -> Run {
     run_module(engine(), &compile(wasm), args, &|_| {}).0
 }
 
+/// [`run_wasi`] in an engine with Wasm GC (and function references) enabled, for outputs that
+/// type table entries with `ref.test` (`--enable-gc`). Not cached: such modules are few.
+pub fn run_wasi_gc(wasm: &[u8], args: &[&str]) -> Run {
+    static ENGINE: OnceLock<wasmtime::Engine> = OnceLock::new();
+    let engine = ENGINE.get_or_init(|| {
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(true);
+        config.wasm_function_references(true).wasm_gc(true);
+        wasmtime::Engine::new(&config).expect("wasmtime engine with GC")
+    });
+    let module = wasmtime::Module::new(engine, wasm)
+        .unwrap_or_else(|e| panic!("wasmtime (GC) cannot compile the module: {e:?}"));
+    run_module(engine, &module, args, &|_| {}).0
+}
+
 /// The linker a WASI command runs in, for tests that add host functions of their own.
 pub type WasiLinker = wasmtime::Linker<wasmtime_wasi::p1::WasiP1Ctx>;
 
