@@ -32,7 +32,18 @@
 //! **Use after free.** A freed block's payload is filled with [`POISON_BYTE`]: every aligned
 //! word of it reads `0xfefefefe`, an address above any memory smaller than 4 GiB − 17 MiB, so
 //! a pointer read out of a freed block traps at its first use (and under `--harden`, bounds can
-//! name it: see [`POISON_RANGE`]). The block then waits in a FIFO quarantine of at most
+//! name it: see [`POISON_RANGE`]). A block larger than `--poison-bytes` (default
+//! [`DEFAULT_POISON_BYTES`]) is poisoned, and later checked, only in its first
+//! `--poison-bytes` bytes and its last [`POISON_TAIL`]: for it, a pointer read from those
+//! parts traps, and a write into them is found, as above; a read from the rest of it returns
+//! what was there before the free, a write into the rest goes unnoticed, and a host pointer
+//! into the rest is not recognized (`--check-host-pointers` finds a held block by the poison
+//! at the pointer). Why: on the benchmark's Ruby workload, `(1..200000).map { … }` frees a
+//! block of 6 KB or more per element (200 000 frees, 4.9 GB in all, 25 KB on average, most of
+//! it never written), and poisoning and checking every byte cost 1.5× the run time
+//! (docs/benchmarks.md); the reads and writes of a dangling pointer to a struct almost always
+//! reach its first fields. `--poison-bytes all` poisons every byte. Blocks of
+//! custom allocators (`--free-fn`) are always poisoned whole. The block then waits in a FIFO quarantine of at most
 //! `--quarantine` bytes (default [`DEFAULT_QUARANTINE`]) before it really goes back to the
 //! allocator, so nothing else is allocated there meanwhile. When it leaves the quarantine, and
 //! for every block still in it when the program exits (`_start` returns or `proc_exit` is
@@ -86,6 +97,10 @@ pub struct HeapOptions {
     /// Bytes of freed blocks held back before they go back to the allocator (`None`: the
     /// default; 0: freed blocks go back to the allocator at once, unpoisoned).
     pub quarantine: Option<u32>,
+    /// `--poison-bytes`: of a freed block larger than this, only the first this many bytes
+    /// and the last [`POISON_TAIL`] are poisoned and checked (`None`: the default;
+    /// `u32::MAX`: every byte).
+    pub poison_bytes: Option<u32>,
     /// Check every block in the quarantine at every allocation (and run `collect_fn` before
     /// every custom allocation).
     pub stress: bool,
@@ -180,12 +195,21 @@ impl std::fmt::Display for HostPointer {
 pub const POISON_BYTE: u8 = 0xfe;
 /// A 32-bit word read from a freed block.
 pub const POISON_WORD: u32 = 0xfefe_fefe;
+/// Eight bytes of poison.
+const POISON_I64: i64 = (POISON_WORD as u64 | ((POISON_WORD as u64) << 32)) as i64;
 /// Addresses a pointer read from a freed block (plus or minus 16 MiB of field offsets) can
 /// reach: `[0xfe000000, 2^32)`. No memory below 4 GiB − 32 MiB reaches them; bounds can check
 /// the null page and this range with one unsigned comparison of `address + 0x02000000`.
 pub const POISON_RANGE: (u32, u64) = (0xfe00_0000, 1 << 32);
 /// The default quarantine: 4 MiB of freed blocks.
 pub const DEFAULT_QUARANTINE: u32 = 4 << 20;
+/// The default `--poison-bytes`: a freed block's first 256 bytes (and its last
+/// [`POISON_TAIL`]) are poisoned and checked.
+pub const DEFAULT_POISON_BYTES: u32 = 256;
+/// The least `--poison-bytes`: the first words of every freed block are always poisoned.
+pub const MIN_POISON_BYTES: u32 = 16;
+/// Bytes at the end of a block larger than `--poison-bytes` that are poisoned and checked too.
+pub const POISON_TAIL: i32 = 8;
 
 const ALLOCATED_KEY_FLIP: i32 = 0;
 /// Xored into the tag when a block is freed.
@@ -281,6 +305,12 @@ fn wrap(cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
         (clamp(lo), clamp(hi))
     });
     let quarantine = cx.options.heap.quarantine.unwrap_or(DEFAULT_QUARANTINE);
+    let poison_bytes = cx
+        .options
+        .heap
+        .poison_bytes
+        .unwrap_or(DEFAULT_POISON_BYTES)
+        .max(MIN_POISON_BYTES);
     let stress = cx.options.heap.stress;
     let opts = &cx.options.heap;
     let custom = custom_functions(m, &facts.function_names, opts, &alloc)?;
@@ -312,6 +342,7 @@ fn wrap(cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
         mode,
     );
     h.snapshot = snapshot;
+    h.poison_bytes = poison_bytes;
     let frees: Vec<CustomFree> = custom
         .frees
         .iter()
@@ -371,6 +402,11 @@ fn wrap(cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
         .iter()
         .map(|f| format!("{} {}", f.role.c_name(), f.label))
         .collect();
+    let poison_note = if h.poison_capped() {
+        format!(": the first {poison_bytes} bytes and the last {POISON_TAIL} of larger blocks")
+    } else {
+        String::new()
+    };
     let quarantine_note = if quarantine == 0 {
         "no quarantine".to_string()
     } else {
@@ -387,7 +423,7 @@ fn wrap(cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
         pass: "heap-canary",
         summary: format!(
             "wrapped {}{} in place: 16-byte headers and {REDZONE}-byte redzones checked at free \
-             and realloc; freed blocks poisoned (0x{POISON_WORD:08x}), {quarantine_note}{}",
+             and realloc; freed blocks poisoned (0x{POISON_WORD:08x}{poison_note}), {quarantine_note}{}",
             alloc
                 .family
                 .map_or(String::new(), |f| format!("{} ", f.name())),
@@ -407,6 +443,7 @@ fn wrap(cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
             "real_malloc": real_malloc,
             "real_free": real_free,
             "quarantine_bytes": quarantine,
+            "poison_bytes": if h.poison_capped() { Some(poison_bytes) } else { None },
             "stress": stress,
             "poison_word": format!("0x{POISON_WORD:08x}"),
             "bulk_memory": h.bulk.allowed(),
@@ -494,6 +531,9 @@ struct Helpers {
     /// `[start, end)` of a memory snapshot's heap, whose blocks may have no header (see
     /// `foreign`).
     snapshot: Option<(i32, i32)>,
+    /// `--poison-bytes`: a freed block larger than this has only its first this many bytes
+    /// and its last [`POISON_TAIL`] poisoned (`u32::MAX`: all of every block).
+    poison_bytes: u32,
     bulk: Bulk,
     /// `--harden-mode`: stop, or report each kind of failure once and go on (see [`stop`]).
     mode: OnError,
@@ -680,11 +720,33 @@ impl Helpers {
             stress: None,
             key,
             snapshot: None,
+            poison_bytes: u32::MAX,
             bulk,
             globals: None,
             ring: None,
             mode,
         }
+    }
+
+    /// Whether a large freed block is poisoned only in part (`--poison-bytes`).
+    fn poison_capped(&self) -> bool {
+        self.poison_bytes < MAX_REQUEST as u32
+    }
+
+    /// Leaves how many bytes from the start of a freed block of `n` (a local) bytes are
+    /// poisoned: `min(n, poison_bytes)`.
+    fn poisoned_prefix(&self, n: u32) -> Vec<Instruction<'static>> {
+        if !self.poison_capped() {
+            return vec![I::LocalGet(n)];
+        }
+        vec![
+            I::LocalGet(n),
+            I::I32Const(self.poison_bytes as i32),
+            I::LocalGet(n),
+            I::I32Const(self.poison_bytes as i32),
+            I::I32LtU,
+            I::Select,
+        ]
     }
 
     /// `size` (instructions leaving one i32) bytes of raw memory, or 0.
@@ -724,9 +786,9 @@ impl Helpers {
         edits.name_global(frees, "wasmfix:releases");
         self.globals = Some(Globals { head });
 
-        // verify(q, n, skip): every byte of the payload after the first `skip` still holds the
-        // poison.
-        let (q, n, skip, p, end) = (0, 1, 2, 3, 4);
+        // verify(q, n, from, to): bytes [from, to) of the payload of block q (n bytes) still
+        // hold the poison.
+        let (q, n, from, to, p, end) = (0, 1, 2, 3, 4, 5);
         let written = Message::start(m, edits, self.mode)
             .text(m, edits, "wasmfix: heap use after free: block of ")
             .number(m, edits, vec![I::LocalGet(n)])
@@ -734,14 +796,13 @@ impl Helpers {
             .hex(m, edits, vec![I::LocalGet(q)])
             .text(m, edits, " written after it was freed\n");
         let mut written = stop(m, edits, written, self.mode, false);
-        let word = (POISON_WORD as u64 | ((POISON_WORD as u64) << 32)) as i64;
         let mut code = vec![
             I::LocalGet(q),
-            I::LocalGet(skip),
+            I::LocalGet(from),
             I::I32Add,
             I::LocalSet(p),
             I::LocalGet(q),
-            I::LocalGet(n),
+            I::LocalGet(to),
             I::I32Add,
             I::LocalSet(end),
             I::Block(BlockType::Empty),
@@ -759,7 +820,7 @@ impl Helpers {
             code.extend([
                 I::LocalGet(p),
                 I::I64Load(mem(8 * k, 0)),
-                I::I64Const(word),
+                I::I64Const(POISON_I64),
                 I::I64Xor,
             ]);
             if k > 0 {
@@ -803,7 +864,7 @@ impl Helpers {
         let verify = edits.add_helper(
             m,
             "wasmfix:heap_verify",
-            (&[I32, I32, I32], &[]),
+            (&[I32, I32, I32, I32], &[]),
             &[(2, ValType::I32)],
             &code,
         );
@@ -811,6 +872,37 @@ impl Helpers {
         if !custom.is_empty() {
             self.ring = Some(self.add_ring(m, edits, limit, custom, frees, verify));
         }
+
+        // verify_block(q, n): what `release` poisoned in block q of n bytes: all of it, or,
+        // above `poison_bytes`, its first `poison_bytes` and its last POISON_TAIL bytes.
+        let (q, n) = (0, 1);
+        let mut code = vec![I::LocalGet(q), I::LocalGet(n), I::I32Const(0)];
+        code.extend(self.poisoned_prefix(n));
+        code.push(I::Call(verify));
+        if self.poison_capped() {
+            code.extend([
+                I::LocalGet(n),
+                I::I32Const(self.poison_bytes as i32),
+                I::I32GtU,
+                I::If(BlockType::Empty),
+                I::LocalGet(q),
+                I::LocalGet(n),
+                I::LocalGet(n),
+                I::I32Const(POISON_TAIL),
+                I::I32Sub,
+                I::LocalGet(n),
+                I::Call(verify),
+                I::End,
+            ]);
+        }
+        code.push(I::End);
+        let verify = edits.add_helper(
+            m,
+            "wasmfix:heap_verify_block",
+            (&[I32, I32], &[]),
+            &[],
+            &code,
+        );
 
         // verify_all(): every block in the quarantine, oldest first, then the ring's.
         let q = 0;
@@ -827,7 +919,6 @@ impl Helpers {
             I::I32Const(HEADER),
             I::I32Sub,
             I::I32Load(mem(4, 2)),
-            I::I32Const(0),
             I::Call(verify),
             I::LocalGet(q),
             I::I32Const(HEADER),
@@ -881,7 +972,6 @@ impl Helpers {
                 I::LocalGet(q),
                 I::LocalGet(hd),
                 I::I32Load(mem(4, 2)),
-                I::I32Const(0),
                 I::Call(verify),
                 I::LocalGet(hd),
                 I::I32Load(mem(0, 2)),
@@ -920,11 +1010,26 @@ impl Helpers {
                 I::End,
             ]);
         } else {
+            code.extend([I::LocalGet(q), I::I32Const(POISON_BYTE as i32)]);
+            code.extend(self.poisoned_prefix(n));
+            code.push(self.bulk.fill(m, edits));
+            if self.poison_capped() {
+                code.extend([
+                    I::LocalGet(n),
+                    I::I32Const(self.poison_bytes as i32),
+                    I::I32GtU,
+                    I::If(BlockType::Empty),
+                    I::LocalGet(q),
+                    I::LocalGet(n),
+                    I::I32Add,
+                    I::I32Const(POISON_TAIL),
+                    I::I32Sub,
+                    I::I64Const(POISON_I64),
+                    I::I64Store(mem(0, 0)),
+                    I::End,
+                ]);
+            }
             code.extend([
-                I::LocalGet(q),
-                I::I32Const(POISON_BYTE as i32),
-                I::LocalGet(n),
-                self.bulk.fill(m, edits),
                 I::LocalGet(hd),
                 I::I32Const(0),
                 I::I32Store(mem(12, 2)),
@@ -1041,6 +1146,8 @@ impl Helpers {
                 I::Else,
                 I::I32Const(0),
                 I::End,
+                I::LocalGet(e),
+                I::I32Load(mem(4, 2)),
                 I::Call(verify),
                 I::End,
             ],

@@ -140,6 +140,11 @@ struct Rewrite {
     /// 0: none]. Peak memory grows by up to this much.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Allocator")]
     quarantine: Option<u32>,
+    /// heap-canary: of a freed block larger than this, only the first BYTES and the last 8 are
+    /// poisoned and checked (a stale pointer read from its start still traps; a use of its
+    /// middle is not found) [default: 256; `all`: every byte; at least 16].
+    #[arg(long, value_name = "BYTES|all", value_parser = parse_poison_bytes, help_heading = "Allocator")]
+    poison_bytes: Option<u32>,
     /// heap-canary: check every block in the quarantine at every allocation, and run the
     /// --collect-fn collector before every --alloc-fn allocation (slow; for tests: a write
     /// after free shows at the next allocation, a block a collector frees too early shows on
@@ -763,12 +768,28 @@ fn heap_options(args: &Rewrite) -> wasmfix::passes::heap_canary::HeapOptions {
     wasmfix::passes::heap_canary::HeapOptions {
         allocator: wasmfix::allocator::Manual { functions },
         quarantine: args.quarantine,
+        poison_bytes: args.poison_bytes,
         stress: args.heap_stress,
         alloc_fns: args.alloc_fn.clone(),
         free_fns: args.free_fn.clone(),
         collect_fn: args.collect_fn.clone(),
         host_pointers: args.check_host_pointers.clone(),
     }
+}
+
+/// `--poison-bytes`: `all` (every byte: `u32::MAX`) or a byte count of at least 16.
+fn parse_poison_bytes(s: &str) -> Result<u32, String> {
+    if s.trim().eq_ignore_ascii_case("all") {
+        return Ok(u32::MAX);
+    }
+    let n = parse_bytes(s)?;
+    let least = wasmfix::passes::heap_canary::MIN_POISON_BYTES;
+    if n < least {
+        return Err(format!(
+            "`{s}`: at least {least} (the first words of every freed block are poisoned), or `all`"
+        ));
+    }
+    Ok(n)
 }
 
 /// `4096`, `64k`, `4m`/`4MiB`: a byte count below 4 GiB.

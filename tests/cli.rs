@@ -761,3 +761,55 @@ fn a_reader_that_closes_standard_output_early_ends_the_output_quietly() {
         }
     }
 }
+
+/// `--poison-bytes` takes a byte count of at least 16 or `all`; anything else is refused before
+/// anything is read or written.
+#[test]
+fn poison_bytes_takes_at_least_16_or_all() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("app.wasm"),
+        common::fixture("uaf_large.O2.wasm"),
+    )
+    .unwrap();
+    for bad in ["8", "0", "lots"] {
+        let out = run_in(
+            dir.path(),
+            &[
+                "app.wasm",
+                "-o",
+                "out.wasm",
+                "--passes",
+                "heap-canary",
+                "--poison-bytes",
+                bad,
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--poison-bytes"),
+            "{bad}: {}",
+            stderr(&out)
+        );
+        assert_eq!(listing(dir.path()), ["app.wasm"], "{bad}: wrote something");
+    }
+    let mut outputs = Vec::new();
+    for good in ["16", "1k", "all", "ALL"] {
+        let out = run_in(
+            dir.path(),
+            &[
+                "app.wasm",
+                "-o",
+                "out.wasm",
+                "--passes",
+                "heap-canary",
+                "--poison-bytes",
+                good,
+            ],
+        );
+        assert!(out.status.success(), "{good}: {}", stderr(&out));
+        outputs.push(std::fs::read(dir.path().join("out.wasm")).unwrap());
+    }
+    assert_ne!(outputs[0], outputs[1], "16 and 1k give the same module");
+    assert_eq!(outputs[2], outputs[3], "all is case-insensitive");
+}

@@ -575,3 +575,68 @@ fn custom_allocator_options_are_checked() {
         assert!(!out.exists());
     }
 }
+
+/// Builds of tests/fixtures/c/uaf_large.c: a freed 1012-byte record, above the default
+/// `--poison-bytes` (256).
+const LARGE_VARIANTS: &[&str] = &["O0", "O2", "O2.wasmopt", "O2.stripped"];
+
+fn poison_bytes(bytes: u32) -> HeapOptions {
+    HeapOptions {
+        poison_bytes: Some(bytes),
+        ..Default::default()
+    }
+}
+
+/// A block above `--poison-bytes` has its first 256 bytes and its last 8 poisoned: a pointer
+/// read from its start traps, a write into its start or its end stops at exit. A write into
+/// its middle is found only with `--poison-bytes all`; correct programs print the same.
+#[test]
+fn a_large_block_is_poisoned_at_its_start_and_its_end() {
+    for variant in LARGE_VARIANTS {
+        let original = fixture(&format!("uaf_large.{variant}.wasm"));
+        let rewrite_with = |heap| rewrite(&original, "heap-canary", heap);
+        let capped = rewrite_with(HeapOptions::default());
+        let all = rewrite_with(poison_bytes(u32::MAX));
+        let churn = run_wasi(&original, &["churn", "200"]);
+        assert!(churn.stdout.starts_with("churn n=200 "), "{churn:?}");
+        for fixed in [&capped, &all] {
+            assert_eq!(churn, run_wasi(fixed, &["churn", "200"]), "{variant}");
+        }
+
+        let before = run_wasi(&original, &["read"]);
+        assert_eq!(before.stdout, "read after free: carol\n", "{variant}");
+        for fixed in [&capped, &all] {
+            let after = run_wasi(fixed, &["read"]);
+            assert!(
+                after.outcome.is_trap("out of bounds memory access"),
+                "{variant} read: {after:?}"
+            );
+            assert_eq!(after.stdout, "", "{variant} read");
+        }
+
+        for (case, found_by_default) in [("head", true), ("tail", true), ("middle", false)] {
+            let printed = format!("{case} written (190)\n");
+            let before = run_wasi(&original, &[case]);
+            assert_eq!(before.outcome, Outcome::Exit(0), "{variant} {case}");
+            assert_eq!(before.stdout, printed, "{variant} {case}");
+            for (what, fixed, found) in [
+                ("default", &capped, found_by_default),
+                ("--poison-bytes all", &all, true),
+            ] {
+                let after = run_wasi(fixed, &[case]);
+                assert_eq!(after.stdout, printed, "{variant} {what} {case}");
+                if found {
+                    assert_trapped(&after, &format!("{variant} {what} {case}"));
+                    assert!(
+                        after
+                            .stderr
+                            .starts_with(&format!("{WRITTEN}1012 bytes at 0x")),
+                        "{variant} {what} {case}: {after:?}"
+                    );
+                } else {
+                    assert_eq!(after, before, "{variant} {what} {case}: not poisoned");
+                }
+            }
+        }
+    }
+}

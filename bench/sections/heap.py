@@ -1,8 +1,10 @@
 """heap-canary with and without its quarantine: Ruby (stripped and with names) and harden.O2.wasm's heap loop.
 
 Issue 16, in one run: ruby.wasm (stripped: the allocator is found by its code) and ruby-debug (the
-same Ruby with names) under the original, `--passes heap-canary` (poison + the default 4 MiB
-quarantine) and `--passes heap-canary --quarantine 0` (neither poison nor quarantine: redzones only): the run_ruby.py workload
+same Ruby with names) under the original, `--passes heap-canary` (the default 4 MiB quarantine;
+freed blocks poisoned in their first 256 bytes and last 8), `--poison-bytes all` (every freed byte
+poisoned and checked, as before issue 16's fix) and `--quarantine 0` (neither poison nor
+quarantine: redzones only): the run_ruby.py workload
 interleaved (eval-time ratios to the original, same output), and the peak RSS of one run_ruby.py
 run of each (1 instance; the compiled module is cached, so the peak is mostly the instance). Then
 harden.O2.wasm `hash 200000` (malloc/strdup/realloc/free heavy) under the python wasmtime package
@@ -30,6 +32,7 @@ THRESHOLDS = {
 }
 FIXTURE = "harden.O2.wasm"
 VARIANTS = (("heap-canary", ["--passes", "heap-canary"]),
+            ("poison-all", ["--passes", "heap-canary", "--poison-bytes", "all"]),
             ("no-quarantine", ["--passes", "heap-canary", "--quarantine", "0"]))
 
 
@@ -75,7 +78,7 @@ def heap_ruby(ctx, checks, name, key):
         fig[label]["peak_ratio"] = round(p / base_peak, 4) if p and base_peak else None
     print("\n== heap: %s %.1f MB: size, eval ratio, peak RSS of one run_ruby.py run ==" % (name, size / MB))
     print(table(["variant", "size %", "eval s", "eval ratio", "peak MB", "output ok"], rows))
-    checks.add(key, "%s heap-canary (4 MiB quarantine) eval ratio" % name, fig["heap-canary"].get("ratio"),
+    checks.add(key, "%s heap-canary (4 MiB quarantine, --poison-bytes 256) eval ratio" % name, fig["heap-canary"].get("ratio"),
                lambda v: "%.3f" % v)
     return fig
 
