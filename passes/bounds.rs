@@ -34,6 +34,13 @@
 //!   effective address is at least 2^32, past any 32-bit memory: the load traps at the access as
 //!   an out-of-bounds access, before it reads anything. Four bytes, no branch, no message.
 //!   `--bounds-precise` branches instead (below) and prints the message for loads too.
+//! - With `--bounds-compact`, a **store** whose only range is the null page is rebased the same
+//!   way: `(address) i32.const G-off; i32.sub (value) store offset=G`, the value held back (a
+//!   `local.get` or constant) or saved in a local. The argument is the load's: the effective
+//!   address is unchanged when `address + off ≥ G`; below, it is at least 2^32 and the store
+//!   traps as out of bounds before writing any byte (the whole access lies past any 32-bit
+//!   memory). No wasmfix message: the engine's out-of-bounds trap at the access, in the
+//!   function that made it.
 //! - A **store** (or a load with `--bounds-precise`) branches: `local.tee $a; i32.const off;
 //!   local.get $a; i32.const K; i32.lt_u; br_if $trap; drop` (a store whose value is not a
 //!   constant or `local.get` first saves it in a local). The branch carries the offset to one
@@ -205,6 +212,7 @@ impl Pass for Bounds {
         }
         let handler = handler(m, edits, null_end as u32, mode);
         let rebase_loads = mode == OnError::Stop && !cx.options.bounds_precise;
+        let rebase_stores = rebase_loads && cx.options.bounds_compact;
         let mut unneeded = 0;
         let input_locals: HashMap<u32, u32> = checked
             .iter()
@@ -236,6 +244,7 @@ impl Pass for Bounds {
                 plans: HashMap::new(),
                 planning: true,
                 rebase_loads,
+                rebase_stores,
                 f: PerFunction::default(),
             };
             for &f in &checked {
@@ -324,6 +333,7 @@ impl Pass for Bounds {
             plans,
             planning: false,
             rebase_loads,
+            rebase_stores,
             f: PerFunction::default(),
         }));
         Ok(PassReport {
@@ -582,6 +592,8 @@ struct Checks {
     planning: bool,
     /// Stop mode without `--bounds-precise`: loads are rebased instead of branching.
     rebase_loads: bool,
+    /// `--bounds-compact`: stores too.
+    rebase_stores: bool,
     f: PerFunction,
 }
 
@@ -944,7 +956,17 @@ fn with_offset(ins: Instruction<'_>, offset: u64) -> Instruction<'_> {
         I64Load32S(m) => I64Load32S(at(m)),
         I64Load32U(m) => I64Load32U(at(m)),
         V128Load(m) => V128Load(at(m)),
-        other => unreachable!("only loads are rebased, not {other:?}"),
+        I32Store(m) => I32Store(at(m)),
+        I64Store(m) => I64Store(at(m)),
+        F32Store(m) => F32Store(at(m)),
+        F64Store(m) => F64Store(at(m)),
+        I32Store8(m) => I32Store8(at(m)),
+        I32Store16(m) => I32Store16(at(m)),
+        I64Store8(m) => I64Store8(at(m)),
+        I64Store16(m) => I64Store16(at(m)),
+        I64Store32(m) => I64Store32(at(m)),
+        V128Store(m) => V128Store(at(m)),
+        other => unreachable!("only accesses are rebased, not {other:?}"),
     }
 }
 
@@ -1212,14 +1234,25 @@ impl Checks {
             }
             // A load: rebased, `(address) i32.const hi-o; i32.sub` and memarg offset hi, so
             // that an address in [0, hi) wraps around and the access traps as out of bounds.
-            if !store && self.rebase_loads {
+            if (!store && self.rebase_loads) || (store && self.rebase_stores) {
                 if self.planning {
                     self.f.planned.push(Planned::Rebased);
                 } else {
+                    // A store's value comes after: held back (`pending`), or saved.
+                    let value = match (store, pending) {
+                        (false, _) => None,
+                        (true, Some(p)) => Some(p),
+                        (true, None) => {
+                            let v = self.value_local(cx, ty);
+                            out.push(Instruction::LocalSet(v));
+                            Some(Instruction::LocalGet(v))
+                        }
+                    };
                     out.extend([
                         Instruction::I32Const((hi - offset) as i32),
                         Instruction::I32Sub,
                     ]);
+                    out.extend(value);
                 }
                 if let Some((l, need)) = need_base {
                     self.f.known.learn(l, need as u32);

@@ -48,6 +48,9 @@ pub struct PassOptions {
     /// `--bounds-precise`: bounds stops null-page loads with a message too (a branch per load)
     /// instead of letting them trap as out-of-bounds accesses.
     pub bounds_precise: bool,
+    /// `--bounds-compact`: bounds rebases null-page stores as it rebases loads (an
+    /// out-of-bounds trap at the access, no message) instead of a compare and branch.
+    pub bounds_compact: bool,
     /// The passes were named with `--passes`: a pass that applies where it can in the default
     /// pipeline (adapter-memory) then refuses a module it cannot handle instead of warning.
     pub explicit_passes: bool,

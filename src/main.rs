@@ -84,6 +84,11 @@ struct Rewrite {
     /// access as an out-of-bounds memory access.
     #[arg(long)]
     bounds_precise: bool,
+    /// bounds: stop a null-page store as a null-page load is stopped, by an out-of-bounds trap
+    /// at the access (its address lowered so that it wraps past 4 GiB), without wasmfix's
+    /// message: about 5 bytes per store instead of a compare and branch (smaller and faster).
+    #[arg(long, conflicts_with = "bounds_precise")]
+    bounds_compact: bool,
     /// Write a JSON report of what each pass did to FILE (`-`: standard output).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -655,6 +660,7 @@ fn pass_options(args: &Rewrite, features: FeatureChoice, code_map: bool) -> Pass
         },
         harden_allow: args.harden_allow.clone(),
         bounds_precise: args.bounds_precise,
+        bounds_compact: args.bounds_compact,
         explicit_passes: args.passes.is_some(),
         heap: heap_options(args),
         features,

@@ -509,3 +509,101 @@ fn null_page_loads_trap_at_the_access() {
     let fast = wasmfix::pipeline::run(&original, &bounds, &Default::default()).unwrap();
     assert!(run_wasi(&fast.bytes, &[]).outcome.is_trap("out of bounds"));
 }
+
+/// Like [`load_module`] for stores: `_start` stores 0x01020304 at `p + o` (the value held
+/// back behind the check: `local.get`) and 0x01020305 at `p + o + 4` (a computed value, saved
+/// in a local), then exits with 0 when both words read back as stored.
+fn store_module(p: u32, o: u32) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 1)
+          (global (export "__global_base") i32 (i32.const 1024))
+          (global $p (mut i32) (i32.const {p}))
+          (func $write (param $p i32) (param $v i32)
+            local.get $p
+            local.get $v
+            i32.store offset={o})
+          (func $write_next (param $p i32) (param $v i32)
+            local.get $p
+            local.get $v
+            i32.const 1
+            i32.add
+            i32.store offset={o4})
+          (func (export "_start")
+            global.get $p  i32.const 0x01020304  call $write
+            global.get $p  i32.const 0x01020304  call $write_next
+            global.get $p  i32.load offset={o}  i32.const 0x01020304  i32.ne
+            global.get $p  i32.load offset={o4}  i32.const 0x01020305  i32.ne
+            i32.or  call $exit)
+          (data (i32.const 1024) "hello\00\00\00"))"#,
+        o4 = o + 4
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// `--bounds-compact` rebases stores as loads are: a store into the null page traps at the
+/// access as an out-of-bounds access (no message, nothing written), where the default stops
+/// it with the message; every other store writes what it wrote before, at the edges of the
+/// page too.
+#[test]
+fn bounds_compact_stores_trap_at_the_access() {
+    let compact = wasmfix::passes::PassOptions {
+        bounds_compact: true,
+        ..Default::default()
+    };
+    let bounds = common::passes("bounds");
+    // (p, o, whether p + o is in the null page)
+    let cases: &[(u32, u32, bool)] = &[
+        (1024, 0, false),
+        (1020, 4, false),
+        (4, 1020, false),
+        (0, 1024, false),
+        (8, 0, true),
+        (1020, 0, true),
+        (3, 1020, true),
+        (0, 0, true),
+    ];
+    for &(p, o, null) in cases {
+        let what = format!("store at {p} offset {o}");
+        let original = store_module(p, o);
+        let before = run_wasi(&original, &[]);
+        assert_eq!(
+            before.outcome,
+            Outcome::Exit(0),
+            "{what}: original {before:?}"
+        );
+        let default = wasmfix::pipeline::run(&original, &bounds, &Default::default()).unwrap();
+        let small = wasmfix::pipeline::run(&original, &bounds, &compact).unwrap();
+        // (Offsets from 1024 on are provably past the null page: nothing to check.)
+        assert!(
+            o >= 1024 || small.bytes.len() < default.bytes.len(),
+            "{what}: --bounds-compact is not smaller"
+        );
+        let (default, small) = (run_wasi(&default.bytes, &[]), run_wasi(&small.bytes, &[]));
+        if null {
+            assert!(
+                small.outcome.is_trap("out of bounds") && small.stderr.is_empty(),
+                "{what}: {small:?}"
+            );
+            assert_stopped(
+                &default,
+                &format!(
+                    "wasmfix: null pointer dereference at address {:#x} in ",
+                    p + o
+                ),
+                &what,
+            );
+        } else {
+            assert_eq!(small, before, "{what}");
+            assert_eq!(default, before, "{what}");
+        }
+    }
+    // An address past 4 GiB traps as before.
+    let original = store_module(u32::MAX - 2, 4);
+    let before = run_wasi(&original, &[]);
+    assert!(before.outcome.is_trap("out of bounds"), "{before:?}");
+    let small = wasmfix::pipeline::run(&original, &bounds, &compact).unwrap();
+    assert!(run_wasi(&small.bytes, &[]).outcome.is_trap("out of bounds"));
+}

@@ -159,7 +159,9 @@ def harden_pyodide(ctx, checks):
     warm(src)
     paths, fig = {"orig": src}, {"input_bytes": size, "variants": {}}
     for label, flags in (("default", []), ("harden", ["--harden"]), ("bounds", ["--passes", "bounds"]),
-                         ("stack-canary", ["--passes", "stack-canary"]), ("heap-canary", ["--passes", "heap-canary"])):
+                         ("stack-canary", ["--passes", "stack-canary"]), ("heap-canary", ["--passes", "heap-canary"]),
+                         ("harden-compact", ["--harden", "--bounds-compact"]),
+                         ("bounds-compact", ["--passes", "bounds", "--bounds-compact"])):
         out = ctx.out_path("pyodide.%s.wasm" % label)
         log("harden: pyodide wasmfix %s" % " ".join(flags))
         m = ctx.measure([ctx.wasmfix(), src, "-o", out] + flags)
