@@ -42,10 +42,10 @@
 //! block of 6 KB or more per element (200 000 frees, 4.9 GB in all, 25 KB on average, most of
 //! it never written), and poisoning and checking every byte cost 1.5× the run time
 //! (docs/benchmarks.md); the reads and writes of a dangling pointer to a struct almost always
-//! reach its first fields. `--poison-bytes all` poisons every byte. Blocks of
-//! custom allocators (`--free-fn`) are always poisoned whole. The block then waits in a FIFO quarantine of at most
-//! `--quarantine` bytes (default [`DEFAULT_QUARANTINE`]) before it really goes back to the
-//! allocator, so nothing else is allocated there meanwhile. When it leaves the quarantine, and
+//! reach its first fields. `--poison-bytes all` poisons every byte. Blocks of custom
+//! allocators (`--free-fn`) are always poisoned whole. The block then waits in a FIFO
+//! quarantine of at most `--quarantine` bytes (default [`DEFAULT_QUARANTINE`]) before it
+//! really goes back to the allocator, so nothing else is allocated there meanwhile. When it leaves the quarantine, and
 //! for every block still in it when the program exits (`_start` returns or `proc_exit` is
 //! called), a changed byte means somebody wrote after free: `wasmfix: heap use after free:
 //! block of N bytes at 0x… written after it was freed`. `--heap-stress` checks the whole
