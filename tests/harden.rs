@@ -445,6 +445,18 @@ fn load_module(p: u32, o: u32) -> Vec<u8> {
     wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
+/// Accesses at the edges of a 1024-byte null page: (p, o, whether p + o is in it).
+const NULL_PAGE_EDGES: &[(u32, u32, bool)] = &[
+    (1024, 0, false),
+    (1020, 4, false),
+    (4, 1020, false),
+    (0, 1024, false),
+    (8, 0, true),
+    (1020, 0, true),
+    (3, 1020, true),
+    (0, 0, true),
+];
+
 /// Stop mode rebases a load from the null page so that it traps at the access as an
 /// out-of-bounds access (no message); `--bounds-precise` stops it with the message. Loads that
 /// are not in the null page read what they read before, at the edges of the page too.
@@ -455,18 +467,7 @@ fn null_page_loads_trap_at_the_access() {
         ..Default::default()
     };
     let bounds = common::passes("bounds");
-    // (p, o, whether p + o is in the null page)
-    let cases: &[(u32, u32, bool)] = &[
-        (1024, 0, false),
-        (1020, 4, false),
-        (4, 1020, false),
-        (0, 1024, false),
-        (8, 0, true),
-        (1020, 0, true),
-        (3, 1020, true),
-        (0, 0, true),
-    ];
-    for &(p, o, null) in cases {
+    for &(p, o, null) in NULL_PAGE_EDGES {
         let what = format!("load at {p} offset {o}");
         let original = load_module(p, o);
         let before = run_wasi(&original, &[]);
@@ -554,18 +555,7 @@ fn bounds_compact_stores_trap_at_the_access() {
         ..Default::default()
     };
     let bounds = common::passes("bounds");
-    // (p, o, whether p + o is in the null page)
-    let cases: &[(u32, u32, bool)] = &[
-        (1024, 0, false),
-        (1020, 4, false),
-        (4, 1020, false),
-        (0, 1024, false),
-        (8, 0, true),
-        (1020, 0, true),
-        (3, 1020, true),
-        (0, 0, true),
-    ];
-    for &(p, o, null) in cases {
+    for &(p, o, null) in NULL_PAGE_EDGES {
         let what = format!("store at {p} offset {o}");
         let original = store_module(p, o);
         let before = run_wasi(&original, &[]);
