@@ -733,6 +733,27 @@ impl Helpers {
         self.poison_bytes < MAX_REQUEST as u32
     }
 
+    /// `if (n > poison_bytes) { tail }` for a block of `n` (a local) bytes: what only a block
+    /// above the cap needs (its last bytes); nothing when every byte is poisoned.
+    fn above_cap<const K: usize>(
+        &self,
+        n: u32,
+        tail: [Instruction<'static>; K],
+    ) -> Vec<Instruction<'static>> {
+        if !self.poison_capped() {
+            return Vec::new();
+        }
+        let mut code = vec![
+            I::LocalGet(n),
+            I::I32Const(self.poison_bytes as i32),
+            I::I32GtU,
+            I::If(BlockType::Empty),
+        ];
+        code.extend(tail);
+        code.push(I::End);
+        code
+    }
+
     /// Leaves how many bytes from the start of a freed block of `n` (a local) bytes are
     /// poisoned: `min(n, poison_bytes)`.
     fn poisoned_prefix(&self, n: u32) -> Vec<Instruction<'static>> {
@@ -879,12 +900,9 @@ impl Helpers {
         let mut code = vec![I::LocalGet(q), I::LocalGet(n), I::I32Const(0)];
         code.extend(self.poisoned_prefix(n));
         code.push(I::Call(verify));
-        if self.poison_capped() {
-            code.extend([
-                I::LocalGet(n),
-                I::I32Const(self.poison_bytes as i32),
-                I::I32GtU,
-                I::If(BlockType::Empty),
+        code.extend(self.above_cap(
+            n,
+            [
                 I::LocalGet(q),
                 I::LocalGet(n),
                 I::LocalGet(n),
@@ -892,9 +910,8 @@ impl Helpers {
                 I::I32Sub,
                 I::LocalGet(n),
                 I::Call(verify),
-                I::End,
-            ]);
-        }
+            ],
+        ));
         code.push(I::End);
         let verify = edits.add_helper(
             m,
@@ -1013,12 +1030,9 @@ impl Helpers {
             code.extend([I::LocalGet(q), I::I32Const(POISON_BYTE as i32)]);
             code.extend(self.poisoned_prefix(n));
             code.push(self.bulk.fill(m, edits));
-            if self.poison_capped() {
-                code.extend([
-                    I::LocalGet(n),
-                    I::I32Const(self.poison_bytes as i32),
-                    I::I32GtU,
-                    I::If(BlockType::Empty),
+            code.extend(self.above_cap(
+                n,
+                [
                     I::LocalGet(q),
                     I::LocalGet(n),
                     I::I32Add,
@@ -1026,9 +1040,8 @@ impl Helpers {
                     I::I32Sub,
                     I::I64Const(POISON_I64),
                     I::I64Store(mem(0, 0)),
-                    I::End,
-                ]);
-            }
+                ],
+            ));
             code.extend([
                 I::LocalGet(hd),
                 I::I32Const(0),
