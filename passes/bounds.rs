@@ -91,6 +91,30 @@
 //! i32.const 0; i32.store`), which would otherwise stop every such program, named or not.
 //! Report mode checks and shows them too.
 //!
+//! **A pointer read from a freed block.** heap-canary fills freed blocks with 0xfe bytes, so a
+//! pointer read from one is 0xfefefefe, and an access through it (give or take 16 MiB of field
+//! offset) lies in `[0xfe000000, 2^32)` ([`POISON_RANGE`]). When heap-canary poisons in this run
+//! (its applied record says `poisons`; or in the run that wrote the input), the null page is
+//! checked, and memory 0 declares a maximum of at most 0xfe000000 bytes (a memory without one
+//! may grow into that range), every *branching* check against a range from 0, `[0, hi)`,
+//! tests the wrapped range `[0xfe000000, 2^32) ∪ [0, hi)` instead: `(address) i32.const
+//! 0x02000000+off; i32.add; i32.const 0x02000000+hi; i32.lt_u` (adding 2^32 − 0xfe000000 maps
+//! the poison range to `[0, 32 MiB)` and the null page right above it), one constant and one
+//! add more per check. The handler tells the ranges apart: `wasmfix: use of a pointer from a
+//! freed block (address 0x…) in <function>`. Soundness: no access to `[0xfe000000, 2^32)` can
+//! succeed in such a memory, so the added addresses are exactly accesses that trapped out of
+//! bounds before; the check gives that trap a message and changes no other execution (an
+//! `address + off` past 4 GiB wraps in the 32-bit sum, and it traps either way, as above).
+//! What is not extended (the engine's out-of-bounds trap at the access, no message): rebased
+//! loads and `--bounds-compact` stores (`--bounds-precise` branches loads and so names them),
+//! accesses left unchecked (offset at or past `hi`, stack, constant addresses), and those a
+//! `Known` lower bound skips: that fact comes from an access through the same local that ran,
+//! which the poison address (plus less than 16 MiB) cannot do; a case missed loses a message,
+//! never stops a correct program. Report mode prints the message once, then the access
+//! traps as it did before. Without a maximum (wasm-ld's default: ruby.wasm, yosys) or without
+//! the null page (a stripped module without producers), the report says why the poison range
+//! is not checked.
+//!
 //! Report mode (`--harden-mode report`): no trap block; each check is `if (address in range)
 //! { report once }` and the access follows as in the original, so the program goes on exactly
 //! as it would have; each access site reports once (`OnceFlag`). `--harden-allow FUNC` leaves
@@ -100,6 +124,7 @@
 //!
 //! Refuses: memory64, shared memory, several memories.
 
+use super::heap_canary::POISON_RANGE;
 use super::trap_blocks::{At, TrapBlocks};
 use super::{Pass, PassCx, PassReport};
 use crate::diag::{Diagnostics, Message, OnError, OnceFlags, store_text};
@@ -157,7 +182,16 @@ impl Pass for Bounds {
             let by = shift.unwrap_or(0) as u32;
             (lo.saturating_add(by), hi.saturating_add(by))
         });
+        let poison = poison_checked(m, facts, cx.edits, null_end, read_only);
         let mut notes = Vec::new();
+        match &poison {
+            Some(Ok(())) => notes.push(format!(
+                "branching checks of the null page cover freed blocks' poison [0x{:x}, 2^32) too",
+                POISON_RANGE.0
+            )),
+            Some(Err(why)) => notes.push(format!("poison range not checked: {why}")),
+            None => {}
+        }
         if null_end == 0 {
             notes.push(null_how.clone());
         }
@@ -167,7 +201,7 @@ impl Pass for Bounds {
         if null_end == 0 && read_only.is_none() {
             return Ok(nothing(format!("nothing to check ({})", notes.join("; "))));
         }
-        let ranges = Ranges::new(null_end as u32, read_only);
+        let ranges = Ranges::new(null_end as u32, read_only, poison == Some(Ok(())));
         let sp = facts.stack_pointer.as_ref().ok().map(|s| s.value);
 
         let mode = cx.options.on_error;
@@ -210,7 +244,7 @@ impl Pass for Bounds {
                 }
             }
         }
-        let handler = handler(m, edits, null_end as u32, mode);
+        let handler = handler(m, edits, ranges, mode);
         let rebase_loads = mode == OnError::Stop && !cx.options.bounds_precise;
         let rebase_stores = rebase_loads && cx.options.bounds_compact;
         let mut unneeded = 0;
@@ -350,9 +384,76 @@ impl Pass for Bounds {
                 "null_page_found_by": null_how,
                 "read_only": read_only,
                 "read_only_found_by": ro_how,
+                "poison_range": match &poison {
+                    Some(Ok(())) => serde_json::json!([POISON_RANGE.0, POISON_RANGE.1]),
+                    Some(Err(why)) => serde_json::json!(why),
+                    None => serde_json::Value::Null,
+                },
             }),
         })
     }
+}
+
+/// Whether the checks against the null page cover [`POISON_RANGE`] too (`Ok`), or why not;
+/// `None` when heap-canary poisons no freed block (in this run, or in the run that wrote the
+/// input). They do when the null page is checked and memory 0 can never reach the poison
+/// range, so that every access there traps anyway and the check only gives that trap its
+/// message.
+fn poison_checked(
+    m: &Module<'_>,
+    facts: &Facts,
+    edits: &crate::edit::Edits<'_>,
+    null_end: u64,
+    read_only: Option<(u32, u32)>,
+) -> Option<Result<(), String>> {
+    let poisons = |record: Option<&serde_json::Value>| {
+        record
+            .and_then(|r| r.get("poisons"))
+            .and_then(|p| p.as_bool())
+            == Some(true)
+    };
+    if !poisons(edits.applied.get("heap-canary")) && !poisons(facts.applied.get("heap-canary")) {
+        return None;
+    }
+    Some(poison_reachable(m, edits, null_end, read_only))
+}
+
+fn poison_reachable(
+    m: &Module<'_>,
+    edits: &crate::edit::Edits<'_>,
+    null_end: u64,
+    read_only: Option<(u32, u32)>,
+) -> Result<(), String> {
+    if null_end == 0 {
+        return Err("the null page is not checked".into());
+    }
+    let Some(memory) = m.memories.first() else {
+        return Err("no memory".into());
+    };
+    let page = 1u64 << memory.page_size_log2.unwrap_or(16);
+    // an earlier pass of this run may have changed the limits
+    let maximum = match edits.memory_types.get(&0) {
+        Some(t) => t.maximum,
+        None => memory.maximum,
+    };
+    let Some(maximum) = maximum.map(|pages| pages.saturating_mul(page)) else {
+        return Err(format!(
+            "memory 0 has no maximum: it may grow into [0x{:x}, 2^32)",
+            POISON_RANGE.0
+        ));
+    };
+    let low = POISON_RANGE.0 as u64;
+    if maximum > low {
+        return Err(format!(
+            "memory 0 may grow to {maximum} bytes, into [0x{low:x}, 2^32)"
+        ));
+    }
+    // Ranges from 0 end inside the memory, below the poison range; checked anyway, since
+    // `in_low_range` adds the span to their end.
+    if null_end >= low || read_only.is_some_and(|(_, hi)| hi as u64 >= low) {
+        return Err("the checked ranges reach the poison range".into());
+    }
+    Ok(())
 }
 
 /// `[low, high)` of the data segments named `.rodata…`, or why it is unknown.
@@ -477,14 +578,63 @@ struct Ranges {
     /// `[0, null_end)`; 0 for none.
     null_end: u32,
     read_only: Option<(u32, u32)>,
+    /// A branching check of a range from 0 covers [`POISON_RANGE`] too (see the header).
+    poison: bool,
 }
 
+/// `2^32 - POISON_RANGE.0`: added to an address, it moves the poison range to `[0, 32 MiB)`
+/// and a range `[0, hi)` to `[32 MiB, 32 MiB + hi)`.
+const POISON_SPAN: u32 = (POISON_RANGE.1 - POISON_RANGE.0 as u64) as u32;
+
 impl Ranges {
-    fn new(null_end: u32, read_only: Option<(u32, u32)>) -> Ranges {
+    fn new(null_end: u32, read_only: Option<(u32, u32)>, poison: bool) -> Ranges {
         Ranges {
             null_end,
             read_only,
+            poison,
         }
+    }
+
+    /// With an address on the stack, whether `address + offset` lies in `[lo, hi)`, `offset <
+    /// hi`: `addr - (lo - offset) < hi - lo`, unsigned (an address that wraps past 4 GiB is out
+    /// of bounds and traps either way); a range from 0 as [`Ranges::in_low_range`].
+    fn contains(&self, offset: u64, lo: u32, hi: u32) -> Vec<Instruction<'static>> {
+        if lo == 0 {
+            return self.in_low_range(offset, hi);
+        }
+        if lo as u64 <= offset {
+            // addr + offset >= lo always: addr < hi - offset
+            return vec![
+                Instruction::I32Const((hi as u64 - offset) as i32),
+                Instruction::I32LtU,
+            ];
+        }
+        vec![
+            Instruction::I32Const((lo as u64 - offset) as i32),
+            Instruction::I32Sub,
+            Instruction::I32Const((hi - lo) as i32),
+            Instruction::I32LtU,
+        ]
+    }
+
+    /// With an address on the stack, whether `address + offset` lies in `[0, hi)` (with
+    /// `poison`: or in [`POISON_RANGE`]), `offset < hi`: `i32.const hi-offset; i32.lt_u`, or
+    /// `i32.const SPAN+offset; i32.add; i32.const SPAN+hi; i32.lt_u` (SPAN = 2^32 - 0xfe000000;
+    /// the sum wraps exactly for the poison range, which lands below SPAN).
+    fn in_low_range(&self, offset: u64, hi: u32) -> Vec<Instruction<'static>> {
+        debug_assert!(offset < hi as u64);
+        if !self.poison {
+            return vec![
+                Instruction::I32Const((hi as u64 - offset) as i32),
+                Instruction::I32LtU,
+            ];
+        }
+        vec![
+            Instruction::I32Const((POISON_SPAN as u64 + offset) as u32 as i32),
+            Instruction::I32Add,
+            Instruction::I32Const(POISON_SPAN.wrapping_add(hi) as i32),
+            Instruction::I32LtU,
+        ]
     }
 
     /// The ranges a load (`store` false) or store must avoid, as `[low, high)`; adjacent ones
@@ -511,14 +661,33 @@ impl Ranges {
 fn handler(
     m: &Module<'_>,
     edits: &mut crate::edit::Edits<'_>,
-    null_end: u32,
+    ranges: Ranges,
     mode: OnError,
 ) -> u32 {
     let (address, func, name_offset, name_len) = (0, 1, 2, 3);
     let mut body = Message::start(m, edits, mode).instructions;
+    let in_poison = [
+        Instruction::LocalGet(address),
+        Instruction::I32Const(POISON_RANGE.0 as i32),
+        Instruction::I32GeU,
+    ];
+    if ranges.poison {
+        body.extend(in_poison.clone());
+        body.push(Instruction::If(BlockType::Empty));
+        body.extend(
+            Message::new()
+                .text(
+                    m,
+                    edits,
+                    "wasmfix: use of a pointer from a freed block (address ",
+                )
+                .instructions,
+        );
+        body.push(Instruction::Else);
+    }
     body.extend([
         Instruction::LocalGet(address),
-        Instruction::I32Const(null_end as i32),
+        Instruction::I32Const(ranges.null_end as i32),
         Instruction::I32LtU,
         Instruction::If(BlockType::Empty),
     ]);
@@ -534,12 +703,21 @@ fn handler(
             .instructions,
     );
     body.push(Instruction::End);
+    if ranges.poison {
+        body.push(Instruction::End);
+    }
     body.extend(
         Message::new()
             .hex(m, edits, vec![Instruction::LocalGet(address)])
-            .text(m, edits, " in ")
             .instructions,
     );
+    if ranges.poison {
+        body.extend(in_poison);
+        body.push(Instruction::If(BlockType::Empty));
+        body.extend(Message::new().text(m, edits, ")").instructions);
+        body.push(Instruction::End);
+    }
+    body.extend(Message::new().text(m, edits, " in ").instructions);
     body.extend([
         Instruction::LocalGet(name_len),
         Instruction::If(BlockType::Empty),
@@ -1273,24 +1451,24 @@ impl Checks {
                 // (address) (L) i32.const need; i32.lt_u; br_if $o: the branch carries the
                 // address the access uses, which stays on the stack when it is not taken
                 let depth = self.f.blocks.trap_depth(1 + k as u32);
-                let compare = |need: u64| {
-                    [
-                        Instruction::I32Const(need as i32),
-                        Instruction::I32LtU,
-                        Instruction::BrIf(depth),
-                    ]
+                let ranges = self.ranges;
+                // `offset` here: of the access and the constant added to L
+                let compare = |offset: u64| {
+                    let mut code = ranges.in_low_range(offset, hi as u32);
+                    code.push(Instruction::BrIf(depth));
+                    code
                 };
                 let a = self.f.address;
                 match (need_base, store) {
                     (Some((l, need)), _) => {
                         out.push(Instruction::LocalGet(l));
-                        out.extend(compare(need));
+                        out.extend(compare(hi - need));
                         out.extend(pending);
                         self.f.known.learn(l, need as u32);
                     }
                     (None, false) => {
                         out.extend([Instruction::LocalTee(a), Instruction::LocalGet(a)]);
-                        out.extend(compare(hi - offset));
+                        out.extend(compare(offset));
                     }
                     (None, true) => {
                         let value = match pending {
@@ -1302,7 +1480,7 @@ impl Checks {
                             }
                         };
                         out.extend([Instruction::LocalTee(a), Instruction::LocalGet(a)]);
-                        out.extend(compare(hi - offset));
+                        out.extend(compare(offset));
                         out.push(value);
                     }
                 }
@@ -1393,17 +1571,8 @@ impl Checks {
                 continue;
             }
             out.push(Instruction::LocalGet(self.f.address));
-            if lo as u64 <= offset {
-                out.push(Instruction::I32Const((hi as u64 - offset) as i32));
-            } else {
-                out.extend([
-                    Instruction::I32Const((lo as u64 - offset) as i32),
-                    Instruction::I32Sub,
-                    Instruction::I32Const((hi - lo) as i32),
-                ]);
-            }
+            out.extend(self.ranges.contains(offset, lo, hi));
             out.extend([
-                Instruction::I32LtU,
                 Instruction::If(BlockType::Empty),
                 Instruction::LocalGet(self.f.address),
                 Instruction::I32Const(offset as i32),
@@ -1425,28 +1594,13 @@ impl Checks {
     fn offset_checks(&self, offset: u64, ranges: &[(u32, u32)], out: &mut Vec<Instruction<'_>>) {
         let depth = self.f.blocks.trap_depth(0);
         for &(lo, hi) in ranges {
-            // addr + offset in [lo, hi)  ⟺  addr - (lo - offset) < hi - lo, unsigned (an
-            // address that wraps past 4 GiB is out of bounds and traps either way)
             if offset >= hi as u64 {
                 continue;
             }
             out.push(Instruction::I32Const(offset as i32));
             out.push(Instruction::LocalGet(self.f.address));
-            if lo as u64 <= offset {
-                // addr + offset >= lo always: addr < hi - offset
-                out.push(Instruction::I32Const((hi as u64 - offset) as i32));
-            } else {
-                out.extend([
-                    Instruction::I32Const((lo as u64 - offset) as i32),
-                    Instruction::I32Sub,
-                    Instruction::I32Const((hi - lo) as i32),
-                ]);
-            }
-            out.extend([
-                Instruction::I32LtU,
-                Instruction::BrIf(depth),
-                Instruction::Drop,
-            ]);
+            out.extend(self.ranges.contains(offset, lo, hi));
+            out.extend([Instruction::BrIf(depth), Instruction::Drop]);
         }
     }
 
@@ -1548,16 +1702,8 @@ impl Checks {
                 continue;
             }
             out.push(Instruction::LocalGet(self.f.address));
-            if lo as u64 <= offset {
-                out.push(Instruction::I32Const((hi as u64 - offset) as i32));
-            } else {
-                out.extend([
-                    Instruction::I32Const((lo as u64 - offset) as i32),
-                    Instruction::I32Sub,
-                    Instruction::I32Const((hi - lo) as i32),
-                ]);
-            }
-            out.extend([Instruction::I32LtU, Instruction::If(BlockType::Empty)]);
+            out.extend(self.ranges.contains(offset, lo, hi));
+            out.push(Instruction::If(BlockType::Empty));
             let report = vec![
                 Instruction::LocalGet(self.f.address),
                 Instruction::I32Const(offset as i32),

@@ -415,9 +415,12 @@ fn wrap(cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
             quarantine
         )
     };
+    // Whether freed blocks hold POISON_WORD (malloc's with a quarantine, custom releases
+    // always): bounds names an access through it (see POISON_RANGE).
+    let poisons = quarantine > 0 || !custom.frees.is_empty();
     edits.record_applied(
         "heap-canary",
-        serde_json::json!({ "wrapped": wrapped, "quarantine": quarantine }),
+        serde_json::json!({ "wrapped": wrapped, "quarantine": quarantine, "poisons": poisons }),
     );
     Ok(PassReport {
         pass: "heap-canary",

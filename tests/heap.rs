@@ -640,3 +640,134 @@ fn a_large_block_is_poisoned_at_its_start_and_its_end() {
         }
     }
 }
+
+/// The builds of tests/fixtures/c/uaf_field.c (memory maximum 16 MiB) in which heap-canary
+/// finds the allocator and bounds the null page (the stripped build has no producers section,
+/// so bounds cannot establish where the statics start and checks nothing: see
+/// `the_poison_range_is_checked_only_below_a_memory_maximum`).
+const FIELD_VARIANTS: &[&str] = &["O0", "O2", "O2.wasmopt"];
+
+const FREED_POINTER: &str = "wasmfix: use of a pointer from a freed block (address 0x";
+
+fn harden(input: &[u8], precise: bool, on_error: wasmfix::diag::OnError) -> Vec<u8> {
+    let options = wasmfix::passes::PassOptions {
+        harden: true,
+        bounds_precise: precise,
+        on_error,
+        ..Default::default()
+    };
+    let list: Vec<_> = wasmfix::passes::harden_pipeline()
+        .into_iter()
+        .map(|n| wasmfix::passes::find(n).unwrap())
+        .collect();
+    wasmfix::pipeline::run(input, &list, &options)
+        .unwrap_or_else(|f| panic!("harden: {f}"))
+        .bytes
+}
+
+/// The message of a use of the poison address 0xfefefefe + 8 (`count`) in `queue_push`/`queue_peek`.
+fn assert_freed_pointer_message(variant: &str, function: &str, stderr: &str) {
+    let expected = format!("{FREED_POINTER}fefeff06) in {function}\n");
+    assert_eq!(stderr, expected, "{variant}");
+}
+
+/// uaf_field's `store` reads a pointer from a freed struct and writes through it first:
+/// under --harden, with heap-canary poisoning and a memory that cannot reach the poison
+/// range, bounds' null-page check covers the poison range and names the use. Its `load` reads
+/// through it first: loads are rebased (the engine's out-of-bounds trap, no message) unless
+/// --bounds-precise. The correct `ok` case prints the same.
+#[test]
+fn a_use_of_a_pointer_from_a_freed_block_stops_with_its_message() {
+    use wasmfix::diag::OnError;
+    for variant in FIELD_VARIANTS {
+        let original = fixture(&format!("uaf_field.{variant}.wasm"));
+        let fixed = harden(&original, false, OnError::Stop);
+        let precise = harden(&original, true, OnError::Stop);
+        let report = harden(&original, false, OnError::Report);
+
+        let before = run_wasi(&original, &["store"]);
+        assert_eq!(before.stdout, "store after free 1\n", "{variant}");
+        for (name, module) in [("stop", &fixed), ("precise", &precise)] {
+            let after = run_wasi(module, &["store"]);
+            assert_trapped(&after, &format!("{variant} {name} store"));
+            assert_eq!(after.stdout, "", "{variant} {name}");
+            assert_freed_pointer_message(variant, "queue_push", &after.stderr);
+        }
+        // Report mode: the message once, then the access as in the original (with the poison,
+        // out of bounds).
+        let after = run_wasi(&report, &["store"]);
+        assert!(
+            after.outcome.is_trap("out of bounds memory access"),
+            "{variant} report: {after:?}"
+        );
+        assert_freed_pointer_message(variant, "queue_push", &after.stderr);
+        assert_eq!(after.stderr.matches(FREED_POINTER).count(), 1, "{variant}");
+
+        let before = run_wasi(&original, &["load"]);
+        assert_eq!(before.stdout, "load after free 7\n", "{variant}");
+        let after = run_wasi(&fixed, &["load"]);
+        assert!(
+            after.outcome.is_trap("out of bounds memory access"),
+            "{variant} load: {after:?}"
+        );
+        assert!(!after.stderr.contains("wasmfix"), "{variant}: {after:?}");
+        let after = run_wasi(&precise, &["load"]);
+        assert_trapped(&after, &format!("{variant} precise load"));
+        assert_freed_pointer_message(variant, "queue_peek", &after.stderr);
+
+        let before = run_wasi(&original, &["ok", "300"]);
+        assert_eq!(before.outcome, Outcome::Exit(0), "{variant}");
+        for (name, module) in [("stop", &fixed), ("precise", &precise), ("report", &report)] {
+            assert_eq!(run_wasi(module, &["ok", "300"]), before, "{variant} {name}");
+        }
+    }
+}
+
+/// Without a memory maximum the memory may grow into the poison range, and without the null
+/// page's end bounds checks nothing: the poison range is left unchecked, the report says why,
+/// and a use of the poison address keeps the engine's trap.
+#[test]
+fn the_poison_range_is_checked_only_below_a_memory_maximum() {
+    let options = wasmfix::passes::PassOptions {
+        harden: true,
+        ..Default::default()
+    };
+    let list: Vec<_> = wasmfix::passes::harden_pipeline()
+        .into_iter()
+        .map(|n| wasmfix::passes::find(n).unwrap())
+        .collect();
+    for (input, expected) in [
+        (
+            "uaf.O2.wasm",
+            "poison range not checked: memory 0 has no maximum",
+        ),
+        (
+            "uaf_field.O2.stripped.wasm",
+            "poison range not checked: the null page is not checked",
+        ),
+        (
+            "uaf_field.O2.wasm",
+            "branching checks of the null page cover freed blocks' poison [0xfe000000, 2^32) too",
+        ),
+    ] {
+        let out = wasmfix::pipeline::run(&fixture(input), &list, &options).unwrap();
+        let bounds = out.reports.iter().find(|r| r.pass == "bounds").unwrap();
+        assert!(
+            bounds.summary.contains(expected),
+            "{input}: {}",
+            bounds.summary
+        );
+    }
+    for (input, case) in [
+        ("uaf.O2.wasm", "struct"),
+        ("uaf_field.O2.stripped.wasm", "store"),
+    ] {
+        let fixed = harden(&fixture(input), false, wasmfix::diag::OnError::Stop);
+        let after = run_wasi(&fixed, &[case]);
+        assert!(
+            after.outcome.is_trap("out of bounds memory access")
+                && !after.stderr.contains("wasmfix"),
+            "{input}: {after:?}"
+        );
+    }
+}
