@@ -97,23 +97,31 @@
 //! (its applied record says `poisons`; or in the run that wrote the input), the null page is
 //! checked, and memory 0 declares a maximum of at most 0xfe000000 bytes (a memory without one
 //! may grow into that range), every *branching* check against a range from 0, `[0, hi)`,
-//! tests the wrapped range `[0xfe000000, 2^32) ∪ [0, hi)` instead: `(address) i32.const
-//! 0x02000000+off; i32.add; i32.const 0x02000000+hi; i32.lt_u` (adding 2^32 − 0xfe000000 maps
-//! the poison range to `[0, 32 MiB)` and the null page right above it), one constant and one
-//! add more per check. The handler tells the ranges apart: `wasmfix: use of a pointer from a
-//! freed block (address 0x…) in <function>`. Soundness: no access to `[0xfe000000, 2^32)` can
-//! succeed in such a memory, so the added addresses are exactly accesses that trapped out of
-//! bounds before; the check gives that trap a message and changes no other execution (an
-//! `address + off` past 4 GiB wraps in the 32-bit sum, and it traps either way, as above).
-//! What is not extended (the engine's out-of-bounds trap at the access, no message): rebased
-//! loads and `--bounds-compact` stores (`--bounds-precise` branches loads and so names them),
-//! accesses left unchecked (offset at or past `hi`, stack, constant addresses), and those a
-//! `Known` lower bound skips: that fact comes from an access through the same local that ran,
-//! which the poison address (plus less than 16 MiB) cannot do; a case missed loses a message,
-//! never stops a correct program. Report mode prints the message once, then the access
-//! traps as it did before. Without a maximum (wasm-ld's default: ruby.wasm, yosys) or without
-//! the null page (a stripped module without producers), the report says why the poison range
-//! is not checked.
+//! covers the addresses from there to 4 GiB too ([`HighCheck`]):
+//!
+//! - maximum at most 2 GiB (Emscripten's default, sqlite3.wasm): `[2^31, 2^32) ∪ [0, hi)`,
+//!   the same check with `i32.lt_s` instead of `i32.lt_u` (an address of 2^31 or more is
+//!   negative), not one byte or instruction more;
+//! - otherwise: `[0xfe000000, 2^32) ∪ [0, hi)`, `(address) i32.const 0x02000000+off; i32.add;
+//!   i32.const 0x02000000+hi; i32.lt_u` (adding 2^32 − 0xfe000000 maps the poison range to
+//!   `[0, 32 MiB)` and the null page right above it), an add and two longer constants.
+//!
+//! The handler tells the ranges apart: `wasmfix: use of a pointer from a freed block (address
+//! 0x…) in <function>` from 0xfe000000 up, `wasmfix: access beyond the memory's maximum at
+//! address 0x… in <function>` between 2^31 and there. Soundness: no access to the added
+//! addresses can succeed in such a memory: an access the wider check stops has its effective
+//! address in the added range, past 4 GiB, or (an `L + c` whose `i32.add` wrapped) in the
+//! null page itself. So the check gives a trap the input had a message, or stops a null-page
+//! access, and changes no other execution. What is not extended
+//! (the engine's out-of-bounds trap at the access, no message): rebased loads and
+//! `--bounds-compact` stores (`--bounds-precise` branches loads and so names them), accesses
+//! left unchecked (offset at or past `hi`, stack, constant addresses), and those a `Known`
+//! lower bound skips: that fact comes from an access through the same local that ran, which
+//! the poison address (plus less than 16 MiB) cannot do; a case missed loses a message, never
+//! stops a correct program. Report mode prints the message once, then the access traps as it
+//! did before. Without a maximum (wasm-ld's default: ruby.wasm, yosys, the C fixtures) or
+//! without the null page (ruby.wasm and yosys put the stack first; a stripped module without
+//! producers), the report says why the range is not checked.
 //!
 //! Report mode (`--harden-mode report`): no trap block; each check is `if (address in range)
 //! { report once }` and the access follows as in the original, so the program goes on exactly
@@ -185,7 +193,12 @@ impl Pass for Bounds {
         let poison = poison_checked(m, facts, cx.edits, null_end, read_only);
         let mut notes = Vec::new();
         match &poison {
-            Some(Ok(())) => notes.push(format!(
+            Some(Ok(HighCheck::Signed)) => notes.push(
+                "branching checks of the null page cover [2^31, 2^32) too (beyond the memory's \
+                 maximum; freed blocks' poison from 0xfe000000)"
+                    .into(),
+            ),
+            Some(Ok(HighCheck::Shifted)) => notes.push(format!(
                 "branching checks of the null page cover freed blocks' poison [0x{:x}, 2^32) too",
                 POISON_RANGE.0
             )),
@@ -201,7 +214,8 @@ impl Pass for Bounds {
         if null_end == 0 && read_only.is_none() {
             return Ok(nothing(format!("nothing to check ({})", notes.join("; "))));
         }
-        let ranges = Ranges::new(null_end as u32, read_only, poison == Some(Ok(())));
+        let high = poison.as_ref().and_then(|p| p.as_ref().ok()).copied();
+        let ranges = Ranges::new(null_end as u32, read_only, high);
         let sp = facts.stack_pointer.as_ref().ok().map(|s| s.value);
 
         let mode = cx.options.on_error;
@@ -385,7 +399,10 @@ impl Pass for Bounds {
                 "read_only": read_only,
                 "read_only_found_by": ro_how,
                 "poison_range": match &poison {
-                    Some(Ok(())) => serde_json::json!([POISON_RANGE.0, POISON_RANGE.1]),
+                    Some(Ok(HighCheck::Signed)) => serde_json::json!([1u64 << 31, POISON_RANGE.1]),
+                    Some(Ok(HighCheck::Shifted)) => {
+                        serde_json::json!([POISON_RANGE.0, POISON_RANGE.1])
+                    }
                     Some(Err(why)) => serde_json::json!(why),
                     None => serde_json::Value::Null,
                 },
@@ -405,7 +422,7 @@ fn poison_checked(
     edits: &crate::edit::Edits<'_>,
     null_end: u64,
     read_only: Option<(u32, u32)>,
-) -> Option<Result<(), String>> {
+) -> Option<Result<HighCheck, String>> {
     let poisons = |record: Option<&serde_json::Value>| {
         record
             .and_then(|r| r.get("poisons"))
@@ -423,7 +440,7 @@ fn poison_reachable(
     edits: &crate::edit::Edits<'_>,
     null_end: u64,
     read_only: Option<(u32, u32)>,
-) -> Result<(), String> {
+) -> Result<HighCheck, String> {
     if null_end == 0 {
         return Err("the null page is not checked".into());
     }
@@ -453,7 +470,10 @@ fn poison_reachable(
     if null_end >= low || read_only.is_some_and(|(_, hi)| hi as u64 >= low) {
         return Err("the checked ranges reach the poison range".into());
     }
-    Ok(())
+    Ok(match maximum <= 1 << 31 {
+        true => HighCheck::Signed,
+        false => HighCheck::Shifted,
+    })
 }
 
 /// `[low, high)` of the data segments named `.rodata…`, or why it is unknown.
@@ -578,8 +598,18 @@ struct Ranges {
     /// `[0, null_end)`; 0 for none.
     null_end: u32,
     read_only: Option<(u32, u32)>,
-    /// A branching check of a range from 0 covers [`POISON_RANGE`] too (see the header).
-    poison: bool,
+    /// A branching check of a range from 0 covers [`POISON_RANGE`] too, and how (see the
+    /// header).
+    high: Option<HighCheck>,
+}
+
+/// How a check against `[0, hi)` covers the addresses from [`POISON_RANGE`] up too.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum HighCheck {
+    /// Memory 0 never exceeds 2 GiB: `[2^31, 2^32) ∪ [0, hi)` with a signed comparison.
+    Signed,
+    /// Otherwise (at most 0xfe000000 bytes): `[0xfe000000, 2^32) ∪ [0, hi)`, shifted.
+    Shifted,
 }
 
 /// `2^32 - POISON_RANGE.0`: added to an address, it moves the poison range to `[0, 32 MiB)`
@@ -587,11 +617,11 @@ struct Ranges {
 const POISON_SPAN: u32 = (POISON_RANGE.1 - POISON_RANGE.0 as u64) as u32;
 
 impl Ranges {
-    fn new(null_end: u32, read_only: Option<(u32, u32)>, poison: bool) -> Ranges {
+    fn new(null_end: u32, read_only: Option<(u32, u32)>, high: Option<HighCheck>) -> Ranges {
         Ranges {
             null_end,
             read_only,
-            poison,
+            high,
         }
     }
 
@@ -617,24 +647,25 @@ impl Ranges {
         ]
     }
 
-    /// With an address on the stack, whether `address + offset` lies in `[0, hi)` (with
-    /// `poison`: or in [`POISON_RANGE`]), `offset < hi`: `i32.const hi-offset; i32.lt_u`, or
-    /// `i32.const SPAN+offset; i32.add; i32.const SPAN+hi; i32.lt_u` (SPAN = 2^32 - 0xfe000000;
-    /// the sum wraps exactly for the poison range, which lands below SPAN).
+    /// With an address on the stack, whether `address + offset` lies in `[0, hi)`, `offset <
+    /// hi`: `i32.const hi-offset; i32.lt_u`. With `high`, or above: [`HighCheck::Signed`]
+    /// `i32.lt_s` instead (an address of 2^31 or more is negative; adding `offset` moves it to
+    /// at least 2^31, past the memory, or past 4 GiB), [`HighCheck::Shifted`] `i32.const
+    /// SPAN+offset; i32.add; i32.const SPAN+hi; i32.lt_u` (SPAN = 2^32 - 0xfe000000: the sum
+    /// wraps exactly for the poison range, which lands below SPAN).
     fn in_low_range(&self, offset: u64, hi: u32) -> Vec<Instruction<'static>> {
         debug_assert!(offset < hi as u64);
-        if !self.poison {
-            return vec![
-                Instruction::I32Const((hi as u64 - offset) as i32),
+        let below = Instruction::I32Const((hi as u64 - offset) as i32);
+        match self.high {
+            None => vec![below, Instruction::I32LtU],
+            Some(HighCheck::Signed) => vec![below, Instruction::I32LtS],
+            Some(HighCheck::Shifted) => vec![
+                Instruction::I32Const((POISON_SPAN as u64 + offset) as u32 as i32),
+                Instruction::I32Add,
+                Instruction::I32Const(POISON_SPAN.wrapping_add(hi) as i32),
                 Instruction::I32LtU,
-            ];
+            ],
         }
-        vec![
-            Instruction::I32Const((POISON_SPAN as u64 + offset) as u32 as i32),
-            Instruction::I32Add,
-            Instruction::I32Const(POISON_SPAN.wrapping_add(hi) as i32),
-            Instruction::I32LtU,
-        ]
     }
 
     /// The ranges a load (`store` false) or store must avoid, as `[low, high)`; adjacent ones
@@ -671,47 +702,50 @@ fn handler(
         Instruction::I32Const(POISON_RANGE.0 as i32),
         Instruction::I32GeU,
     ];
-    if ranges.poison {
-        body.extend(in_poison.clone());
+    // (condition, text): the first that holds, else read-only data
+    let mut prefixes = Vec::new();
+    if ranges.high.is_some() {
+        prefixes.push((
+            in_poison.to_vec(),
+            "wasmfix: use of a pointer from a freed block (address ",
+        ));
+    }
+    if ranges.high == Some(HighCheck::Signed) {
+        prefixes.push((
+            vec![
+                Instruction::LocalGet(address),
+                Instruction::I32Const(0),
+                Instruction::I32LtS,
+            ],
+            "wasmfix: access beyond the memory's maximum at address ",
+        ));
+    }
+    prefixes.push((
+        vec![
+            Instruction::LocalGet(address),
+            Instruction::I32Const(ranges.null_end as i32),
+            Instruction::I32LtU,
+        ],
+        "wasmfix: null pointer dereference at address ",
+    ));
+    for (condition, text) in &prefixes {
+        body.extend(condition.iter().cloned());
         body.push(Instruction::If(BlockType::Empty));
-        body.extend(
-            Message::new()
-                .text(
-                    m,
-                    edits,
-                    "wasmfix: use of a pointer from a freed block (address ",
-                )
-                .instructions,
-        );
+        body.extend(Message::new().text(m, edits, text).instructions);
         body.push(Instruction::Else);
     }
-    body.extend([
-        Instruction::LocalGet(address),
-        Instruction::I32Const(ranges.null_end as i32),
-        Instruction::I32LtU,
-        Instruction::If(BlockType::Empty),
-    ]);
-    body.extend(
-        Message::new()
-            .text(m, edits, "wasmfix: null pointer dereference at address ")
-            .instructions,
-    );
-    body.push(Instruction::Else);
     body.extend(
         Message::new()
             .text(m, edits, "wasmfix: write to read-only data at address ")
             .instructions,
     );
-    body.push(Instruction::End);
-    if ranges.poison {
-        body.push(Instruction::End);
-    }
+    body.extend(prefixes.iter().map(|_| Instruction::End));
     body.extend(
         Message::new()
             .hex(m, edits, vec![Instruction::LocalGet(address)])
             .instructions,
     );
-    if ranges.poison {
+    if ranges.high.is_some() {
         body.extend(in_poison);
         body.push(Instruction::If(BlockType::Empty));
         body.extend(Message::new().text(m, edits, ")").instructions);

@@ -641,11 +641,12 @@ fn a_large_block_is_poisoned_at_its_start_and_its_end() {
     }
 }
 
-/// The builds of tests/fixtures/c/uaf_field.c (memory maximum 16 MiB) in which heap-canary
-/// finds the allocator and bounds the null page (the stripped build has no producers section,
-/// so bounds cannot establish where the statics start and checks nothing: see
-/// `the_poison_range_is_checked_only_below_a_memory_maximum`).
-const FIELD_VARIANTS: &[&str] = &["O0", "O2", "O2.wasmopt"];
+/// The builds of tests/fixtures/c/uaf_field.c in which heap-canary finds the allocator and
+/// bounds the null page: memory maximum 16 MiB (bounds' signed check), and 0xfe000000 bytes
+/// (`max4g`, the shifted check). The stripped build has no producers section, so bounds cannot
+/// establish where the statics start and checks nothing: see
+/// `the_poison_range_is_checked_only_below_a_memory_maximum`.
+const FIELD_VARIANTS: &[&str] = &["O0", "O2", "O2.wasmopt", "O2.max4g"];
 
 const FREED_POINTER: &str = "wasmfix: use of a pointer from a freed block (address 0x";
 
@@ -715,6 +716,29 @@ fn a_use_of_a_pointer_from_a_freed_block_stops_with_its_message() {
         assert_trapped(&after, &format!("{variant} precise load"));
         assert_freed_pointer_message(variant, "queue_peek", &after.stderr);
 
+        // A wild pointer past the memory (not from a freed block): named where the memory
+        // stays below 2 GiB (the signed check covers [2^31, 2^32)); the engine's trap otherwise.
+        let wild = ["wild", "0x90000000"];
+        let before = run_wasi(&original, &wild);
+        assert!(
+            before.outcome.is_trap("out of bounds memory access"),
+            "{variant}: {before:?}"
+        );
+        let after = run_wasi(&fixed, &wild);
+        if variant.ends_with("max4g") {
+            assert!(
+                after.outcome.is_trap("out of bounds memory access") && after.stderr.is_empty(),
+                "{variant} wild: {after:?}"
+            );
+        } else {
+            assert_trapped(&after, &format!("{variant} wild"));
+            assert_eq!(
+                after.stderr,
+                "wasmfix: access beyond the memory's maximum at address 0x90000008 in queue_push\n",
+                "{variant}"
+            );
+        }
+
         let before = run_wasi(&original, &["ok", "300"]);
         assert_eq!(before.outcome, Outcome::Exit(0), "{variant}");
         for (name, module) in [("stop", &fixed), ("precise", &precise), ("report", &report)] {
@@ -747,6 +771,10 @@ fn the_poison_range_is_checked_only_below_a_memory_maximum() {
         ),
         (
             "uaf_field.O2.wasm",
+            "branching checks of the null page cover [2^31, 2^32) too",
+        ),
+        (
+            "uaf_field.O2.max4g.wasm",
             "branching checks of the null page cover freed blocks' poison [0xfe000000, 2^32) too",
         ),
     ] {
