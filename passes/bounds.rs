@@ -470,7 +470,9 @@ fn poison_reachable(
     if null_end >= low || read_only.is_some_and(|(_, hi)| hi as u64 >= low) {
         return Err("the checked ranges reach the poison range".into());
     }
-    Ok(match maximum <= 1 << 31 {
+    // The signed form compares with `hi - off` as a positive i32.
+    let ends_below_2g = null_end < 1 << 31 && read_only.is_none_or(|(_, hi)| hi < 1 << 31);
+    Ok(match maximum <= 1 << 31 && ends_below_2g {
         true => HighCheck::Signed,
         false => HighCheck::Shifted,
     })
