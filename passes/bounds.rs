@@ -97,7 +97,23 @@
 //! (its applied record says `poisons`; or in the run that wrote the input), the null page is
 //! checked, and memory 0 declares a maximum of at most 0xfe000000 bytes (a memory without one
 //! may grow into that range), every *branching* check against a range from 0, `[0, hi)`,
-//! covers the addresses from there to 4 GiB too ([`HighCheck`]):
+//! covers the addresses from there to 4 GiB too ([`HighCheck`]).
+//!
+//! **The cap.** When heap-canary poisons in *this* run and bounds applies, a defined memory 0
+//! without a maximum, or with one above 0xfe000000 bytes, gets the maximum 0xfe00 pages
+//! (4064 MiB; `Edits::set_memory_type`), and the checks above cover the poison range. The
+//! hardened program already pays bounded memory for safety (the quarantine holds freed
+//! blocks, headers and redzones grow every block), and `memory.grow` may fail at any time by
+//! the specification (a correct C program handles `malloc` returning NULL). The cap takes the
+//! top 32 MiB of the 4 GiB address space, less than a quarantine of a program that size would
+//! hold; only a program that needs more than 4064 MiB sees it, and its allocation fails as it
+//! would a little later at 4 GiB. Not capped: an imported memory (a maximum would change the
+//! import's type and could fail to link; the report says why the range is then unchecked), a
+//! memory whose minimum already reaches the range, and any run without heap-canary poisoning
+//! in it (`--passes bounds` alone never changes limits, also on a module an earlier run
+//! poisoned). The report says "memory 0 capped at 4064 MiB so that freed-block poison can
+//! never be a valid address".
+//!
 //!
 //! - maximum at most 2 GiB (Emscripten's default, sqlite3.wasm): `[2^31, 2^32) ∪ [0, hi)`,
 //!   the same check with `i32.lt_s` instead of `i32.lt_u` (an address of 2^31 or more is
@@ -119,9 +135,9 @@
 //! lower bound skips: that fact comes from an access through the same local that ran, which
 //! the poison address (plus less than 16 MiB) cannot do; a case missed loses a message, never
 //! stops a correct program. Report mode prints the message once, then the access traps as it
-//! did before. Without a maximum (wasm-ld's default: ruby.wasm, yosys, the C fixtures) or
-//! without the null page (ruby.wasm and yosys put the stack first; a stripped module without
-//! producers), the report says why the range is not checked.
+//! did before. Without the cap (above) or without the null page (ruby.wasm and yosys put the
+//! stack first; a stripped module without producers), the report says why the range is not
+//! checked.
 //!
 //! Report mode (`--harden-mode report`): no trap block; each check is `if (address in range)
 //! { report once }` and the access follows as in the original, so the program goes on exactly
@@ -146,6 +162,10 @@ use wasm_encoder::{BlockType, Instruction, MemArg, ValType};
 use wasmparser::Operator as O;
 
 pub struct Bounds;
+
+/// The report's note when memory 0 gets the cap (docs/harden.md says the same).
+const CAPPED: &str = "memory 0 capped at 4064 MiB so that freed-block poison can never be a \
+                      valid address";
 
 impl Pass for Bounds {
     fn name(&self) -> &'static str {
@@ -192,7 +212,10 @@ impl Pass for Bounds {
         });
         let poison = poison_checked(m, facts, cx.edits, null_end, read_only);
         let mut notes = Vec::new();
-        match &poison {
+        if let Some(Ok(PoisonCheck { cap: Some(_), .. })) = &poison {
+            notes.push(CAPPED.into());
+        }
+        match poison.as_ref().map(|p| p.as_ref().map(|p| p.form)) {
             Some(Ok(HighCheck::Signed)) => notes.push(
                 "branching checks of the null page cover [2^31, 2^32) too (beyond the memory's \
                  maximum; freed blocks' poison from 0xfe000000)"
@@ -214,7 +237,10 @@ impl Pass for Bounds {
         if null_end == 0 && read_only.is_none() {
             return Ok(nothing(format!("nothing to check ({})", notes.join("; "))));
         }
-        let high = poison.as_ref().and_then(|p| p.as_ref().ok()).copied();
+        let high = poison
+            .as_ref()
+            .and_then(|p| p.as_ref().ok())
+            .map(|p| p.form);
         let ranges = Ranges::new(null_end as u32, read_only, high);
         let sp = facts.stack_pointer.as_ref().ok().map(|s| s.value);
 
@@ -344,6 +370,14 @@ impl Pass for Bounds {
                 format!("; report mode; {n} functions allowed (--harden-allow)")
             }
         };
+        // The cap goes with the checks that rely on it: only a run that applies them sets it.
+        let cap = poison
+            .as_ref()
+            .and_then(|p| p.as_ref().ok())
+            .and_then(|p| p.cap);
+        if let Some(ty) = cap {
+            edits.set_memory_type(0, ty);
+        }
         edits.record_applied(
             "bounds",
             serde_json::json!({ "null": [0, null_end], "read_only": read_only }),
@@ -398,7 +432,8 @@ impl Pass for Bounds {
                 "null_page_found_by": null_how,
                 "read_only": read_only,
                 "read_only_found_by": ro_how,
-                "poison_range": match &poison {
+                "memory_capped_pages": cap.map(|t| t.maximum),
+                "poison_range": match poison.as_ref().map(|p| p.as_ref().map(|p| p.form)) {
                     Some(Ok(HighCheck::Signed)) => serde_json::json!([1u64 << 31, POISON_RANGE.1]),
                     Some(Ok(HighCheck::Shifted)) => {
                         serde_json::json!([POISON_RANGE.0, POISON_RANGE.1])
@@ -411,28 +446,38 @@ impl Pass for Bounds {
     }
 }
 
+/// How the checks against the null page cover [`POISON_RANGE`]: the form, and the limits
+/// memory 0 gets so that no access there can succeed (`Some` when this run caps it).
+#[derive(Clone, Copy)]
+struct PoisonCheck {
+    form: HighCheck,
+    cap: Option<wasm_encoder::MemoryType>,
+}
+
 /// Whether the checks against the null page cover [`POISON_RANGE`] too (`Ok`), or why not;
 /// `None` when heap-canary poisons no freed block (in this run, or in the run that wrote the
 /// input). They do when the null page is checked and memory 0 can never reach the poison
 /// range, so that every access there traps anyway and the check only gives that trap its
-/// message.
+/// message; when heap-canary poisons in this run, a defined memory 0 that could reach it is
+/// capped below it first (see the header).
 fn poison_checked(
     m: &Module<'_>,
     facts: &Facts,
     edits: &crate::edit::Edits<'_>,
     null_end: u64,
     read_only: Option<(u32, u32)>,
-) -> Option<Result<HighCheck, String>> {
+) -> Option<Result<PoisonCheck, String>> {
     let poisons = |record: Option<&serde_json::Value>| {
         record
             .and_then(|r| r.get("poisons"))
             .and_then(|p| p.as_bool())
             == Some(true)
     };
-    if !poisons(edits.applied.get("heap-canary")) && !poisons(facts.applied.get("heap-canary")) {
+    let poisons_now = poisons(edits.applied.get("heap-canary"));
+    if !poisons_now && !poisons(facts.applied.get("heap-canary")) {
         return None;
     }
-    Some(poison_reachable(m, edits, null_end, read_only))
+    Some(poison_reachable(m, edits, null_end, read_only, poisons_now))
 }
 
 fn poison_reachable(
@@ -440,42 +485,64 @@ fn poison_reachable(
     edits: &crate::edit::Edits<'_>,
     null_end: u64,
     read_only: Option<(u32, u32)>,
-) -> Result<HighCheck, String> {
+    may_cap: bool,
+) -> Result<PoisonCheck, String> {
     if null_end == 0 {
         return Err("the null page is not checked".into());
     }
     let Some(memory) = m.memories.first() else {
         return Err("no memory".into());
     };
-    let page = 1u64 << memory.page_size_log2.unwrap_or(16);
-    // an earlier pass of this run may have changed the limits
-    let maximum = match edits.memory_types.get(&0) {
-        Some(t) => t.maximum,
-        None => memory.maximum,
-    };
-    let Some(maximum) = maximum.map(|pages| pages.saturating_mul(page)) else {
-        return Err(format!(
-            "memory 0 has no maximum: it may grow into [0x{:x}, 2^32)",
-            POISON_RANGE.0
-        ));
-    };
     let low = POISON_RANGE.0 as u64;
-    if maximum > low {
-        return Err(format!(
-            "memory 0 may grow to {maximum} bytes, into [0x{low:x}, 2^32)"
-        ));
-    }
     // Ranges from 0 end inside the memory, below the poison range; checked anyway, since
     // `in_low_range` adds the span to their end.
     if null_end >= low || read_only.is_some_and(|(_, hi)| hi as u64 >= low) {
         return Err("the checked ranges reach the poison range".into());
     }
+    let page = 1u64 << memory.page_size_log2.unwrap_or(16);
+    // an earlier pass of this run may have changed the limits
+    let limits = match edits.memory_types.get(&0) {
+        Some(t) => *t,
+        None => RoundtripReencoder
+            .memory_type(*memory)
+            .map_err(|e| format!("memory 0: {e}"))?,
+    };
+    let reaches = match limits.maximum.map(|pages| pages.saturating_mul(page)) {
+        Some(maximum) if maximum <= low => None,
+        Some(maximum) => Some(format!(
+            "memory 0 may grow to {maximum} bytes, into [0x{low:x}, 2^32)"
+        )),
+        None => Some(format!(
+            "memory 0 has no maximum: it may grow into [0x{low:x}, 2^32)"
+        )),
+    };
+    let cap = match reaches {
+        None => None,
+        Some(why) if !may_cap => return Err(why),
+        Some(why) if m.imported_memories > 0 => {
+            return Err(format!(
+                "{why}, and it is imported (a maximum would change the import's type)"
+            ));
+        }
+        Some(why) if limits.minimum.saturating_mul(page) > low => {
+            return Err(format!("{why}, and it starts there"));
+        }
+        Some(_) => Some(wasm_encoder::MemoryType {
+            maximum: Some(low / page),
+            ..limits
+        }),
+    };
+    let maximum = cap
+        .or(Some(limits))
+        .and_then(|t| t.maximum)
+        .map_or(u64::MAX, |pages| pages.saturating_mul(page));
     // The signed form compares with `hi - off` as a positive i32.
     let ends_below_2g = null_end < 1 << 31 && read_only.is_none_or(|(_, hi)| hi < 1 << 31);
-    Ok(match maximum <= 1 << 31 && ends_below_2g {
+    let form = match maximum <= 1 << 31 && ends_below_2g {
         true => HighCheck::Signed,
         false => HighCheck::Shifted,
-    })
+    };
+    Ok(PoisonCheck { form, cap })
 }
 
 /// `[low, high)` of the data segments named `.rodata…`, or why it is unknown.

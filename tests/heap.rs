@@ -645,7 +645,7 @@ fn a_large_block_is_poisoned_at_its_start_and_its_end() {
 /// bounds the null page: memory maximum 16 MiB (bounds' signed check), and 0xfe000000 bytes
 /// (`max4g`, the shifted check). The stripped build has no producers section, so bounds cannot
 /// establish where the statics start and checks nothing: see
-/// `the_poison_range_is_checked_only_below_a_memory_maximum`.
+/// `the_report_says_how_the_poison_range_is_checked`.
 const FIELD_VARIANTS: &[&str] = &["O0", "O2", "O2.wasmopt", "O2.max4g"];
 
 const FREED_POINTER: &str = "wasmfix: use of a pointer from a freed block (address 0x";
@@ -747,11 +747,12 @@ fn a_use_of_a_pointer_from_a_freed_block_stops_with_its_message() {
     }
 }
 
-/// Without a memory maximum the memory may grow into the poison range, and without the null
-/// page's end bounds checks nothing: the poison range is left unchecked, the report says why,
-/// and a use of the poison address keeps the engine's trap.
+/// How the report says the poison range is checked: a memory without a maximum (uaf.O2) is
+/// capped below it; without the null page's end bounds checks nothing, the poison range is
+/// left unchecked, the report says why, and a use of the poison address keeps the engine's
+/// trap.
 #[test]
-fn the_poison_range_is_checked_only_below_a_memory_maximum() {
+fn the_report_says_how_the_poison_range_is_checked() {
     let options = wasmfix::passes::PassOptions {
         harden: true,
         ..Default::default()
@@ -763,10 +764,16 @@ fn the_poison_range_is_checked_only_below_a_memory_maximum() {
     for (input, expected) in [
         (
             "uaf.O2.wasm",
-            "poison range not checked: memory 0 has no maximum",
+            "memory 0 capped at 4064 MiB so that freed-block poison can never be a valid \
+             address; branching checks of the null page cover freed blocks' poison \
+             [0xfe000000, 2^32) too",
         ),
         (
             "uaf_field.O2.stripped.wasm",
+            "poison range not checked: the null page is not checked",
+        ),
+        (
+            "uaf_field.nomax.O2.stripped.wasm",
             "poison range not checked: the null page is not checked",
         ),
         (
@@ -785,17 +792,241 @@ fn the_poison_range_is_checked_only_below_a_memory_maximum() {
             "{input}: {}",
             bounds.summary
         );
+        assert_eq!(
+            bounds.summary.contains("capped"),
+            input == "uaf.O2.wasm",
+            "{input}"
+        );
     }
-    for (input, case) in [
-        ("uaf.O2.wasm", "struct"),
-        ("uaf_field.O2.stripped.wasm", "store"),
+    for input in [
+        "uaf_field.O2.stripped.wasm",
+        "uaf_field.nomax.O2.stripped.wasm",
     ] {
         let fixed = harden(&fixture(input), false, wasmfix::diag::OnError::Stop);
-        let after = run_wasi(&fixed, &[case]);
+        let after = run_wasi(&fixed, &["store"]);
         assert!(
             after.outcome.is_trap("out of bounds memory access")
                 && !after.stderr.contains("wasmfix"),
             "{input}: {after:?}"
+        );
+        assert_eq!(
+            memory_imports_exports(&fixed).0[0].maximum,
+            memory_imports_exports(&fixture(input)).0[0].maximum,
+            "{input}"
+        );
+    }
+    let fixed = harden(&fixture("uaf.O2.wasm"), false, wasmfix::diag::OnError::Stop);
+    let after = run_wasi(&fixed, &["struct"]);
+    // session_log's use of the freed pointer is not a branching check (the engine's trap at
+    // the access, as before the cap).
+    assert_trapped(&after, "uaf.O2 struct");
+}
+
+/// The builds of uaf_field.c without a memory maximum (wasm-ld's default) in which bounds
+/// finds the null page. `nomax.O2.stripped` has no producers section: bounds checks no null
+/// page there, so nothing is capped (see `the_report_says_how_the_poison_range_is_checked`).
+const NOMAX_VARIANTS: &[&str] = &["nomax.O0", "nomax.O2", "nomax.O2.wasmopt"];
+
+/// The cap bounds gives memory 0 under --harden: 4 GiB - 32 MiB in 64 KiB pages.
+const CAP_PAGES: u64 = 0xfe00;
+
+/// Memory 0's type, the imports and the exports of `bytes`, as wasmparser reads them.
+fn memory_imports_exports(bytes: &[u8]) -> (Vec<wasmparser::MemoryType>, Vec<String>, Vec<String>) {
+    use wasmparser::Payload;
+    let (mut memories, mut imports, mut exports) = (Vec::new(), Vec::new(), Vec::new());
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.unwrap() {
+            Payload::MemorySection(r) => memories.extend(r.into_iter().map(Result::unwrap)),
+            Payload::ImportSection(r) => {
+                for import in r.into_imports() {
+                    let import = import.unwrap();
+                    if let wasmparser::TypeRef::Memory(ty) = import.ty {
+                        memories.push(ty);
+                    }
+                    imports.push(format!("{import:?}"));
+                }
+            }
+            Payload::ExportSection(r) => {
+                exports.extend(r.into_iter().map(|e| format!("{:?}", e.unwrap())))
+            }
+            _ => {}
+        }
+    }
+    (memories, imports, exports)
+}
+
+/// Whether `program --version` runs (CI installs node and pywasm3; with
+/// `WASMFIX_REQUIRE_TOOLS` set a missing one fails the test).
+fn tool_available(program: &str, args: &[&str]) -> bool {
+    let found = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("WASMFIX_REQUIRE_TOOLS").is_none(),
+            "{program} is not available (WASMFIX_REQUIRE_TOOLS is set)"
+        );
+        eprintln!("{program} is not available: its runs are skipped");
+    }
+    found
+}
+
+/// (exit status, stdout, stderr) of the WASI command `wasm` run by `program driver`: node
+/// (V8) through scripts/run-wasi.mjs, wasm3 through tests/wasm3_run.py (134 after a trap).
+fn run_other_engine(
+    program: &str,
+    driver: &str,
+    wasm: &[u8],
+    args: &[&str],
+) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.wasm");
+    std::fs::write(&path, wasm).unwrap();
+    let mut command = std::process::Command::new(program);
+    if program == "node" {
+        command.args(["--no-warnings", "--experimental-wasi-unstable-preview1"]);
+    }
+    let out = command
+        .arg(common::repo().join(driver))
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn harden_without_bounds(input: &[u8]) -> Vec<u8> {
+    let options = wasmfix::passes::PassOptions {
+        harden: true,
+        ..Default::default()
+    };
+    let list: Vec<_> = wasmfix::passes::harden_pipeline()
+        .into_iter()
+        .filter(|&n| n != "bounds")
+        .map(|n| wasmfix::passes::find(n).unwrap())
+        .collect();
+    wasmfix::pipeline::run(input, &list, &options)
+        .unwrap_or_else(|f| panic!("harden without bounds: {f}"))
+        .bytes
+}
+
+/// Without a maximum, --harden (heap-canary poisons in the run) gives a defined memory 0 the
+/// maximum 0xfe00 pages, below the poison range, and bounds then names the use of a pointer
+/// read from a freed block, in wasmtime, node (V8) and wasm3. Nothing else in the memory,
+/// import and export sections changes, and the correct case prints the same.
+#[test]
+fn without_a_maximum_harden_caps_memory_0_and_names_the_freed_pointer() {
+    use wasmfix::diag::OnError;
+    let node = tool_available("node", &["--version"]);
+    let wasm3 = tool_available("python3", &["-c", "import wasm3"]);
+    for variant in NOMAX_VARIANTS {
+        let original = fixture(&format!("uaf_field.{variant}.wasm"));
+        let fixed = harden(&original, false, OnError::Stop);
+
+        assert_eq!(
+            memory_imports_exports(&original).0[0].maximum,
+            None,
+            "{variant}"
+        );
+        // --harden without bounds (adapter-memory raises the minimum and exports its
+        // allocator): bounds adds the maximum and changes nothing else there.
+        let (memories, imports, exports) =
+            memory_imports_exports(&harden_without_bounds(&original));
+        assert_eq!(memories.len(), 1, "{variant}");
+        assert_eq!(memories[0].maximum, None, "{variant}");
+        let capped = wasmparser::MemoryType {
+            maximum: Some(CAP_PAGES),
+            ..memories[0]
+        };
+        assert_eq!(
+            memory_imports_exports(&fixed),
+            (vec![capped], imports, exports),
+            "{variant}"
+        );
+
+        let before = run_wasi(&original, &["store"]);
+        assert_eq!(before.stdout, "store after free 1\n", "{variant}");
+        let after = run_wasi(&fixed, &["store"]);
+        assert_trapped(&after, &format!("{variant} store"));
+        assert_eq!(after.stdout, "", "{variant}");
+        assert_freed_pointer_message(variant, "queue_push", &after.stderr);
+        let expected = format!("{FREED_POINTER}fefeff06) in queue_push\n");
+        if node {
+            let (status, stdout, stderr) =
+                run_other_engine("node", "scripts/run-wasi.mjs", &fixed, &["store"]);
+            assert_eq!((status, stdout.as_str()), (134, ""), "{variant} node");
+            assert!(stderr.starts_with(&expected), "{variant} node: {stderr}");
+        }
+        if wasm3 {
+            let (status, stdout, stderr) =
+                run_other_engine("python3", "tests/wasm3_run.py", &fixed, &["store"]);
+            assert_eq!((status, stdout.as_str()), (134, ""), "{variant} wasm3");
+            assert!(stderr.starts_with(&expected), "{variant} wasm3: {stderr}");
+        }
+
+        let before = run_wasi(&original, &["ok", "300"]);
+        assert_eq!(before.outcome, Outcome::Exit(0), "{variant}");
+        assert_eq!(run_wasi(&fixed, &["ok", "300"]), before, "{variant} ok");
+    }
+}
+
+/// An imported memory keeps its type (a maximum would change the import and could fail to
+/// link): the poison range stays unchecked and the report says why.
+#[test]
+fn an_imported_memory_keeps_its_type_and_the_report_says_why() {
+    let input = fixture("uaf_field.import.O2.wasm");
+    let options = wasmfix::passes::PassOptions {
+        harden: true,
+        ..Default::default()
+    };
+    let list: Vec<_> = wasmfix::passes::harden_pipeline()
+        .into_iter()
+        .map(|n| wasmfix::passes::find(n).unwrap())
+        .collect();
+    let out = wasmfix::pipeline::run(&input, &list, &options).unwrap();
+    assert_eq!(
+        memory_imports_exports(&out.bytes),
+        memory_imports_exports(&input)
+    );
+    let bounds = out.reports.iter().find(|r| r.pass == "bounds").unwrap();
+    assert!(
+        bounds.summary.contains(
+            "poison range not checked: memory 0 has no maximum: it may grow into \
+             [0xfe000000, 2^32), and it is imported (a maximum would change the import's type)"
+        ),
+        "{}",
+        bounds.summary
+    );
+}
+
+/// The cap belongs to --harden's freed-pointer check: `--passes bounds` without heap-canary
+/// in the run leaves the limits as they are, also on a module an earlier run poisoned.
+#[test]
+fn bounds_without_heap_canary_never_changes_the_memory_limits() {
+    let input = fixture("uaf_field.nomax.O2.wasm");
+    let poisoned = rewrite(&input, "heap-canary", HeapOptions::default());
+    for (what, module) in [("input", &input), ("heap-canary output", &poisoned)] {
+        let out = wasmfix::pipeline::run(
+            module,
+            &common::passes("bounds"),
+            &wasmfix::passes::PassOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            memory_imports_exports(&out.bytes).0,
+            memory_imports_exports(module).0,
+            "{what}"
+        );
+        let bounds = out.reports.iter().find(|r| r.pass == "bounds").unwrap();
+        assert!(
+            !bounds.summary.contains("capped"),
+            "{what}: {}",
+            bounds.summary
         );
     }
 }
