@@ -109,9 +109,13 @@ def main():
                     help="loop iterations for the fpcast mixed fixture (default: calibrated to ~0.4 s)")
     ap.add_argument("--fpcast-runs", type=int, default=7, help="interleaved timed runs of each fpcast loop (default 7)")
     ap.add_argument("--pyodide-rounds", type=int, default=5,
-                    help="interleaved rounds of the Pyodide workload, one node process per variant each (default 5)")
-    ap.add_argument("--pyodide-evals", type=int, default=5,
-                    help="timed calls of the Pyodide workload per node process (default 5)")
+                    help="rounds of the Pyodide workload: one node process each, every variant an instance in it (default 5)")
+    ap.add_argument("--pyodide-evals", type=int, default=40,
+                    help="timed calls of the Pyodide workload per variant and round, alternating between the variants (default 40)")
+    ap.add_argument("--pyodide-warmup", type=int, default=3,
+                    help="untimed calls of the Pyodide workload per instance before the timed ones (default 3)")
+    ap.add_argument("--pyodide-metric", choices=["wall", "cpu"], default="wall",
+                    help="what the Pyodide checks judge: wall-clock eval time (default) or the process's CPU time per call")
     ap.add_argument("--stack-n", type=int, default=None,
                     help="iterations of the stack fixture's calls loop (default: calibrated to ~0.4 s)")
     ap.add_argument("--stack-runs", type=int, default=7, help="interleaved timed runs of the stack calls loop (default 7)")
@@ -170,8 +174,9 @@ def main():
             shutil.rmtree(work, ignore_errors=True)
 
     failed = [c for c in ctx.checks if c["ok"] is not True]
-    print("\nchecks: %d, failed: %d%s" % (len(ctx.checks), len(failed),
-                                          "".join("\n  FAIL %s: %s" % (c["section"], c["what"]) for c in failed)))
+    print("\nchecks: %d, not passed: %d%s" % (len(ctx.checks), len(failed),
+                                          "".join("\n  %s %s: %s" % ("UNDECIDED" if c["ok"] == "undecided" else "FAIL", c["section"], c["what"])
+                                                  for c in failed)))
     if args.json:
         write_json(args.json, report, ctx)
     return 1 if (args.strict and failed) else 0
