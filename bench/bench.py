@@ -19,8 +19,12 @@ Tools
 Timing (bench/benchlib/rounds.py, used by every section): before a timing-sensitive part, print the
 load average and wait (up to --max-load-wait s) for it to drop below 1.5 or for the run queue to stay
 empty for 15 s; run the variants interleaved (v0, v1, ..., v0, v1, ...) for N rounds; report medians,
-ratios of medians (what the checks use), per-round ratios and min/min. Commands run under a small
-launcher that reports their own peak RSS (bench/benchlib/context.py says why; its floor is printed).
+ratios of medians (what the checks use), per-round ratios and min/min. Where each call of a variant
+ran beside a call of the original (the pyodide section: every variant in one process, calls
+alternating), Rounds.paired_ratio gives the median of the paired ratios and its 95% bootstrap
+interval, and Checks.add(..., interval=) decides from the interval: PASS, FAIL, or UNDECIDED when
+the limit lies inside it. Commands run under a small launcher that reports their own peak RSS
+(bench/benchlib/context.py says why; its floor is printed).
 
 Layout
   bench/bench.py           this entry point: options, header, the sections in order, the checks summary
@@ -45,7 +49,7 @@ checks.print(title). Build runnable wasm-opt variants with --detect-features, no
 binaryen 132 with --all-features writes imports in the compact-imports encoding, which wasmtime rejects
 ("invalid leading byte 0x7F with compact imports proposal disabled").
 
-Exit status: 0, or 1 with --strict when a check FAILs, 2 when a tool or the corpus is missing/broken.
+Exit status: 0, or 1 with --strict when a check FAILs or is UNDECIDED, 2 when a tool or the corpus is missing/broken.
 """
 import argparse
 import json
