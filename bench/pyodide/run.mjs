@@ -12,12 +12,13 @@
 // for the package's own pyodide.asm.wasm.
 //
 // Why one process and alternating calls: a call's time moves by up to 1.7x from call to call and
-// from process to process while the work is identical (the process waits for a core, or shares
-// one with other processes), so calls of different modules are only comparable when they run
+// from process to process while the work is identical (its CPU time too: not only waiting for a
+// core; see docs/benchmarks.md), so calls of different modules are only comparable when they run
 // next to each other. After loading every instance and W warm-up calls each (V8 compiles the hot
 // functions again in the background during the first call; that must not be charged to another
-// instance's timed call), each cycle calls every instance once, in a new random order. Before each call, outside the timed region, Python's cyclic GC runs
-// (gc.collect()), so every call starts from the same collector state whatever ran before it.
+// instance's timed call), each cycle calls every instance once, in a new random order. Before
+// each call, outside the timed region, Python's cyclic GC runs (gc.collect()), so every call
+// starts from the same collector state whatever ran before it.
 // Every instance gets the same PYTHONHASHSEED (default 0) through loadPyodide's env option: with
 // a random seed per instance, dict and set layouts (and so their costs) would differ per module.
 // cpu_s is the process's CPU time (user + system, every thread) during each call: it does not
