@@ -70,7 +70,6 @@ def run(ctx):
     src = os.path.join(pkg, "pyodide.asm.wasm")
     if not os.path.exists(src):
         raise ToolError("Pyodide is not in the corpus cache (%s): run ../shared/corpus/fetch.sh" % pkg)
-    runner = os.path.join(REPO, "bench", "pyodide", "run.mjs")
     node = os.environ.get("WASMFIX_BENCH_NODE", "node")
     size = os.path.getsize(src)
     paths, rewrites = {}, {}
@@ -85,32 +84,8 @@ def run(ctx):
         paths[label], rewrites[label] = out, m
 
     keys = [label for label, _ in VARIANTS]
-    res = {"eval": Rounds(keys), "cpu": Rounds(keys)}
-    outputs = {k: set() for k in keys}
-    hashes = set()
-    load = wait_for_quiet(ctx, "pyodide workload")
-    res["eval"].load = res["cpu"].load = load
-    rounds, calls, warmup = ctx.args.pyodide_rounds, ctx.args.pyodide_evals, ctx.args.pyodide_warmup
-    for r in range(rounds):
-        # One node process per round, every variant an instance in it; the order in which they are
-        # loaded turns each round, so no variant is always loaded first.
-        order = keys[r % len(keys):] + keys[:r % len(keys)]
-        log("pyodide: round %d/%d: %s, %d warm-up + %d timed calls each" % (r + 1, rounds, ", ".join(order), warmup, calls))
-        p = subprocess.run([node, runner, pkg] + [paths[k] for k in order]
-                           + ["--calls", str(calls), "--warmup", str(warmup), "--seed", str(HASH_SEED),
-                              "--order-seed", str(r + 1)],
-                           capture_output=True, text=True, timeout=ctx.args.timeout)
-        lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-        if p.returncode != 0 or not lines:
-            raise ToolError("run.mjs failed in round %d (exit %d): %s" % (r + 1, p.returncode, (p.stderr or p.stdout)[-600:]))
-        got = json.loads(lines[-1])["variants"]
-        for k, v in zip(order, got):
-            outputs[k].add(v["output"])
-            hashes.add(v["hash"])
-            res["eval"].add(k, v["eval_s"])
-            res["cpu"].add(k, v["cpu_s"])
-        for k, v in zip(order, got):
-            log("pyodide:   %-22s eval %s" % (k, " ".join("%.3f" % t for t in v["eval_s"])))
+    res, outputs, hashes, load = paired_rounds(ctx, pkg, paths, keys, "pyodide")
+    rounds, calls = ctx.args.pyodide_rounds, ctx.args.pyodide_evals
     want = outputs["original"]
     same = {k: len(want) == 1 and outputs[k] == want for k in keys}
 
@@ -159,3 +134,40 @@ def run(ctx):
     checks.print("pyodide: acceptance thresholds (issue 13)")
     fig["thresholds"] = checks.to_json()
     return fig
+
+
+def paired_rounds(ctx, pkg, paths, keys, label):
+    """The method of this module's docstring, for any set of variants (`paths`: key -> module; keys[0]
+    is the one the others are paired with): --pyodide-rounds node processes, each loading every
+    variant as an instance and calling them in a new shuffled order each cycle. Also used by the
+    harden section. Returns ({"eval": Rounds, "cpu": Rounds}, outputs per key, the hash("a") values
+    seen, the load before the runs)."""
+    runner = os.path.join(REPO, "bench", "pyodide", "run.mjs")
+    node = os.environ.get("WASMFIX_BENCH_NODE", "node")
+    res = {"eval": Rounds(keys), "cpu": Rounds(keys)}
+    outputs = {k: set() for k in keys}
+    hashes = set()
+    load = wait_for_quiet(ctx, "%s workload" % label)
+    res["eval"].load = res["cpu"].load = load
+    rounds, calls, warmup = ctx.args.pyodide_rounds, ctx.args.pyodide_evals, ctx.args.pyodide_warmup
+    for r in range(rounds):
+        # One node process per round, every variant an instance in it; the order in which they are
+        # loaded turns each round, so no variant is always loaded first.
+        order = keys[r % len(keys):] + keys[:r % len(keys)]
+        log("%s: round %d/%d: %s, %d warm-up + %d timed calls each" % (label, r + 1, rounds, ", ".join(order), warmup, calls))
+        p = subprocess.run([node, runner, pkg] + [paths[k] for k in order]
+                           + ["--calls", str(calls), "--warmup", str(warmup), "--seed", str(HASH_SEED),
+                              "--order-seed", str(r + 1)],
+                           capture_output=True, text=True, timeout=ctx.args.timeout)
+        lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+        if p.returncode != 0 or not lines:
+            raise ToolError("run.mjs failed in round %d (exit %d): %s" % (r + 1, p.returncode, (p.stderr or p.stdout)[-600:]))
+        got = json.loads(lines[-1])["variants"]
+        for k, v in zip(order, got):
+            outputs[k].add(v["output"])
+            hashes.add(v["hash"])
+            res["eval"].add(k, v["eval_s"])
+            res["cpu"].add(k, v["cpu_s"])
+        for k, v in zip(order, got):
+            log("%s:   %-22s eval %s" % (label, k, " ".join("%.3f" % t for t in v["eval_s"])))
+    return res, outputs, hashes, load
