@@ -865,9 +865,13 @@ fn tool_available(program: &str, args: &[&str]) -> bool {
     if !found {
         assert!(
             std::env::var_os("WASMFIX_REQUIRE_TOOLS").is_none(),
-            "{program} is not available (WASMFIX_REQUIRE_TOOLS is set)"
+            "`{program} {}` fails (WASMFIX_REQUIRE_TOOLS is set)",
+            args.join(" ")
         );
-        eprintln!("{program} is not available: its runs are skipped");
+        eprintln!(
+            "`{program} {}` fails: those runs are skipped",
+            args.join(" ")
+        );
     }
     found
 }
