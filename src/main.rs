@@ -925,9 +925,9 @@ impl Staged {
             target: target.clone(),
             committed: false,
         };
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        // Unbuffered: the module is written a few large vectored writes at a time.
+        let mut f = std::fs::File::create(&tmp)?;
         contents(&mut f)?;
-        let f = f.into_inner().map_err(|e| e.into_error())?;
         if let Ok(meta) = std::fs::metadata(&target) {
             f.set_permissions(meta.permissions())?;
         }
