@@ -1,4 +1,9 @@
 //! One run: read, validate, establish facts, run the passes, emit, validate the result.
+//!
+//! [`rewrite_staged`] validates the result on another thread while its caller writes it out
+//! (the CLI's staged file). The output's bytes are the same either way: they are complete
+//! before either thread starts, and both only read them; the threads decide only whether the
+//! caller may publish what it wrote, which it may only after the validation succeeded.
 
 use crate::edit::Edits;
 use crate::facts::Facts;
@@ -99,8 +104,20 @@ pub fn read(input: &[u8]) -> Result<Module<'_>, Failure> {
 
 /// Reads and validates `input` and establishes its facts (the code facts on the way).
 pub fn load(input: &[u8]) -> Result<(Module<'_>, Facts), Failure> {
-    let module = Module::parse(input).map_err(Failure::BadInput)?;
-    let code = validate::validate_input(&module).map_err(|e| invalid(input, e))?;
+    // The model's parse and the validation of the sections are each one pass over the module
+    // on one core: they run side by side, then the bodies are validated on every core. A
+    // parse error comes first, as when they ran one after the other.
+    let (module, sections) = std::thread::scope(|s| {
+        let sections = s.spawn(|| validate::validate_input_sections(input));
+        let module = Module::parse(input);
+        let sections = sections
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (module, sections)
+    });
+    let module = module.map_err(Failure::BadInput)?;
+    let sections = sections.map_err(|e| invalid(input, e))?;
+    let code = validate::validate_input_bodies(&module, sections).map_err(|e| invalid(input, e))?;
     let facts = Facts::with_code(&module, code);
     Ok((module, facts))
 }
