@@ -117,8 +117,17 @@ pub fn load(input: &[u8]) -> Result<(Module<'_>, Facts), Failure> {
     });
     let module = module.map_err(Failure::BadInput)?;
     let sections = sections.map_err(|e| invalid(input, e))?;
-    let code = validate::validate_input_bodies(&module, sections).map_err(|e| invalid(input, e))?;
-    let facts = Facts::with_code(&module, code);
+    // The name section's names (16 MB of them on yosys.wasm) are read beside the bodies.
+    let (code, names) = std::thread::scope(|s| {
+        let names = s.spawn(|| crate::facts::SectionNames::read(&module));
+        let code = validate::validate_input_bodies(&module, sections);
+        let names = names
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (code, names)
+    });
+    let code = code.map_err(|e| invalid(input, e))?;
+    let facts = Facts::with_code_and_names(&module, code, names);
     Ok((module, facts))
 }
 
