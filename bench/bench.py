@@ -19,8 +19,12 @@ Tools
 Timing (bench/benchlib/rounds.py, used by every section): before a timing-sensitive part, print the
 load average and wait (up to --max-load-wait s) for it to drop below 1.5 or for the run queue to stay
 empty for 15 s; run the variants interleaved (v0, v1, ..., v0, v1, ...) for N rounds; report medians,
-ratios of medians (what the checks use), per-round ratios and min/min. Commands run under a small
-launcher that reports their own peak RSS (bench/benchlib/context.py says why; its floor is printed).
+ratios of medians (what the checks use), per-round ratios and min/min. Where each call of a variant
+ran beside a call of the original (the pyodide section: every variant in one process, calls
+alternating), Rounds.paired_ratio gives the median of the paired ratios and its 95% bootstrap
+interval, and Checks.add(..., interval=) decides from the interval: PASS, FAIL, or UNDECIDED when
+the limit lies inside it. Commands run under a small launcher that reports their own peak RSS
+(bench/benchlib/context.py says why; its floor is printed).
 
 Layout
   bench/bench.py           this entry point: options, header, the sections in order, the checks summary
@@ -45,7 +49,7 @@ checks.print(title). Build runnable wasm-opt variants with --detect-features, no
 binaryen 132 with --all-features writes imports in the compact-imports encoding, which wasmtime rejects
 ("invalid leading byte 0x7F with compact imports proposal disabled").
 
-Exit status: 0, or 1 with --strict when a check FAILs, 2 when a tool or the corpus is missing/broken.
+Exit status: 0, or 1 with --strict when a check FAILs or is UNDECIDED, 2 when a tool or the corpus is missing/broken.
 """
 import argparse
 import json
@@ -109,9 +113,13 @@ def main():
                     help="loop iterations for the fpcast mixed fixture (default: calibrated to ~0.4 s)")
     ap.add_argument("--fpcast-runs", type=int, default=7, help="interleaved timed runs of each fpcast loop (default 7)")
     ap.add_argument("--pyodide-rounds", type=int, default=5,
-                    help="interleaved rounds of the Pyodide workload, one node process per variant each (default 5)")
-    ap.add_argument("--pyodide-evals", type=int, default=5,
-                    help="timed calls of the Pyodide workload per node process (default 5)")
+                    help="rounds of the Pyodide workload: one node process each, every variant an instance in it (default 5)")
+    ap.add_argument("--pyodide-evals", type=int, default=40,
+                    help="timed calls of the Pyodide workload per variant and round, alternating between the variants (default 40)")
+    ap.add_argument("--pyodide-warmup", type=int, default=3,
+                    help="untimed calls of the Pyodide workload per instance before the timed ones (default 3)")
+    ap.add_argument("--pyodide-metric", choices=["wall", "cpu"], default="wall",
+                    help="what the Pyodide checks judge: wall-clock eval time (default) or the process's CPU time per call")
     ap.add_argument("--stack-n", type=int, default=None,
                     help="iterations of the stack fixture's calls loop (default: calibrated to ~0.4 s)")
     ap.add_argument("--stack-runs", type=int, default=7, help="interleaved timed runs of the stack calls loop (default 7)")
@@ -170,8 +178,9 @@ def main():
             shutil.rmtree(work, ignore_errors=True)
 
     failed = [c for c in ctx.checks if c["ok"] is not True]
-    print("\nchecks: %d, failed: %d%s" % (len(ctx.checks), len(failed),
-                                          "".join("\n  FAIL %s: %s" % (c["section"], c["what"]) for c in failed)))
+    print("\nchecks: %d, not passed: %d%s" % (len(ctx.checks), len(failed),
+                                          "".join("\n  %s %s: %s" % ("UNDECIDED" if c["ok"] == "undecided" else "FAIL", c["section"], c["what"])
+                                                  for c in failed)))
     if args.json:
         write_json(args.json, report, ctx)
     return 1 if (args.strict and failed) else 0

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 
-from benchlib.rounds import median
+from benchlib.rounds import median, verdict
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(REPO, "bench")
@@ -278,8 +278,17 @@ class Context:
     def floor_mb(self):
         return self.run_once(["true"])[2]
 
-    def check(self, section, what, value, op, limit):
-        """Record one acceptance check (goes into the final summary, --json and --strict)."""
+    def check(self, section, what, value, op, limit, interval=None, decidable=True):
+        """Record one acceptance check (goes into the final summary, --json and --strict). With
+        `interval` (low, high: how sure the value is), the interval decides: PASS when all of it
+        meets the limit, FAIL when none does, ok "undecided" when the limit falls inside it, or
+        when the caller says the interval itself cannot be trusted (decidable=False: too few
+        samples for it)."""
+        if interval is not None:
+            ok = verdict(interval[0], interval[1], op, limit) if decidable else "undecided"
+            self.checks.append({"section": section, "what": what, "value": value, "op": op, "limit": limit,
+                                "interval": list(interval), "ok": ok})
+            return ok
         if value is None:
             ok = None
         elif op == "<=":

@@ -11,8 +11,15 @@ time) is the steadier figure when the machine is busy. Sections print both.
 
 `run(key, round_index)` runs one variant once and returns its time in seconds, or a list of times
 (several instances of one run: the median pools them all, a round's figure is their median).
+
+When a round's samples of two variants were taken next to each other (sample i of a beside sample
+i of b, as the pyodide section's alternating calls are), `res.paired_ratio(a, b)` compares them
+pair by pair and says how sure that figure is (a bootstrap interval); `verdict()` turns an
+interval and a limit into PASS, FAIL or UNDECIDED.
 """
+import math
 import os
+import random
 import statistics
 import sys
 import time
@@ -103,6 +110,45 @@ class Rounds:
     def round_ratios(self, a, b):
         """a / b within each round (same load for both): the spread shows the noise."""
         return [x / y for x, y in zip(self.per_round(a), self.per_round(b)) if y]
+
+    def paired_ratio(self, a, b, resamples=2000, level=0.95, seed=1):
+        """For rounds whose samples of a and b were taken in pairs (sample i of a round beside
+        sample i of b): exp(median of every pair's log(a/b)), and a `level` bootstrap interval of
+        it: each resample draws rounds with replacement, then pairs within each drawn round with
+        replacement (rounds differ more than pairs in a round do, so both levels are resampled).
+        Returns (ratio, low, high), or Nones without pairs. The same data give the same interval
+        (fixed seed)."""
+        rounds = [[math.log(x / y) for x, y in zip(ra, rb) if x > 0 and y > 0]
+                  for ra, rb in zip(self.rounds[a], self.rounds[b])]
+        rounds = [r for r in rounds if r]
+        if not rounds:
+            return None, None, None
+        est = math.exp(statistics.median([d for r in rounds for d in r]))
+        rng = random.Random(seed)
+        stats = []
+        for _ in range(resamples):
+            pool = []
+            for _ in rounds:
+                r = rounds[rng.randrange(len(rounds))]
+                pool.extend(r[rng.randrange(len(r))] for _ in r)
+            stats.append(statistics.median(pool))
+        stats.sort()
+        tail = (1 - level) / 2
+        low = stats[int(tail * (resamples - 1))]
+        high = stats[int(math.ceil((1 - tail) * (resamples - 1)))]
+        return est, math.exp(low), math.exp(high)
+
+
+def verdict(low, high, op, limit):
+    """A ratio's check from its interval: True (PASS) when the whole interval meets the limit, False
+    (FAIL) when none of it does, "undecided" when the limit falls inside it; None without figures."""
+    if low is None or high is None:
+        return None
+    if op == "<=":
+        return True if high <= limit else False if low > limit else "undecided"
+    if op == ">=":
+        return True if low >= limit else False if high < limit else "undecided"
+    raise ValueError("verdict: op %r" % op)
 
 
 def interleave(ctx, what, keys, rounds, run, label=None):

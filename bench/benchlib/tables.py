@@ -34,13 +34,21 @@ class Checks:
         self.ctx, self.section, self.thresholds = ctx, section, thresholds
         self.rows = []
 
-    def add(self, key, what, value, shown, missing="-", no_figure="FAIL (no figure)"):
-        """value None: no figure (shown as `missing`, result `no_figure`)."""
+    def add(self, key, what, value, shown, missing="-", no_figure="FAIL (no figure)", interval=None, decidable=True):
+        """value None: no figure (shown as `missing`, result `no_figure`). With `interval` (low, high)
+        the interval decides (see Context.check): a limit inside it is UNDECIDED (±half-width), and
+        so is any figure when not `decidable`."""
         op, limit = self.thresholds[key]
-        ok = self.ctx.check(self.section, what, value, op, limit)
+        ok = self.ctx.check(self.section, what, value, op, limit, interval, decidable)
         lim = ("yes" if limit else "no") if isinstance(limit, bool) else "%g" % limit
-        self.rows.append([what, missing if value is None else shown(value), op + " " + lim,
-                          {True: "PASS", False: "FAIL", None: no_figure}[ok]])
+        shown_value = missing if value is None else shown(value)
+        result = {True: "PASS", False: "FAIL", None: no_figure, "undecided": "UNDECIDED"}[ok]
+        if interval is not None and value and None not in interval:
+            pm = "±%.1f%%" % (50.0 * (interval[1] - interval[0]) / value)
+            shown_value += " " + pm
+            if ok == "undecided":
+                result += " (%s)" % pm if decidable else " (too few samples)"
+        self.rows.append([what, shown_value, op + " " + lim, result])
         return ok
 
     def print(self, title):

@@ -13,14 +13,14 @@ default pipeline, --harden and each pass alone, size growth and bench/pyodide's 
 """
 import json
 import os
-import subprocess
 
-from benchlib.context import BENCH, FIXTURES, MB, ToolError, last_error_line, log, warm
+from benchlib.context import FIXTURES, MB, ToolError, last_error_line, log, warm
 from benchlib.engine import load_wasmtime, time_start
 from benchlib.rounds import interleave
 from benchlib.ruby import print_ruby_variants, run_ruby_variants
 from benchlib.tables import Checks, fmt, table
 from benchlib.wasmbin import growth_pct
+from sections.pyodide import paired_rounds
 
 NAME = "harden"
 DEFAULT = False
@@ -35,8 +35,6 @@ THRESHOLDS = {
     "pyodide_harden_size_pct": ("<=", 20.0),   # issue 15: pyodide.asm.wasm --harden size growth (%)
     "pyodide_harden_ratio": ("<=", 1.3),       # issue 15: bench/pyodide workload eval time, --harden / original
 }
-PYODIDE_RUNNER = os.path.join(BENCH, "pyodide", "run.mjs")
-PYODIDE_ROUNDS_PER_RUN = 3  # timed rounds inside one node process (after its warm-up round)
 HARDEN_FIXTURE = "harden.O2.wasm"
 
 
@@ -151,8 +149,10 @@ def harden_fixture(ctx, checks):
 
 def harden_pyodide(ctx, checks):
     """pyodide.asm.wasm (issue 15): the default pipeline, --harden and each pass alone; size growth and
-    bench/pyodide's workload eval time through the real pyodide.mjs (node), interleaved: each round runs
-    every variant in a fresh node process (PYODIDE_ROUNDS_PER_RUN timed rounds after a warm-up)."""
+    bench/pyodide's workload eval time through the real pyodide.mjs (node), measured as the pyodide
+    section measures (sections/pyodide.py: every variant an instance in one node process per round,
+    calls alternating in shuffled cycles, paired ratios with a 95% interval; --pyodide-rounds,
+    --pyodide-evals, --pyodide-warmup)."""
     src = ctx.module("pyodide")["path"]
     size = os.path.getsize(src)
     package = os.path.dirname(src)
@@ -171,33 +171,34 @@ def harden_pyodide(ctx, checks):
         paths[label] = out
         fig["variants"][label] = {"bytes": os.path.getsize(out),
                                   "size_growth_pct": round(growth_pct(os.path.getsize(out), size), 3)}
-    outputs = {}
-
-    def timed(k, _round):
-        cmd = ["node", PYODIDE_RUNNER, package] + ([] if k == "orig" else [paths[k]])
-        r = subprocess.run(cmd + ["--rounds", str(PYODIDE_ROUNDS_PER_RUN)], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise ToolError("pyodide runner failed on %s: %s" % (k, last_error_line(r.stderr)))
-        j = json.loads(r.stdout.strip().splitlines()[-1])
-        outputs.setdefault(k, set()).add(j["output"])
-        return j["eval_s"]
-
-    res = interleave(ctx, "harden pyodide workload", list(paths), ctx.args.stack_runs, timed, label="harden: pyodide")
-    for k in paths:
+    keys = list(paths)
+    res, outputs, _hashes, _load = paired_rounds(ctx, package, paths, keys, "harden: pyodide")
+    for k in keys:
         e = fig["variants"].setdefault(k, {})
-        e.update(eval_s=round(res.median(k), 4), ratio=round(res.ratio(k, "orig"), 4),
-                 min_ratio=round(res.min_ratio(k, "orig"), 4),
+        ratio, low, high = res["eval"].paired_ratio(k, "orig") if k != "orig" else (1.0, 1.0, 1.0)
+        e.update(eval_s=round(res["eval"].median(k), 4), ratio=ratio, interval=[low, high],
+                 cpu_ratio=res["cpu"].paired_ratio(k, "orig")[0] if k != "orig" else 1.0,
+                 min_ratio=round(res["eval"].min_ratio(k, "orig"), 4),
                  output_ok=outputs.get(k) == outputs.get("orig") and len(outputs.get(k, ())) == 1)
-    print("\n== harden: pyodide.asm.wasm %.1f MB (%d interleaved node runs x %d rounds; ratio = median / original) =="
-          % (size / MB, ctx.args.stack_runs, PYODIDE_ROUNDS_PER_RUN))
-    print(table(["variant", "size %", "eval ratio", "min ratio", "output ok"],
-                [[k, fmt(e.get("size_growth_pct"), "+.2f"), fmt(e.get("ratio"), ".3f"), fmt(e.get("min_ratio"), ".3f"),
+    print("\n== harden: pyodide.asm.wasm %.1f MB (%d rounds x %d calls of every variant alternating in one node "
+          "process, as in the pyodide section; ratio = median of paired calls' ratios to the original, "
+          "± half its 95%% interval) ==" % (size / MB, ctx.args.pyodide_rounds, ctx.args.pyodide_evals))
+
+    def pm(e):
+        if e.get("ratio") is None or not e.get("interval") or e["interval"][0] is None:
+            return "-"
+        lo, hi = e["interval"]
+        return "%.3f ±%.1f%%" % (e["ratio"], 50.0 * (hi - lo) / e["ratio"])
+    print(table(["variant", "size %", "eval ratio", "cpu ratio", "min ratio", "output ok"],
+                [[k, fmt(e.get("size_growth_pct"), "+.2f"), pm(e), fmt(e.get("cpu_ratio"), ".3f"),
+                  fmt(e.get("min_ratio"), ".3f"),
                   {True: "yes", False: "NO", None: "-"}[e.get("output_ok")] if "refused" not in e else e["refused"][:80]]
                  for k, e in fig["variants"].items()]))
     h = fig["variants"].get("harden", {})
     checks.add("pyodide_harden_size_pct", "pyodide --harden size growth %", h.get("size_growth_pct"),
                lambda v: "%+.2f" % v)
-    checks.add("pyodide_harden_ratio", "pyodide --harden eval ratio", h.get("ratio"), lambda v: "%.3f" % v)
+    checks.add("pyodide_harden_ratio", "pyodide --harden eval ratio", h.get("ratio"), lambda v: "%.3f" % v,
+               interval=h.get("interval"))
     return fig
 
 
