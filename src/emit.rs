@@ -299,9 +299,24 @@ impl Output {
         out
     }
 
-    /// Writes the module to `w`.
+    /// Writes the module to `w`, many pieces per call (`write_vectored`): a file takes the
+    /// whole module in a few system calls, without copying it through a buffer.
     pub fn write_to(&self, input: &[u8], w: &mut impl std::io::Write) -> std::io::Result<()> {
-        self.slices(input).try_for_each(|s| w.write_all(s))
+        use std::io::IoSlice;
+        // Linux takes at most 1024 slices per call (IOV_MAX); more would be ignored.
+        const PER_CALL: usize = 1024;
+        let mut slices: Vec<IoSlice<'_>> = self.slices(input).map(IoSlice::new).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            let batch = rest.len().min(PER_CALL);
+            match w.write_vectored(&rest[..batch]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// The module as one buffer (for callers that want bytes; the CLI streams instead).

@@ -179,7 +179,12 @@ impl Facts {
     /// The facts of a module that validated, whose code facts its validation found
     /// ([`crate::validate::validate_input`], as [`crate::pipeline::load`] does).
     pub fn with_code(m: &Module<'_>, code: CodeFacts) -> Facts {
-        let f = Facts::sections(m);
+        Facts::with_code_and_names(m, code, SectionNames::read(m))
+    }
+
+    /// [`Facts::with_code`] with the names of `m` read already ([`SectionNames::read`]).
+    pub fn with_code_and_names(m: &Module<'_>, code: CodeFacts, names: SectionNames) -> Facts {
+        let f = Facts::sections(m, names);
         f.code.set(code).expect("the code facts are set once");
         f.establish(m)
     }
@@ -187,11 +192,11 @@ impl Facts {
     /// The facts of a module that validated, for callers that did not keep its code facts: the
     /// code is walked (validated again) on first use.
     pub fn new(m: &Module<'_>) -> Facts {
-        Facts::sections(m).establish(m)
+        Facts::sections(m, SectionNames::read(m)).establish(m)
     }
 
-    fn sections(m: &Module<'_>) -> Facts {
-        let (function_names, global_names, data_names) = names(m);
+    fn sections(m: &Module<'_>, names: SectionNames) -> Facts {
+        let SectionNames(function_names, global_names, data_names) = names;
         Facts {
             stack_pointer: Err(String::new()),
             stack_pointer_init: None,
@@ -727,6 +732,19 @@ fn defined_global_value(m: &Module<'_>, g: u32) -> Option<u64> {
 }
 
 type Names = HashMap<u32, String>;
+
+/// The function, global and data names of a module's name section, read apart from the other
+/// facts so that [`crate::pipeline::load`] can read them while the bodies are validated
+/// (yosys.wasm's name section is 16 MB). Reads only the name section and the counts of the
+/// model, so the bodies need not have validated yet.
+pub struct SectionNames(Names, Names, Names);
+
+impl SectionNames {
+    pub fn read(m: &Module<'_>) -> SectionNames {
+        let (functions, globals, data) = names(m);
+        SectionNames(functions, globals, data)
+    }
+}
 
 fn names(m: &Module<'_>) -> (Names, Names, Names) {
     let (mut funcs, mut globals, mut data) = (HashMap::new(), HashMap::new(), HashMap::new());

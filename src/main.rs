@@ -503,7 +503,10 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
             format!("{name}: no output given: add -o OUT (-o {name} rewrites in place)"),
         ));
     };
-    let passes = select_passes(args.passes.as_deref(), args.harden)?;
+    let mut passes = select_passes(args.passes.as_deref(), args.harden)?;
+    if std::env::var_os("WASMFIX_TEST_INVALID_OUTPUT").is_some() {
+        passes.push(&InvalidOutput);
+    }
     let to_stdout = output == Path::new("-");
     if to_stdout && args.report.as_deref() == Some(Path::new("-")) {
         return Err(fail(2, "--report - and -o - both write standard output"));
@@ -538,14 +541,24 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
         return rewrite_component(&args, features, &name, &bytes, &passes, &output);
     }
     let options = pass_options(&args, features, source_map.is_some());
-    let outcome = pipeline::rewrite(&bytes, &passes, &options).map_err(|f| {
-        let status = if matches!(f, Failure::Internal(_)) {
-            3
-        } else {
-            2
-        };
-        fail(status, format!("{name}: {f}"))
-    })?;
+    // The module is staged in a temporary file while the output is validated (on another
+    // thread), and renamed into place only after validation succeeded and the report is
+    // written: a failing validation or report leaves the output (and the input) untouched.
+    let stage = |outcome: &pipeline::Rewritten| {
+        (!to_stdout).then(|| Staged::write(&output, |mut w| outcome.write_to(&mut w)))
+    };
+    let (outcome, staged) =
+        pipeline::rewrite_staged(&bytes, &passes, &options, stage).map_err(|f| {
+            let status = if matches!(f, Failure::Internal(_)) {
+                3
+            } else {
+                2
+            };
+            fail(status, format!("{name}: {f}"))
+        })?;
+    let staged = staged
+        .transpose()
+        .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?;
     let rewritten_map = match (&source_map, &args.source_map) {
         (Some(json), Some(path)) => Some(
             wasmfix::sourcemap::rewrite(json, outcome.code_map.as_ref())
@@ -580,16 +593,6 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
             eprintln!("wasmfix: {name}: debug info: warning: {w}");
         }
     }
-    // The module is staged in a temporary file first and renamed into place only after the
-    // report is written, so a failing report leaves the output (and the input) untouched.
-    let staged = if to_stdout {
-        None
-    } else {
-        Some(
-            Staged::write(&output, |mut w| outcome.write_to(&mut w))
-                .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
-        )
-    };
     let staged_map = match (&rewritten_map, &source_map_out) {
         (Some(m), Some(path)) => Some(
             Staged::write(path, |w| w.write_all(&m.json))
@@ -638,7 +641,44 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
             .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?,
         None => write_stdout(|w| outcome.write_to(w))?,
     }
+    // The process ends now: returning the input and the output's pieces (tens of MB) to the
+    // allocator page by page would only delay its exit, which frees them all at once.
+    std::mem::forget(outcome);
+    std::mem::forget(bytes);
     Ok(0)
+}
+
+/// For tests only, run last when `WASMFIX_TEST_INVALID_OUTPUT` is set: adds a function whose
+/// body does not validate, so that tests/cli.rs can show that an output failing its validation
+/// is never written (exit 3), a path no correct pass can take on purpose.
+struct InvalidOutput;
+
+impl Pass for InvalidOutput {
+    fn name(&self) -> &'static str {
+        "test-invalid-output"
+    }
+
+    fn description(&self) -> &'static str {
+        "adds a function that does not validate (tests only)"
+    }
+
+    fn run(&self, cx: &mut passes::PassCx<'_, '_, '_>) -> anyhow::Result<passes::PassReport> {
+        use wasm_encoder::Instruction::{End, I32Const};
+        // `() -> ()` leaving an i32 on the stack.
+        cx.edits.add_helper(
+            cx.module,
+            "wasmfix:test_invalid",
+            (&[], &[]),
+            &[],
+            &[I32Const(0), End],
+        );
+        Ok(passes::PassReport {
+            pass: self.name(),
+            summary: "added an invalid function".into(),
+            warnings: Vec::new(),
+            details: serde_json::Value::Null,
+        })
+    }
 }
 
 /// The passes' options from the command line (`code_map`: a source map is to be rewritten).
@@ -885,9 +925,9 @@ impl Staged {
             target: target.clone(),
             committed: false,
         };
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        // Unbuffered: the module is written a few large vectored writes at a time.
+        let mut f = std::fs::File::create(&tmp)?;
         contents(&mut f)?;
-        let f = f.into_inner().map_err(|e| e.into_error())?;
         if let Ok(meta) = std::fs::metadata(&target) {
             f.set_permissions(meta.permissions())?;
         }

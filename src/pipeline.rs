@@ -1,4 +1,9 @@
 //! One run: read, validate, establish facts, run the passes, emit, validate the result.
+//!
+//! [`rewrite_staged`] validates the result on another thread while its caller writes it out
+//! (the CLI's staged file). The output's bytes are the same either way: they are complete
+//! before either thread starts, and both only read them; the threads decide only whether the
+//! caller may publish what it wrote, which it may only after the validation succeeded.
 
 use crate::edit::Edits;
 use crate::facts::Facts;
@@ -99,9 +104,30 @@ pub fn read(input: &[u8]) -> Result<Module<'_>, Failure> {
 
 /// Reads and validates `input` and establishes its facts (the code facts on the way).
 pub fn load(input: &[u8]) -> Result<(Module<'_>, Facts), Failure> {
-    let module = Module::parse(input).map_err(Failure::BadInput)?;
-    let code = validate::validate_input(&module).map_err(|e| invalid(input, e))?;
-    let facts = Facts::with_code(&module, code);
+    // The model's parse and the validation of the sections are each one pass over the module
+    // on one core: they run side by side, then the bodies are validated on every core. A
+    // parse error comes first, as when they ran one after the other.
+    let (module, sections) = std::thread::scope(|s| {
+        let sections = s.spawn(|| validate::validate_input_sections(input));
+        let module = Module::parse(input);
+        let sections = sections
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (module, sections)
+    });
+    let module = module.map_err(Failure::BadInput)?;
+    let sections = sections.map_err(|e| invalid(input, e))?;
+    // The name section's names (16 MB of them on yosys.wasm) are read beside the bodies.
+    let (code, names) = std::thread::scope(|s| {
+        let names = s.spawn(|| crate::facts::SectionNames::read(&module));
+        let code = validate::validate_input_bodies(&module, sections);
+        let names = names
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (code, names)
+    });
+    let code = code.map_err(|e| invalid(input, e))?;
+    let facts = Facts::with_code_and_names(&module, code, names);
     Ok((module, facts))
 }
 
@@ -176,6 +202,70 @@ pub fn rewrite<'a>(
     passes: &[&dyn Pass],
     options: &PassOptions,
 ) -> Result<Rewritten<'a>, Failure> {
+    let unchecked = rewrite_unchecked(input, passes, options)?;
+    unchecked.validate()?;
+    Ok(unchecked.rewritten)
+}
+
+/// [`rewrite`], with the output's validation on another thread while `stage` runs on this one
+/// with the (not yet validated) output: the CLI writes its temporary file meanwhile.
+///
+/// `stage`'s result comes back only beside a validated output. When validation fails it is
+/// dropped here and the failure returned, so whatever `stage` prepares must stay invisible
+/// until the caller, holding an `Ok`, publishes it, and must undo itself when dropped (the
+/// CLI's staged file is renamed into place only on commit and removed on drop). Nothing
+/// unvalidated can reach a place the caller did not choose to publish.
+pub fn rewrite_staged<'a, S>(
+    input: &'a [u8],
+    passes: &[&dyn Pass],
+    options: &PassOptions,
+    stage: impl FnOnce(&Rewritten<'a>) -> S,
+) -> Result<(Rewritten<'a>, S), Failure> {
+    let mut unchecked = rewrite_unchecked(input, passes, options)?;
+    let facts = unchecked.facts.take();
+    let (valid, staged) = std::thread::scope(|s| {
+        s.spawn(move || drop(facts));
+        let validation = s.spawn(|| unchecked.validate());
+        let staged = stage(&unchecked.rewritten);
+        let valid = validation.join().unwrap_or_else(|panic| {
+            // A panicking validator is a bug like an invalid output: nothing is published.
+            std::panic::resume_unwind(panic)
+        });
+        (valid, staged)
+    });
+    valid?;
+    Ok((unchecked.rewritten, staged))
+}
+
+/// An output before its validation: which bodies must be checked, with which features.
+struct Unchecked<'a> {
+    rewritten: Rewritten<'a>,
+    /// Per defined function of the input: its body was re-encoded or patched.
+    check: Vec<bool>,
+    features: wasmparser::WasmFeatures,
+    /// The input's facts, no longer needed: returned so that [`rewrite_staged`] can free them
+    /// (many small tables: ~10 ms on yosys.wasm) beside its other work.
+    facts: Option<Facts>,
+}
+
+impl Unchecked<'_> {
+    /// Validates the output, but for the input's bodies copied unchanged (see [`validate`]).
+    fn validate(&self) -> Result<(), Failure> {
+        let defined = self.check.len() as u32;
+        let must_check = |i: u32| i >= defined || self.check[i as usize];
+        let r = &self.rewritten;
+        let pieces = r.output.slices_without_custom(&r.source);
+        validate::validate_pieces(&pieces, Some(&must_check), self.features)
+            .map_err(|e| Failure::Internal(e.context("the rewritten module does not validate")))
+    }
+}
+
+/// Runs the passes and emits the output: [`rewrite`] without its last step.
+fn rewrite_unchecked<'a>(
+    input: &'a [u8],
+    passes: &[&dyn Pass],
+    options: &PassOptions,
+) -> Result<Unchecked<'a>, Failure> {
     let (module, facts) = load(input)?;
     // Established already: the passes find them so (see `PassCx::facts`).
     let facts = std::sync::OnceLock::from(facts);
@@ -321,21 +411,23 @@ pub fn rewrite<'a>(
             check[body] = true;
         }
     }
-    let must_check = |i: u32| i >= defined || check[i as usize];
-    let pieces = output.slices_without_custom(&source);
-    validate::validate_pieces(&pieces, Some(&must_check), output_features)
-        .map_err(|e| Failure::Internal(e.context("the rewritten module does not validate")))?;
-    drop(pieces);
     let debug_info = debug_info_report(debug, &mut emitted, options);
-    Ok(Rewritten {
-        source,
-        output,
-        reports,
-        rewritten_functions: emitted.rewritten_functions.len(),
-        code_map: emitted.code_map,
-        debug_info,
-        added_features,
-        input_features,
+    // The edits borrow the facts, which leave with the output.
+    drop(edits);
+    Ok(Unchecked {
+        rewritten: Rewritten {
+            source,
+            output,
+            reports,
+            rewritten_functions: emitted.rewritten_functions.len(),
+            code_map: emitted.code_map,
+            debug_info,
+            added_features,
+            input_features,
+        },
+        check,
+        features: output_features,
+        facts: facts.into_inner(),
     })
 }
 

@@ -60,7 +60,22 @@ pub fn validate_pieces(
 /// Validates the input module `m` (as [`validate`] with [`features`]) and establishes its
 /// code facts on the way: each body is decoded once, for both.
 pub fn validate_input(m: &Module<'_>) -> Result<CodeFacts> {
-    let funcs = validate_sections(&[m.bytes], None, features())?;
+    validate_input_bodies(m, validate_input_sections(m.bytes)?)
+}
+
+/// An input whose sections validated, with its function bodies still to check.
+pub struct InputSections<'a>(Vec<Func<'a>>);
+
+/// The first half of [`validate_input`]: everything but the function bodies. It needs only
+/// the bytes, so it can run beside [`Module::parse`] (both are single-threaded).
+pub fn validate_input_sections(bytes: &[u8]) -> Result<InputSections<'_>> {
+    validate_sections(&[bytes], None, features()).map(InputSections)
+}
+
+/// The second half of [`validate_input`]: the bodies of `sections`, which must be those of
+/// `m`, on every core, with the code facts.
+pub fn validate_input_bodies(m: &Module<'_>, sections: InputSections<'_>) -> Result<CodeFacts> {
+    let funcs = sections.0;
     let address_globals = CodeWalk::address_globals(m);
     let shares = on_threads(funcs, |share| {
         let mut walk = CodeWalk::new(m.bytes, &address_globals);

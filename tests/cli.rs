@@ -448,6 +448,49 @@ fn a_report_that_cannot_be_written_leaves_the_input_untouched() {
     );
 }
 
+/// An output that fails its validation is an internal error (exit 3) and is written nowhere:
+/// not over the input, not over an earlier output, not as a new file, not to stdout, and no
+/// staged file is left behind, although the CLI writes the staged file while it validates.
+/// (`WASMFIX_TEST_INVALID_OUTPUT` adds a function that does not validate, see src/main.rs.)
+#[test]
+fn an_output_that_does_not_validate_is_written_nowhere() {
+    let (dir, app, original) = dir_with_app();
+    std::fs::write(dir.path().join("out.wasm"), PREVIOUS_OUTPUT).unwrap();
+    let invalid = |args: &[&str]| {
+        common::wasmfix()
+            .current_dir(dir.path())
+            .env("WASMFIX_TEST_INVALID_OUTPUT", "1")
+            .args(args)
+            .output()
+            .expect("wasmfix runs")
+    };
+    for target in ["app.wasm", "out.wasm", "new.wasm", "-"] {
+        let out = invalid(&["app.wasm", "-o", target]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "-o {target}: {err}");
+        assert!(
+            err.starts_with("wasmfix: app.wasm: internal error")
+                && err.contains("does not validate")
+                && err.lines().count() == 1,
+            "-o {target}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "-o {target}: wrote to stdout");
+        assert!(
+            std::fs::read(&app).unwrap() == original,
+            "-o {target}: input changed"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("out.wasm")).unwrap(),
+            PREVIOUS_OUTPUT,
+            "-o {target}: earlier output changed"
+        );
+        assert_eq!(listing(dir.path()), ["app.wasm", "out.wasm"], "-o {target}");
+    }
+    // Without the hook the same runs succeed: the failure above is the validation's.
+    let out = run_in(dir.path(), &["app.wasm", "-o", "new.wasm"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 #[test]
 fn unwritable_output_is_refused_and_leaves_nothing_behind() {
     let (dir, _, _) = dir_with_app();
