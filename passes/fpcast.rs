@@ -97,14 +97,16 @@
 //! the program's own behaviour, stdout included, is unchanged. A module that cannot print (no
 //! WASI `fd_write`) refuses the option. Without the option nothing of this is emitted.
 //!
-//! Measured (`python3 bench/bench.py --sections pyodide,fpcast-designs`, at 233c482 under a
-//! load average of 15-20 on 2 cores, so a round's ratio spread 0.5-2.0x: re-run when quiet).
-//! Pyodide 314.0.7 (5 rounds x 5 calls, median eval / original; output identical in all):
-//! `tables` 0.92x (+2.8% size), `mvp` 0.97x (+15.0%), default pipeline 0.99x (+5.1%); the
-//! dispatch function this replaces measured 1.20x on a quieter machine. Size favours `tables`
-//! (ruby.wasm +0.54% against +5.8% for `mvp`: the views are written as function indices),
-//! so it stays the default whenever reference types are allowed; Ruby and mixed-loop times of
-//! the two designs were only sanity-run (one round) and are not conclusive.
+//! Measured (`python3 bench/bench.py --sections pyodide`, quiet machine, at b06b7b0: every
+//! variant an instance in one node process per round, calls paired, 5 rounds x 40 calls,
+//! median paired ratio ± half its 95% interval; see docs/benchmarks.md#pyodide). Pyodide
+//! 314.0.7, outputs identical: `tables` 1.022x ±0.8% (+2.83% size), `mvp` 1.011x ±0.9%
+//! (+15.0%), default pipeline 1.043x ±1.1% (+5.1%), the original against itself 1.002x ±0.6%;
+//! the dispatch function this replaces measured 1.20x. What remains per adapted site: the
+//! index stored in a global and bounded with a `select`, and (`tables`) a call through a
+//! shadow table instead of table 0. Size favours `tables` (ruby.wasm +0.54% against +5.8%
+//! for `mvp`: the views are written as function indices), so it stays the default whenever
+//! reference types are allowed.
 //!
 //! Limits: 64-bit tables, tables whose segments write past their size (instantiation traps),
 //! sparse tables (a few entries far apart, which would make the class map and the views
