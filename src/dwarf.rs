@@ -911,10 +911,6 @@ fn patch_list(
     }
 }
 
-/// Refuses an address range `[begin, end)` that spans bodies no longer in input order (a body
-/// moved to the end of the code between them): patched in place it would come out inverted
-/// or miss the moved body. Compilers give each function its own range; binaryen-written
-/// DWARF has one range per unit.
 /// The largest address of `width` bytes.
 fn address_limit(width: usize) -> u64 {
     if width >= 8 {
@@ -924,6 +920,10 @@ fn address_limit(width: usize) -> u64 {
     }
 }
 
+/// Refuses an address range `[begin, end)` that spans bodies no longer in input order (a body
+/// moved to the end of the code between them): patched in place it would come out inverted
+/// or miss the moved body. Compilers give each function its own range; binaryen-written
+/// DWARF has one range per unit.
 fn contiguous(map: &CodeMap, begin: u64, end: u64) -> Result<()> {
     if end > begin && map.sequence_break(begin, end - 1).is_some() {
         bail!(
