@@ -650,7 +650,13 @@ const FIELD_VARIANTS: &[&str] = &["O0", "O2", "O2.wasmopt", "O2.max4g"];
 
 const FREED_POINTER: &str = "wasmfix: use of a pointer from a freed block (address 0x";
 
-fn harden(input: &[u8], precise: bool, on_error: wasmfix::diag::OnError) -> Vec<u8> {
+/// `input` through --harden's passes, with `--bounds-precise` when `precise`: the output and
+/// the passes' reports.
+fn harden_outcome(
+    input: &[u8],
+    precise: bool,
+    on_error: wasmfix::diag::OnError,
+) -> wasmfix::pipeline::Outcome {
     let options = wasmfix::passes::PassOptions {
         harden: true,
         bounds_precise: precise,
@@ -661,9 +667,11 @@ fn harden(input: &[u8], precise: bool, on_error: wasmfix::diag::OnError) -> Vec<
         .into_iter()
         .map(|n| wasmfix::passes::find(n).unwrap())
         .collect();
-    wasmfix::pipeline::run(input, &list, &options)
-        .unwrap_or_else(|f| panic!("harden: {f}"))
-        .bytes
+    wasmfix::pipeline::run(input, &list, &options).unwrap_or_else(|f| panic!("harden: {f}"))
+}
+
+fn harden(input: &[u8], precise: bool, on_error: wasmfix::diag::OnError) -> Vec<u8> {
+    harden_outcome(input, precise, on_error).bytes
 }
 
 /// The message of a use of the poison address 0xfefefefe + 8 (`count`) in `queue_push`/`queue_peek`.
@@ -749,14 +757,6 @@ fn a_use_of_a_pointer_from_a_freed_block_stops_with_its_message() {
 /// trap.
 #[test]
 fn the_report_says_how_the_poison_range_is_checked() {
-    let options = wasmfix::passes::PassOptions {
-        harden: true,
-        ..Default::default()
-    };
-    let list: Vec<_> = wasmfix::passes::harden_pipeline()
-        .into_iter()
-        .map(|n| wasmfix::passes::find(n).unwrap())
-        .collect();
     for (input, expected) in [
         (
             "uaf.O2.wasm",
@@ -781,7 +781,7 @@ fn the_report_says_how_the_poison_range_is_checked() {
             "branching checks of the null page cover freed blocks' poison [0xfe000000, 2^32) too",
         ),
     ] {
-        let out = wasmfix::pipeline::run(&fixture(input), &list, &options).unwrap();
+        let out = harden_outcome(&fixture(input), false, wasmfix::diag::OnError::Stop);
         let bounds = out.reports.iter().find(|r| r.pass == "bounds").unwrap();
         assert!(
             bounds.summary.contains(expected),
@@ -1011,15 +1011,7 @@ fn without_a_maximum_harden_caps_memory_0_and_names_the_freed_pointer() {
 #[test]
 fn an_imported_memory_keeps_its_type_and_the_report_says_why() {
     let input = fixture("uaf_field.import.O2.wasm");
-    let options = wasmfix::passes::PassOptions {
-        harden: true,
-        ..Default::default()
-    };
-    let list: Vec<_> = wasmfix::passes::harden_pipeline()
-        .into_iter()
-        .map(|n| wasmfix::passes::find(n).unwrap())
-        .collect();
-    let out = wasmfix::pipeline::run(&input, &list, &options).unwrap();
+    let out = harden_outcome(&input, false, wasmfix::diag::OnError::Stop);
     assert_eq!(
         memory_imports_exports(&out.bytes),
         memory_imports_exports(&input)
