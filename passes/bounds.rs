@@ -33,9 +33,7 @@
 //!   When `address + off < G` the subtraction wraps to `2^32 - (G - off - address)` and the
 //!   effective address is at least 2^32, past any 32-bit memory: the load traps at the access as
 //!   an out-of-bounds access, before it reads anything. Four bytes, no branch, no message.
-//!   `--bounds-precise` branches instead (below) and prints the message for loads too, and so
-//!   do loads when the poison range of freed blocks is checked (see "A pointer read from a
-//!   freed block").
+//!   `--bounds-precise` branches instead (below) and prints the message for loads too.
 //! - With `--bounds-compact`, a **store** whose only range is the null page is rebased the same
 //!   way: `(address) i32.const G-off; i32.sub (value) store offset=G`, the value held back (a
 //!   `local.get` or constant) or saved in a local. The argument is the load's: the effective
@@ -114,12 +112,13 @@
 //! addresses can succeed in such a memory: an access the wider check stops has its effective
 //! address in the added range, past 4 GiB, or (an `L + c` whose `i32.add` wrapped) in the
 //! null page itself. So the check gives a trap the input had a message, or stops a null-page
-//! access, and changes no other execution. Loads, rebased
-//! otherwise, branch whenever the poison range is checked (as with `--bounds-precise`), so a
-//! load through such a pointer is named too: measured on harden.O2.wasm (branching loads over
-//! `--harden`'s rebased ones) 1.00x on `hash`, 1.04x on `sort`, +1,810 bytes; only modules
-//! where heap-canary poisons pay it. What is not extended (the engine's out-of-bounds trap at
-//! the access, no message): `--bounds-compact` stores, accesses
+//! access, and changes no other execution. Loads stay
+//! rebased (the engine's out-of-bounds trap at the access, no message) unless
+//! `--bounds-precise`, which branches them and so names them: branching every load when the
+//! poison range is checked was tried and costs little on harden.O2.wasm (1.00x `hash`, 1.04x
+//! `sort`, +1,810 bytes) but +11.8 points of size on sqlite3.wasm (`--harden` +43.7% → +55.5%),
+//! against issue 15's size goal. Also not extended (the engine's trap, no message):
+//! `--bounds-compact` stores, accesses
 //! left unchecked (offset at or past `hi`, stack, constant addresses), and those a `Known`
 //! lower bound skips: that fact comes from an access through the same local that ran, which
 //! the poison address (plus less than 16 MiB) cannot do; a case missed loses a message, never
@@ -289,9 +288,7 @@ impl Pass for Bounds {
             }
         }
         let handler = handler(m, edits, ranges, mode);
-        // Loads branch too when the poison range is checked: a rebased load through a pointer
-        // read from a freed block would trap without its message (see the header).
-        let rebase_loads = mode == OnError::Stop && !cx.options.bounds_precise && high.is_none();
+        let rebase_loads = mode == OnError::Stop && !cx.options.bounds_precise;
         let rebase_stores = rebase_loads && cx.options.bounds_compact;
         let mut unneeded = 0;
         let input_locals: HashMap<u32, u32> = checked
