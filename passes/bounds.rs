@@ -214,22 +214,25 @@ impl Pass for Bounds {
             (lo.saturating_add(by), hi.saturating_add(by))
         });
         let poison = poison_checked(m, facts, cx.edits, null_end, read_only);
+        // What the checks get from it: how they cover the poison range, the cap it needs.
+        let checked = poison.as_ref().and_then(|p| p.as_ref().ok()).copied();
+        let (high, cap) = (checked.map(|p| p.form), checked.and_then(|p| p.cap));
         let mut notes = Vec::new();
-        if let Some(Ok(PoisonCheck { cap: Some(_), .. })) = &poison {
+        if cap.is_some() {
             notes.push(CAPPED.into());
         }
-        match poison.as_ref().map(|p| p.as_ref().map(|p| p.form)) {
-            Some(Ok(HighCheck::Signed)) => notes.push(
+        match (high, &poison) {
+            (Some(HighCheck::Signed), _) => notes.push(
                 "branching checks of the null page cover [2^31, 2^32) too (beyond the memory's \
                  maximum; freed blocks' poison from 0xfe000000)"
                     .into(),
             ),
-            Some(Ok(HighCheck::Shifted)) => notes.push(format!(
+            (Some(HighCheck::Shifted), _) => notes.push(format!(
                 "branching checks of the null page cover freed blocks' poison [0x{:x}, 2^32) too",
                 POISON_RANGE.0
             )),
-            Some(Err(why)) => notes.push(format!("poison range not checked: {why}")),
-            None => {}
+            (None, Some(Err(why))) => notes.push(format!("poison range not checked: {why}")),
+            (None, _) => {}
         }
         if null_end == 0 {
             notes.push(null_how.clone());
@@ -240,10 +243,6 @@ impl Pass for Bounds {
         if null_end == 0 && read_only.is_none() {
             return Ok(nothing(format!("nothing to check ({})", notes.join("; "))));
         }
-        let high = poison
-            .as_ref()
-            .and_then(|p| p.as_ref().ok())
-            .map(|p| p.form);
         let ranges = Ranges::new(null_end as u32, read_only, high);
         let sp = facts.stack_pointer.as_ref().ok().map(|s| s.value);
 
@@ -374,10 +373,6 @@ impl Pass for Bounds {
             }
         };
         // The cap goes with the checks that rely on it: only a run that applies them sets it.
-        let cap = poison
-            .as_ref()
-            .and_then(|p| p.as_ref().ok())
-            .and_then(|p| p.cap);
         if let Some(ty) = cap {
             edits.set_memory_type(0, ty);
         }
@@ -436,13 +431,13 @@ impl Pass for Bounds {
                 "read_only": read_only,
                 "read_only_found_by": ro_how,
                 "memory_capped_pages": cap.map(|t| t.maximum),
-                "poison_range": match poison.as_ref().map(|p| p.as_ref().map(|p| p.form)) {
-                    Some(Ok(HighCheck::Signed)) => serde_json::json!([1u64 << 31, POISON_RANGE.1]),
-                    Some(Ok(HighCheck::Shifted)) => {
+                "poison_range": match (&poison, high) {
+                    (_, Some(HighCheck::Signed)) => serde_json::json!([1u64 << 31, POISON_RANGE.1]),
+                    (_, Some(HighCheck::Shifted)) => {
                         serde_json::json!([POISON_RANGE.0, POISON_RANGE.1])
                     }
-                    Some(Err(why)) => serde_json::json!(why),
-                    None => serde_json::Value::Null,
+                    (Some(Err(why)), None) => serde_json::json!(why),
+                    _ => serde_json::Value::Null,
                 },
             }),
         })

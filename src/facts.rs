@@ -177,13 +177,9 @@ pub struct Facts {
 
 impl Facts {
     /// The facts of a module that validated, whose code facts its validation found
-    /// ([`crate::validate::validate_input`], as [`crate::pipeline::load`] does).
-    pub fn with_code(m: &Module<'_>, code: CodeFacts) -> Facts {
-        Facts::with_code_and_names(m, code, SectionNames::read(m))
-    }
-
-    /// [`Facts::with_code`] with the names of `m` read already ([`SectionNames::read`]).
-    pub fn with_code_and_names(m: &Module<'_>, code: CodeFacts, names: SectionNames) -> Facts {
+    /// ([`crate::validate::validate_input`]) and whose names were read already
+    /// ([`SectionNames::read`]), as [`crate::pipeline::load`] does.
+    pub fn with_code(m: &Module<'_>, code: CodeFacts, names: SectionNames) -> Facts {
         let f = Facts::sections(m, names);
         f.code.set(code).expect("the code facts are set once");
         f.establish(m)
@@ -741,31 +737,26 @@ pub struct SectionNames(Names, Names, Names);
 
 impl SectionNames {
     pub fn read(m: &Module<'_>) -> SectionNames {
-        let (functions, globals, data) = names(m);
-        SectionNames(functions, globals, data)
-    }
-}
-
-fn names(m: &Module<'_>) -> (Names, Names, Names) {
-    let (mut funcs, mut globals, mut data) = (HashMap::new(), HashMap::new(), HashMap::new());
-    let Some(s) = m.custom("name") else {
-        return (funcs, globals, data);
-    };
-    let reader = wasmparser::NameSectionReader::new(m.section_reader(s));
-    for sub in reader.into_iter().flatten() {
-        let (map, target, count) = match sub {
-            wasmparser::Name::Function(map) => (map, &mut funcs, m.num_funcs()),
-            wasmparser::Name::Global(map) => (map, &mut globals, m.num_globals()),
-            wasmparser::Name::Data(map) => (map, &mut data, m.data.len() as u32),
-            _ => continue,
+        let (mut funcs, mut globals, mut data) = (HashMap::new(), HashMap::new(), HashMap::new());
+        let Some(s) = m.custom("name") else {
+            return SectionNames(funcs, globals, data);
         };
-        // The name section is not validated: a name for an index that does not exist names
-        // nothing.
-        for naming in map.into_iter().flatten().filter(|n| n.index < count) {
-            target.insert(naming.index, naming.name.to_string());
+        let reader = wasmparser::NameSectionReader::new(m.section_reader(s));
+        for sub in reader.into_iter().flatten() {
+            let (map, target, count) = match sub {
+                wasmparser::Name::Function(map) => (map, &mut funcs, m.num_funcs()),
+                wasmparser::Name::Global(map) => (map, &mut globals, m.num_globals()),
+                wasmparser::Name::Data(map) => (map, &mut data, m.data.len() as u32),
+                _ => continue,
+            };
+            // The name section is not validated: a name for an index that does not exist names
+            // nothing.
+            for naming in map.into_iter().flatten().filter(|n| n.index < count) {
+                target.insert(naming.index, naming.name.to_string());
+            }
         }
+        SectionNames(funcs, globals, data)
     }
-    (funcs, globals, data)
 }
 
 fn data_extent(m: &Module<'_>) -> Option<DataExtent> {

@@ -547,15 +547,8 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
     let stage = |outcome: &pipeline::Rewritten| {
         (!to_stdout).then(|| Staged::write(&output, |mut w| outcome.write_to(&mut w)))
     };
-    let (outcome, staged) =
-        pipeline::rewrite_staged(&bytes, &passes, &options, stage).map_err(|f| {
-            let status = if matches!(f, Failure::Internal(_)) {
-                3
-            } else {
-                2
-            };
-            fail(status, format!("{name}: {f}"))
-        })?;
+    let (outcome, staged) = pipeline::rewrite_staged(&bytes, &passes, &options, stage)
+        .map_err(|f| run_failed(&name, f))?;
     let staged = staged
         .transpose()
         .map_err(|e| fail(2, format!("{}: cannot write: {e}", output.display())))?;
@@ -648,6 +641,17 @@ fn rewrite(args: Rewrite, features: FeatureChoice) -> Result<u8, Exit> {
     Ok(0)
 }
 
+/// A run that failed: exit 3 for an internal error (a bug of ours), 2 for bad input or a
+/// refusal.
+fn run_failed(name: &str, f: Failure) -> Exit {
+    let status = if matches!(f, Failure::Internal(_)) {
+        3
+    } else {
+        2
+    };
+    fail(status, format!("{name}: {f}"))
+}
+
 /// For tests only, run last when `WASMFIX_TEST_INVALID_OUTPUT` is set: adds a function whose
 /// body does not validate, so that tests/cli.rs can show that an output failing its validation
 /// is never written (exit 3), a path no correct pass can take on purpose.
@@ -718,14 +722,8 @@ fn rewrite_component(
     output: &Path,
 ) -> Result<u8, Exit> {
     let options = pass_options(args, features, false);
-    let outcome = wasmfix::component::run(bytes, passes, &options).map_err(|f| {
-        let status = if matches!(f, Failure::Internal(_)) {
-            3
-        } else {
-            2
-        };
-        fail(status, format!("{name}: {f}"))
-    })?;
+    let outcome =
+        wasmfix::component::run(bytes, passes, &options).map_err(|f| run_failed(name, f))?;
     for m in &outcome.modules {
         for r in &m.outcome.reports {
             if args.verbose {

@@ -107,28 +107,33 @@ pub fn load(input: &[u8]) -> Result<(Module<'_>, Facts), Failure> {
     // The model's parse and the validation of the sections are each one pass over the module
     // on one core: they run side by side, then the bodies are validated on every core. A
     // parse error comes first, as when they ran one after the other.
-    let (module, sections) = std::thread::scope(|s| {
-        let sections = s.spawn(|| validate::validate_input_sections(input));
-        let module = Module::parse(input);
-        let sections = sections
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (module, sections)
-    });
+    let (sections, module) = side_by_side(
+        || validate::validate_input_sections(input),
+        || Module::parse(input),
+    );
     let module = module.map_err(Failure::BadInput)?;
     let sections = sections.map_err(|e| invalid(input, e))?;
     // The name section's names (16 MB of them on yosys.wasm) are read beside the bodies.
-    let (code, names) = std::thread::scope(|s| {
-        let names = s.spawn(|| crate::facts::SectionNames::read(&module));
-        let code = validate::validate_input_bodies(&module, sections);
-        let names = names
+    let (names, code) = side_by_side(
+        || crate::facts::SectionNames::read(&module),
+        || validate::validate_input_bodies(&module, sections),
+    );
+    let code = code.map_err(|e| invalid(input, e))?;
+    let facts = Facts::with_code(&module, code, names);
+    Ok((module, facts))
+}
+
+/// Runs `there` on a thread of its own while `here` runs on this one, and returns both
+/// results; a panic on the other thread goes on here once `here` is done.
+fn side_by_side<A: Send, B>(there: impl FnOnce() -> A + Send, here: impl FnOnce() -> B) -> (A, B) {
+    std::thread::scope(|s| {
+        let there = s.spawn(there);
+        let here = here();
+        let there = there
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (code, names)
-    });
-    let code = code.map_err(|e| invalid(input, e))?;
-    let facts = Facts::with_code_and_names(&module, code, names);
-    Ok((module, facts))
+        (there, here)
+    })
 }
 
 /// Why `input` did not validate (`e`): it is invalid, or valid only with a proposal wasmfix
@@ -223,16 +228,12 @@ pub fn rewrite_staged<'a, S>(
 ) -> Result<(Rewritten<'a>, S), Failure> {
     let mut unchecked = rewrite_unchecked(input, passes, options)?;
     let facts = unchecked.facts.take();
-    let (valid, staged) = std::thread::scope(|s| {
-        s.spawn(move || drop(facts));
-        let validation = s.spawn(|| unchecked.validate());
-        let staged = stage(&unchecked.rewritten);
-        let valid = validation.join().unwrap_or_else(|panic| {
-            // A panicking validator is a bug like an invalid output: nothing is published.
-            std::panic::resume_unwind(panic)
-        });
-        (valid, staged)
-    });
+    // A panicking validator is a bug like an invalid output: the panic goes on, nothing is
+    // published.
+    let ((), (valid, staged)) = side_by_side(
+        move || drop(facts),
+        || side_by_side(|| unchecked.validate(), || stage(&unchecked.rewritten)),
+    );
     valid?;
     Ok((unchecked.rewritten, staged))
 }
