@@ -205,38 +205,24 @@ fn report_lists_sites_and_adapters_per_signature() {
 /// V8 (node's WASI) runs the fixed modules too; wasmtime is not the only engine it must satisfy.
 #[test]
 fn fixed_modules_run_under_node() {
-    if std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("node is not installed: skipping the V8 run (CI installs it)");
+    if !common::tool_available("node", &["--version"]) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
     for (variant, &design) in ["O0", "O2"]
         .iter()
         .flat_map(|v| DESIGNS.iter().map(move |d| (v, d)))
     {
         let fixed = fix(&fixture(&format!("fpcast.{variant}.wasm")), design);
-        let path = dir.path().join(format!("{variant}.{design:?}.wasm"));
-        std::fs::write(&path, &fixed).unwrap();
         let typed = typed_for(variant);
         for case in CASTS {
-            let out = std::process::Command::new("node")
-                .args(["--no-warnings", "--experimental-wasi-unstable-preview1"])
-                .arg(common::repo().join("scripts/run-wasi.mjs"))
-                .arg(&path)
-                .arg(case)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
+            let run = common::run_node("node", &fixed, &[case]);
+            assert_eq!(
+                run.status, 0,
                 "node {variant} {design:?} {case}: {}",
-                String::from_utf8_lossy(&out.stderr)
+                run.stderr
             );
             assert_eq!(
-                String::from_utf8_lossy(&out.stdout),
+                run.stdout,
                 run_wasi(&typed, &[case]).stdout,
                 "node {variant} {design:?} {case}"
             );

@@ -15,7 +15,6 @@ mod common;
 
 use common::{Outcome, fixture, run_wasi};
 use std::collections::HashMap;
-use std::path::Path;
 use wasmfix::features::{Feature, FeatureChoice};
 use wasmfix::passes::PassOptions;
 use wasmfix::passes::fpcast::Design;
@@ -255,43 +254,11 @@ fn c_fixtures_print_one_line_per_distinct_cast() {
     }
 }
 
-/// Runs a WASI command in node (`scripts/run-wasi.mjs`): (stdout, stderr, status).
-fn run_node(node: &Path, wasm: &[u8], args: &[&str]) -> (String, String, i32) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.wasm");
-    std::fs::write(&path, wasm).unwrap();
-    let out = std::process::Command::new(node)
-        .args(["--no-warnings", "--experimental-wasi-unstable-preview1"])
-        .arg(common::repo().join("scripts/run-wasi.mjs"))
-        .arg(&path)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.code().unwrap_or(-1),
-    )
-}
-
-fn tool_missing(what: &str) {
-    assert!(
-        std::env::var_os("WASMFIX_REQUIRE_TOOLS").is_none(),
-        "{what} is not installed (WASMFIX_REQUIRE_TOOLS is set)"
-    );
-    eprintln!("{what} is not installed: skipped (CI installs it)");
-}
-
 /// V8 prints the same lines and the same stdout as wasmtime.
 #[test]
 fn c_fixtures_trace_the_same_in_node() {
-    let node = Path::new("node");
-    if std::process::Command::new(node)
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return tool_missing("node");
+    if !common::tool_available("node", &["--version"]) {
+        return;
     }
     for (variant, &design) in ["O0", "O2.stripped"]
         .iter()
@@ -302,10 +269,14 @@ fn c_fixtures_trace_the_same_in_node() {
         for case in ["getter", "void_as_int", "mixed", "f64"] {
             let what = format!("node {variant} {design:?} {case}");
             let want = run_wasi(&traced, &[case]);
-            let (stdout, stderr, status) = run_node(node, &traced, &[case]);
-            assert_eq!(stdout, want.stdout, "{what}");
-            assert_eq!(trace_lines(&stderr), trace_lines(&want.stderr), "{what}");
-            assert_eq!(status == 0, want.outcome == Outcome::Exit(0), "{what}");
+            let run = common::run_node("node", &traced, &[case]);
+            assert_eq!(run.stdout, want.stdout, "{what}");
+            assert_eq!(
+                trace_lines(&run.stderr),
+                trace_lines(&want.stderr),
+                "{what}"
+            );
+            assert_eq!(run.status == 0, want.outcome == Outcome::Exit(0), "{what}");
         }
     }
 }
@@ -313,32 +284,20 @@ fn c_fixtures_trace_the_same_in_node() {
 /// wasm3 (strict WebAssembly 1.0) runs the `mvp` design's traced outputs the same way.
 #[test]
 fn c_fixtures_trace_the_same_in_wasm3() {
-    let found = std::process::Command::new("python3")
-        .args(["-c", "import wasm3"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        return tool_missing("pywasm3");
+    if !common::tool_available("python3", &["-c", "import wasm3"]) {
+        return;
     }
     for variant in ["O0", "O2.stripped", "O2.wasmopt"] {
         let original = fixture(&format!("fpcast.{variant}.wasm"));
         let traced = fpcast(&original, &options(Some(Design::Mvp), true, &[]));
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.wasm");
-        std::fs::write(&path, &traced).unwrap();
         for case in ["getter", "reverse", "mixed", "f64"] {
             let what = format!("wasm3 {variant} {case}");
             let want = run_wasi(&traced, &[case]);
-            let out = std::process::Command::new("python3")
-                .arg(common::repo().join("tests/wasm3_run.py"))
-                .arg(&path)
-                .arg(case)
-                .output()
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_ne!(out.status.code(), Some(3), "{what}: {stderr}");
-            assert_eq!(String::from_utf8_lossy(&out.stdout), want.stdout, "{what}");
-            assert_eq!(trace_lines(&stderr), trace_lines(&want.stderr), "{what}");
+            let out = common::run_wasm3(&traced, &[case]);
+            let stderr = &out.stderr;
+            assert_ne!(out.status, 3, "{what}: {stderr}");
+            assert_eq!(out.stdout, want.stdout, "{what}");
+            assert_eq!(trace_lines(stderr), trace_lines(&want.stderr), "{what}");
         }
     }
 }
@@ -411,14 +370,14 @@ fn casts_to_entries_added_at_run_time_print_once() {
         assert_eq!(got.stderr.lines().count(), 4, "{what}: {}", got.stderr);
 
         if let Some(node22) = node22() {
-            let (stdout, stderr, status) = run_node(&node22, &traced, &["5"]);
+            let run = common::run_node(&node22, &traced, &["5"]);
             assert_eq!(
-                (stdout.as_str(), status),
+                (run.stdout.as_str(), run.status),
                 (want.stdout.as_str(), 0),
                 "node 22 {what}"
             );
             assert_eq!(
-                trace_lines(&stderr),
+                trace_lines(&run.stderr),
                 trace_lines(&got.stderr),
                 "node 22 {what}"
             );
@@ -449,24 +408,9 @@ fn run_wasi_gc_or_plain(wasm: &[u8], gc: bool) -> common::Run {
 /// Node 22 (Wasm GC): `WASMFIX_NODE22`, else /tmp/node22 (npm `node@22`); a missing one fails
 /// under `WASMFIX_REQUIRE_TOOLS`.
 fn node22() -> Option<std::path::PathBuf> {
-    let found = [
-        std::env::var_os("WASMFIX_NODE22").map(Into::into),
-        Some(std::path::PathBuf::from(
-            "/tmp/node22/node_modules/.bin/node",
-        )),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|p| {
-        std::process::Command::new(p)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if found.is_none() {
-        tool_missing("node 22");
-    }
-    found
+    let node = std::env::var_os("WASMFIX_NODE22")
+        .map_or_else(|| "/tmp/node22/node_modules/.bin/node".into(), Into::into);
+    common::tool_available(&node, &["--version"]).then_some(node)
 }
 
 /// A module that cannot print (no WASI fd_write) refuses the option, with a reason; without the

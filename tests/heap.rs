@@ -19,16 +19,22 @@ fn rewrite(input: &[u8], passes: &str, heap: HeapOptions) -> Vec<u8> {
         ..Default::default()
     };
     let list = if passes == "harden" {
-        wasmfix::passes::harden_pipeline()
-            .into_iter()
-            .map(|n| wasmfix::passes::find(n).unwrap())
-            .collect()
+        harden_passes(None)
     } else {
         common::passes(passes)
     };
     wasmfix::pipeline::run(input, &list, &options)
         .unwrap_or_else(|f| panic!("{passes}: {f}"))
         .bytes
+}
+
+/// --harden's passes, but for `without`.
+fn harden_passes(without: Option<&str>) -> Vec<&'static dyn wasmfix::passes::Pass> {
+    wasmfix::passes::harden_pipeline()
+        .into_iter()
+        .filter(|&n| Some(n) != without)
+        .map(|n| wasmfix::passes::find(n).unwrap())
+        .collect()
 }
 
 fn heap_canary(variant: &str, heap: HeapOptions) -> Vec<u8> {
@@ -663,11 +669,8 @@ fn harden_outcome(
         on_error,
         ..Default::default()
     };
-    let list: Vec<_> = wasmfix::passes::harden_pipeline()
-        .into_iter()
-        .map(|n| wasmfix::passes::find(n).unwrap())
-        .collect();
-    wasmfix::pipeline::run(input, &list, &options).unwrap_or_else(|f| panic!("harden: {f}"))
+    wasmfix::pipeline::run(input, &harden_passes(None), &options)
+        .unwrap_or_else(|f| panic!("harden: {f}"))
 }
 
 fn harden(input: &[u8], precise: bool, on_error: wasmfix::diag::OnError) -> Vec<u8> {
@@ -892,66 +895,12 @@ fn memory_imports_exports(bytes: &[u8]) -> (Vec<wasmparser::MemoryType>, Vec<Str
     (memories, imports, exports)
 }
 
-/// Whether `program --version` runs (CI installs node and pywasm3; with
-/// `WASMFIX_REQUIRE_TOOLS` set a missing one fails the test).
-fn tool_available(program: &str, args: &[&str]) -> bool {
-    let found = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("WASMFIX_REQUIRE_TOOLS").is_none(),
-            "`{program} {}` fails (WASMFIX_REQUIRE_TOOLS is set)",
-            args.join(" ")
-        );
-        eprintln!(
-            "`{program} {}` fails: those runs are skipped",
-            args.join(" ")
-        );
-    }
-    found
-}
-
-/// (exit status, stdout, stderr) of the WASI command `wasm` run by `program driver`: node
-/// (V8) through scripts/run-wasi.mjs, wasm3 through tests/wasm3_run.py (134 after a trap).
-fn run_other_engine(
-    program: &str,
-    driver: &str,
-    wasm: &[u8],
-    args: &[&str],
-) -> (i32, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.wasm");
-    std::fs::write(&path, wasm).unwrap();
-    let mut command = std::process::Command::new(program);
-    if program == "node" {
-        command.args(["--no-warnings", "--experimental-wasi-unstable-preview1"]);
-    }
-    let out = command
-        .arg(common::repo().join(driver))
-        .arg(&path)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn harden_without_bounds(input: &[u8]) -> Vec<u8> {
     let options = wasmfix::passes::PassOptions {
         harden: true,
         ..Default::default()
     };
-    let list: Vec<_> = wasmfix::passes::harden_pipeline()
-        .into_iter()
-        .filter(|&n| n != "bounds")
-        .map(|n| wasmfix::passes::find(n).unwrap())
-        .collect();
-    wasmfix::pipeline::run(input, &list, &options)
+    wasmfix::pipeline::run(input, &harden_passes(Some("bounds")), &options)
         .unwrap_or_else(|f| panic!("harden without bounds: {f}"))
         .bytes
 }
@@ -963,8 +912,8 @@ fn harden_without_bounds(input: &[u8]) -> Vec<u8> {
 #[test]
 fn without_a_maximum_harden_caps_memory_0_and_names_the_freed_pointer() {
     use wasmfix::diag::OnError;
-    let node = tool_available("node", &["--version"]);
-    let wasm3 = tool_available("python3", &["-c", "import wasm3"]);
+    let node = common::tool_available("node", &["--version"]);
+    let wasm3 = common::tool_available("python3", &["-c", "import wasm3"]);
     for variant in NOMAX_VARIANTS {
         let original = fixture(&format!("uaf_field.{variant}.wasm"));
         let fixed = harden(&original, false, OnError::Stop);
@@ -997,17 +946,20 @@ fn without_a_maximum_harden_caps_memory_0_and_names_the_freed_pointer() {
         assert_eq!(after.stdout, "", "{variant}");
         assert_freed_pointer_message(variant, "queue_push", &after.stderr);
         let expected = format!("{FREED_POINTER}fefeff06) in queue_push\n");
-        if node {
-            let (status, stdout, stderr) =
-                run_other_engine("node", "scripts/run-wasi.mjs", &fixed, &["store"]);
-            assert_eq!((status, stdout.as_str()), (134, ""), "{variant} node");
-            assert!(stderr.starts_with(&expected), "{variant} node: {stderr}");
-        }
-        if wasm3 {
-            let (status, stdout, stderr) =
-                run_other_engine("python3", "tests/wasm3_run.py", &fixed, &["store"]);
-            assert_eq!((status, stdout.as_str()), (134, ""), "{variant} wasm3");
-            assert!(stderr.starts_with(&expected), "{variant} wasm3: {stderr}");
+        let engines = [
+            node.then(|| ("node", common::run_node("node", &fixed, &["store"]))),
+            wasm3.then(|| ("wasm3", common::run_wasm3(&fixed, &["store"]))),
+        ];
+        for (engine, run) in engines.into_iter().flatten() {
+            assert_eq!(
+                (run.status, run.stdout.as_str()),
+                (134, ""),
+                "{variant} {engine}"
+            );
+            assert!(
+                run.stderr.starts_with(&expected),
+                "{variant} {engine}: {run:?}"
+            );
         }
 
         let before = run_wasi(&original, &["ok", "300"]);

@@ -197,40 +197,6 @@ fn a_piece_is_stored_once() {
     assert_eq!(copies, 1);
 }
 
-/// Whether node runs (CI installs it; with `WASMFIX_REQUIRE_TOOLS` set a missing node fails).
-fn node_available() -> bool {
-    let found = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("WASMFIX_REQUIRE_TOOLS").is_none(),
-            "node is not installed (WASMFIX_REQUIRE_TOOLS is set)"
-        );
-        eprintln!("node is not installed: the V8 runs are skipped");
-    }
-    found
-}
-
-/// (stdout, stderr) of the WASI command `wasm` in node (V8), through scripts/run-wasi.mjs.
-fn run_node(wasm: &[u8], args: &[&str]) -> (String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.wasm");
-    std::fs::write(&path, wasm).unwrap();
-    let out = std::process::Command::new("node")
-        .args(["--no-warnings", "--experimental-wasi-unstable-preview1"])
-        .arg(common::repo().join("scripts/run-wasi.mjs"))
-        .arg(&path)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `text` with every hexadecimal number (`0x…`) written as `0x_`.
 fn hex_masked(text: &str) -> String {
     let mut out = String::new();
@@ -328,7 +294,7 @@ fn messages_print_identically_from_code_and_from_a_passive_segment() {
             "indirect call type mismatch in ",
         ),
     ];
-    let node = node_available();
+    let node = common::tool_available("node", &["--version"]);
     let mut checked = 0;
     for variant in ["O0", "O2", "O2.stripped"] {
         for (fixture, pipeline, set, args, message) in cases {
@@ -384,14 +350,19 @@ fn messages_print_identically_from_code_and_from_a_passive_segment() {
             };
             assert_eq!(trap(&code_run), trap(&passive_run), "{what}");
             if node {
-                let code_node = run_node(in_code, args);
-                assert_eq!(code_node, run_node(passive, args), "{what} node");
-                assert_eq!(code_node.0, code_run.stdout, "{what} node stdout");
+                let code_node = common::run_node("node", in_code, args);
+                let passive_node = common::run_node("node", passive, args);
+                assert_eq!(
+                    (&code_node.stdout, &code_node.stderr),
+                    (&passive_node.stdout, &passive_node.stderr),
+                    "{what} node"
+                );
+                assert_eq!(code_node.stdout, code_run.stdout, "{what} node stdout");
                 // Heap addresses differ between the engines (node's argv[0] is the file's path).
                 assert!(
-                    hex_masked(&code_node.1).starts_with(&hex_masked(&code_run.stderr)),
+                    hex_masked(&code_node.stderr).starts_with(&hex_masked(&code_run.stderr)),
                     "{what} node stderr: {:?} vs wasmtime {:?}",
-                    code_node.1,
+                    code_node.stderr,
                     code_run.stderr
                 );
             }

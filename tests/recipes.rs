@@ -35,18 +35,7 @@ fn recipe(name: &str) -> String {
 /// except where CI requires every tool (WASMFIX_REQUIRE_TOOLS), where it fails.
 fn have(tool: &str) -> bool {
     let version = if tool == "go" { "version" } else { "--version" };
-    let found = Command::new(tool)
-        .arg(version)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("WASMFIX_REQUIRE_TOOLS").is_none(),
-            "{tool} is not installed (WASMFIX_REQUIRE_TOOLS is set)"
-        );
-        eprintln!("{tool} is not installed: recipe not run");
-    }
-    found
+    common::tool_available(tool, &[version])
 }
 
 /// PATH with the directory of the wasmfix under test first, so a recipe's `wasmfix` is it.

@@ -15,51 +15,8 @@ mod common;
 #[path = "common/diff.rs"]
 mod diff;
 
-use common::{Outcome, run_wasi};
+use common::{Outcome, run_wasi, run_wasm3};
 use wasmfix::features::FeatureSet;
-
-/// Whether `python3 -c "import wasm3"` works (CI installs pywasm3; with
-/// `WASMFIX_REQUIRE_TOOLS` set a missing pywasm3 fails the test).
-fn wasm3_available() -> bool {
-    let found = std::process::Command::new("python3")
-        .args(["-c", "import wasm3"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("WASMFIX_REQUIRE_TOOLS").is_none(),
-            "pywasm3 is not installed (`pip install pywasm3`; WASMFIX_REQUIRE_TOOLS is set)"
-        );
-        eprintln!("pywasm3 is not installed: the wasm3 runs are skipped (CI installs it)");
-    }
-    found
-}
-
-/// A run in wasm3: exit status (134 for a trap, 3 when wasm3 cannot load the module), stdout,
-/// stderr.
-#[derive(Debug)]
-struct Wasm3Run {
-    status: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run_wasm3(wasm: &[u8], args: &[&str]) -> Wasm3Run {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.wasm");
-    std::fs::write(&path, wasm).unwrap();
-    let out = std::process::Command::new("python3")
-        .arg(common::repo().join("tests/wasm3_run.py"))
-        .arg(&path)
-        .args(args)
-        .output()
-        .unwrap();
-    Wasm3Run {
-        status: out.status.code().expect("the driver exits"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// The cases of each fixture family (argv after the program name): correct runs and the bugs
 /// the passes stop.
@@ -132,7 +89,7 @@ fn pipelines() -> Vec<diff::Pipeline> {
 
 #[test]
 fn mvp_fixtures_run_the_same_in_wasm3_after_every_pipeline() {
-    if !wasm3_available() {
+    if !common::tool_available("python3", &["-c", "import wasm3"]) {
         return;
     }
     let mvp = FeatureSet::EMPTY.wasm_features();

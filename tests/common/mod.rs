@@ -11,12 +11,74 @@
 //! - [`fixture`], [`fixtures`], [`wat`], [`wat_files`]: the test inputs.
 //! - [`validate`], [`print`], [`function_bodies`], [`custom_sections`]: looking at output.
 //! - [`corpus`]: the real modules from `../shared/corpus/fetch.sh`, when they are cached.
+//! - [`run_node`], [`run_wasm3`]: the same WASI command in V8 and in wasm3; [`tool_available`]
+//!   says whether such an engine (or any tool) is there.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
+
+/// Whether `program args…` runs and succeeds. A missing tool skips the runs that need it (the
+/// test says so on stderr), except under `WASMFIX_REQUIRE_TOOLS` (CI installs every tool),
+/// where it fails the test.
+pub fn tool_available(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> bool {
+    let program = program.as_ref();
+    let found = Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        let what = format!("`{} {}`", program.to_string_lossy(), args.join(" "));
+        assert!(
+            std::env::var_os("WASMFIX_REQUIRE_TOOLS").is_none(),
+            "{what} fails (WASMFIX_REQUIRE_TOOLS is set)"
+        );
+        eprintln!("{what} fails: the runs that need it are skipped (CI installs it)");
+    }
+    found
+}
+
+/// How another engine ran a WASI command: its exit status (-1 when a signal ended it), stdout
+/// and stderr.
+#[derive(Debug)]
+pub struct EngineRun {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `wasm` as a WASI command (`args` after the program name) in node (V8) through
+/// scripts/run-wasi.mjs; `node` is the binary (node 20, or a newer one for Wasm GC).
+pub fn run_node(node: impl AsRef<std::ffi::OsStr>, wasm: &[u8], args: &[&str]) -> EngineRun {
+    let mut command = Command::new(node);
+    command.args(["--no-warnings", "--experimental-wasi-unstable-preview1"]);
+    run_driver(command, "scripts/run-wasi.mjs", wasm, args)
+}
+
+/// Runs `wasm` as a WASI command in wasm3 (PyPI `pywasm3`, a strict WebAssembly 1.0
+/// interpreter) through tests/wasm3_run.py: exit 134 after a trap, 3 when wasm3 cannot load it.
+pub fn run_wasm3(wasm: &[u8], args: &[&str]) -> EngineRun {
+    run_driver(Command::new("python3"), "tests/wasm3_run.py", wasm, args)
+}
+
+fn run_driver(mut command: Command, driver: &str, wasm: &[u8], args: &[&str]) -> EngineRun {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.wasm");
+    std::fs::write(&path, wasm).unwrap();
+    let out = command
+        .arg(repo().join(driver))
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
+    EngineRun {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
 
 /// The repository root.
 pub fn repo() -> &'static Path {
