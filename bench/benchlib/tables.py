@@ -22,6 +22,18 @@ def table(headers, rows):
     return "\n".join(out)
 
 
+def half_width(est, lo, hi):
+    """Half an interval's width as a percentage of its estimate: "±0.8%"."""
+    return "±%.1f%%" % (50.0 * (hi - lo) / est)
+
+
+def fmt_interval(est, lo, hi):
+    """A ratio with ± half its interval ("1.022 ±0.8%"), or "-" without one."""
+    if est is None or lo is None or hi is None:
+        return "-"
+    return "%.3f %s" % (est, half_width(est, lo, hi))
+
+
 def yes_no(v):
     return "yes" if v else "NO"
 
@@ -44,7 +56,7 @@ class Checks:
         shown_value = missing if value is None else shown(value)
         result = {True: "PASS", False: "FAIL", None: no_figure, "undecided": "UNDECIDED"}[ok]
         if interval is not None and value and None not in interval:
-            pm = "±%.1f%%" % (50.0 * (interval[1] - interval[0]) / value)
+            pm = half_width(value, *interval)
             shown_value += " " + pm
             if ok == "undecided":
                 result += " (%s)" % pm if decidable else " (too few samples)"

@@ -18,7 +18,7 @@ from benchlib.context import FIXTURES, MB, ToolError, last_error_line, log, warm
 from benchlib.engine import load_wasmtime, time_start
 from benchlib.rounds import interleave
 from benchlib.ruby import print_ruby_variants, run_ruby_variants
-from benchlib.tables import Checks, fmt, table
+from benchlib.tables import Checks, fmt, fmt_interval, table
 from benchlib.wasmbin import growth_pct
 from sections.pyodide import paired_rounds
 
@@ -183,14 +183,9 @@ def harden_pyodide(ctx, checks):
     print("\n== harden: pyodide.asm.wasm %.1f MB (%d rounds x %d calls of every variant alternating in one node "
           "process, as in the pyodide section; ratio = median of paired calls' ratios to the original, "
           "± half its 95%% interval) ==" % (size / MB, ctx.args.pyodide_rounds, ctx.args.pyodide_evals))
-
-    def pm(e):
-        if e.get("ratio") is None or not e.get("interval") or e["interval"][0] is None:
-            return "-"
-        lo, hi = e["interval"]
-        return "%.3f ±%.1f%%" % (e["ratio"], 50.0 * (hi - lo) / e["ratio"])
     print(table(["variant", "size %", "eval ratio", "cpu ratio", "min ratio", "output ok"],
-                [[k, fmt(e.get("size_growth_pct"), "+.2f"), pm(e), fmt(e.get("cpu_ratio"), ".3f"),
+                [[k, fmt(e.get("size_growth_pct"), "+.2f"),
+                  fmt_interval(e.get("ratio"), *(e.get("interval") or (None, None))), fmt(e.get("cpu_ratio"), ".3f"),
                   fmt(e.get("min_ratio"), ".3f"),
                   {True: "yes", False: "NO", None: "-"}[e.get("output_ok")] if "refused" not in e else e["refused"][:80]]
                  for k, e in fig["variants"].items()]))

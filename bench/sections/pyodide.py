@@ -35,7 +35,7 @@ import subprocess
 
 from benchlib.context import REPO, ToolError, log
 from benchlib.rounds import Rounds, wait_for_quiet
-from benchlib.tables import Checks, fmt, table, yes_no
+from benchlib.tables import Checks, fmt, fmt_interval, table, yes_no
 
 NAME = "pyodide"
 DEFAULT = False
@@ -95,9 +95,6 @@ def run(ctx):
               size / 1e6, node, rounds, calls, HASH_SEED, "equal in every instance" if len(hashes) == 1 else "DIFFERS"))
     rows, fig = [], {"input": src, "input_bytes": size, "load": load, "hash_seed": HASH_SEED,
                      "hash_equal": len(hashes) == 1, "variants": {}}
-
-    def pm(est, lo, hi):
-        return "-" if est is None else "%.3f ±%.1f%%" % (est, 50.0 * (hi - lo) / est)
     for k in keys:
         out_bytes = os.path.getsize(paths[k])
         growth = 100.0 * (out_bytes - size) / size
@@ -105,8 +102,8 @@ def run(ctx):
         cpu = res["cpu"].paired_ratio(k, "original")
         per_round = [statistics.median(x / y for x, y in zip(ra, rb))
                      for ra, rb in zip(res["eval"].rounds[k], res["eval"].rounds["original"])]
-        rows.append([k, fmt(res["eval"].median(k), ".4f"), pm(*wall) if k != "original" else "-",
-                     fmt(res["eval"].min_ratio(k, "original"), ".3f"), pm(*cpu) if k != "original" else "-",
+        rows.append([k, fmt(res["eval"].median(k), ".4f"), fmt_interval(*wall) if k != "original" else "-",
+                     fmt(res["eval"].min_ratio(k, "original"), ".3f"), fmt_interval(*cpu) if k != "original" else "-",
                      " ".join("%.3f" % x for x in per_round), "%+.2f%%" % growth,
                      fmt(rewrites[k].time_s, ".2f") if k in rewrites else "-", yes_no(same[k])])
         fig["variants"][k] = {"file": paths[k], "bytes": out_bytes, "size_growth_pct": round(growth, 3),
