@@ -22,11 +22,19 @@
 //!     sources: a `br_table` function mapping each slot to the class of its signature, and an
 //!     "adapters" table indexed by (target, class). Encoding each shadow as element segments
 //!     instead costs a function index per slot per target (~5% of ruby.wasm, 33 targets x
-//!     8,775 slots); this costs under 1%.
+//!     8,775 slots); this costs under 1%. The shadows are the module's own (never exported):
+//!     a host sees only the original table.
 //!   * `mvp` (WebAssembly 1.0: no extra table, no `table.get/set`, no tail call unless the run
 //!     allows it): the views are appended to the table itself, `len + 1` slots each after its
 //!     original size, written by plain element segments of function indices; the table's
-//!     limits grow by that much. A site adds the view's base to the index.
+//!     limits grow by that much. A site adds the view's base to the index. When the host
+//!     can see the table (exported or imported), a view never holds a function of the
+//!     program: where it would hold entry `f`, it holds a *direct caller* of `f` (typed as `f`,
+//!     it calls `f` with its arguments; one per function). A host finds a function's pointer
+//!     by scanning the table for it (Emscripten's `getFunctionAddress` takes the last slot
+//!     holding it, for every side module's GOT.func import, `dlsym` and `addFunction`); with
+//!     `f` itself in a view, it would get a view slot: a pointer that compares unequal to the
+//!     module's own `&f`, and that a site sends to the forwarder, which traps on it.
 //! - the site's index goes to the view only below the table's link-time length `len` (the
 //!   slots its element segments fill); any other index goes to the view's last slot, a
 //!   *forwarder* typed `T` that makes the original call (`call_indirect (type T)` on the
@@ -67,14 +75,16 @@
 //!
 //! Why every execution that worked is unchanged: a call that did not trap called an entry
 //! whose type is `T`. Below `len`, its view holds that same entry (copied at instantiation, or
-//! written by the same element segments), so the same function runs with the same arguments;
+//! written by the same element segments; in a host-visible table's views, a direct caller
+//! that passes its arguments to that entry), so the same function runs with the same arguments;
 //! from `len` on (and for slots empty or mismatched at link time in a changing table), the
 //! forwarder makes that same call on the original table. With GC, `ref.test (ref T)` succeeds
 //! exactly for the entries `call_indirect (type T)` accepts, and those are called unchanged.
 //! Calls that trapped because the entry was null, out of range, or of a non-castable type reach
 //! the same entry through `call_indirect (type T)` (in the view, or on the original table from
 //! the forwarder) and trap the same way; in the `mvp` design an index that would now land in
-//! the views is turned into -1 first. Only calls that trapped on a castable mismatch now run,
+//! the views is turned into -1 first; no host can get such an index from a lookup, since the
+//! views of a table it sees hold none of its functions. Only calls that trapped on a castable mismatch now run,
 //! through an adapter. The index global is written immediately before the call and read first
 //! thing by the adapter or the forwarder (which passes it to the adapter untouched), so nested
 //! calls cannot disturb it.
@@ -908,6 +918,10 @@ fn build_table(
 
     if views {
         // Slot i of view k: the item for the entry's class, else the entry; then the forwarder.
+        // A host-visible table's views hold only wasmfix's functions: the entry is replaced by
+        // its direct caller (see the header), made once per function.
+        let host_visible = plan.table.exported || plan.table.imported;
+        let mut direct: HashMap<u32, u32> = HashMap::new();
         let mut sites = Vec::new();
         for (k, forward) in forwarders.iter().enumerate() {
             let forward = forward.expect("views have forwarders");
@@ -917,6 +931,9 @@ fn build_table(
                 let entry = plan.table.contents.get(&(slot as u64)).copied();
                 funcs.push(match (class_items[k][class as usize], entry) {
                     (Some(f), _) => f,
+                    (None, Some(f)) if host_visible => *direct
+                        .entry(f)
+                        .or_insert_with(|| direct_caller(cx, f, tail_calls)),
                     (None, Some(f)) => f,
                     (None, None) => forward,
                 });
@@ -1184,6 +1201,23 @@ fn adapter_body(
     }
     f.instruction(&Instruction::End);
     f
+}
+
+/// A function of `f`'s type that calls `f` with its arguments: what a view of a host-visible
+/// table holds where the table holds `f`, so that `f` itself appears only in its own slots.
+fn direct_caller(cx: &mut PassCx<'_, '_, '_>, f: u32, tail_calls: bool) -> u32 {
+    let m = cx.module;
+    let ty = m.func_types[f as usize];
+    let n = m.func_type(ty).map_or(0, |t| t.params().len() as u32);
+    let mut code: Vec<Instruction> = (0..n).map(Instruction::LocalGet).collect();
+    code.push(if tail_calls {
+        Instruction::ReturnCall(f)
+    } else {
+        Instruction::Call(f)
+    });
+    code.push(Instruction::End);
+    let name = format!("wasmfix:fpcast_direct {}", cx.facts().function_name(f));
+    cx.edits.add_helper_typed(m, &name, ty, &[], &code)
 }
 
 /// `forward(args…)` typed T: the call the site made, on the original table with the index

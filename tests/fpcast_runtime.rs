@@ -12,6 +12,10 @@
 //!
 //! In wasmtime (GC on, and GC off for outputs that do not need it) and in V8: node 22 (Wasm GC)
 //! for every output, node 20 for the outputs without GC.
+//!
+//! `lookup.wat` with `lookup.mjs` (and its wasmtime twin here): a host that finds a function's
+//! pointer by scanning the exported table, as Emscripten's loader does, gets the same slot after
+//! fpcast in both designs, and the module compares and calls it as before.
 
 mod common;
 
@@ -436,6 +440,155 @@ fn side_module_is_adapted_with_gc_or_refused() {
             };
             let want = if after { fixed } else { before };
             assert_eq!(got, want, "{export}({this}, {k}) after={after}");
+        }
+    }
+}
+
+/// What `tests/fixtures/runtime/lookup.mjs` prints for `lookup.wat`, and what the wasmtime host
+/// below prints the same way: per exported function, the slot a host finds it in (the last one,
+/// as Emscripten's `getFunctionAddress`), the module's pointer comparison, and the calls
+/// through that slot from each site. (probe, before, after fpcast): only the castable
+/// mismatches change.
+const LOOKUPS: &[(&str, &str, &str)] = &[
+    ("getattr: slot", "1", "1"),
+    ("getattr: is_getattr", "1", "1"),
+    ("getattr: call2(6, 7)", "67", "67"),
+    ("getattr: call1(5)", "trap", "50"),
+    ("getattr: callf(3)", "trap", "trap"),
+    ("alloc: slot", "2", "2"),
+    ("alloc: is_getattr", "0", "0"),
+    ("alloc: call2(6, 7)", "trap", "1006"),
+    ("alloc: call1(5)", "1005", "1005"),
+    ("alloc: callf(3)", "trap", "trap"),
+    ("half: slot", "3", "3"),
+    ("half: is_getattr", "0", "0"),
+    ("half: call2(6, 7)", "trap", "trap"),
+    ("half: call1(5)", "trap", "trap"),
+    ("half: callf(3)", "1.5", "1.5"),
+    ("mul: slot", "4", "4"),
+    ("mul: is_getattr", "0", "0"),
+    ("mul: call2(6, 7)", "42", "42"),
+    ("mul: call1(5)", "trap", "0"),
+    ("mul: callf(3)", "trap", "trap"),
+];
+
+fn lookup_lines(after: bool) -> Vec<String> {
+    LOOKUPS
+        .iter()
+        .map(|(probe, before, fixed)| format!("{probe} {}", if after { fixed } else { before }))
+        .collect()
+}
+
+/// The host of lookup.mjs in wasmtime: a function's identity is its funcref (`Func::to_raw`).
+fn lookup_wasmtime(engine: &Engine, module: &[u8]) -> Vec<String> {
+    let mut store = Store::new(engine, ());
+    let module = Module::new(engine, module).unwrap();
+    let instance = Instance::new(&mut store, &module, &[]).unwrap();
+    let table = instance
+        .get_table(&mut store, "__indirect_function_table")
+        .unwrap();
+    let mut slot_of = std::collections::HashMap::new();
+    for i in 0..table.size(&store) {
+        if let Some(wasmtime::Ref::Func(Some(f))) = table.get(&mut store, i) {
+            slot_of.insert(f.to_raw(&mut store) as usize, i as i32);
+        }
+    }
+    let mut out = Vec::new();
+    for name in ["getattr", "alloc", "half", "mul"] {
+        let f = instance.get_func(&mut store, name).unwrap();
+        let p = slot_of
+            .get(&(f.to_raw(&mut store) as usize))
+            .copied()
+            .unwrap_or(0);
+        out.push(format!("{name}: slot {p}"));
+        let calls: [(&str, &str, Vec<Val>); 4] = [
+            ("is_getattr", "is_getattr", vec![Val::I32(p)]),
+            (
+                "call2(6, 7)",
+                "call2",
+                vec![Val::I32(6), Val::I32(7), Val::I32(p)],
+            ),
+            ("call1(5)", "call1", vec![Val::I32(5), Val::I32(p)]),
+            (
+                "callf(3)",
+                "callf",
+                vec![Val::F64(3f64.to_bits()), Val::I32(p)],
+            ),
+        ];
+        for (probe, export, args) in calls {
+            let f = instance.get_func(&mut store, export).unwrap();
+            let mut result = [Val::I32(0)];
+            let got = match f.call(&mut store, &args, &mut result) {
+                Ok(()) => match result[0] {
+                    Val::F64(bits) => f64::from_bits(bits).to_string(),
+                    ref v => v.unwrap_i32().to_string(),
+                },
+                Err(_) => "trap".into(),
+            };
+            out.push(format!("{name}: {probe} {got}"));
+        }
+    }
+    out
+}
+
+fn lookup_node(node: &std::path::Path, module: &[u8]) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lookup.wasm");
+    std::fs::write(&path, module).unwrap();
+    let out = std::process::Command::new(node)
+        .arg(common::repo().join("tests/fixtures/runtime/lookup.mjs"))
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        node.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Part A of issue 13: a host that looks a function up in the exported table, as Emscripten's
+/// loader does for GOT.func and dlsym, finds the slot it found before, in both designs, and
+/// the module compares and calls it as before (the `mvp` design's views hold no function of
+/// the program, only wasmfix's own).
+#[test]
+fn host_lookups_in_an_exported_table_are_unchanged() {
+    let input = fixture("lookup.wat");
+    let node22 = node22();
+    assert!(
+        node22.is_some() || std::env::var_os("WASMFIX_REQUIRE_TOOLS").is_none(),
+        "node 22 is not installed (WASMFIX_REQUIRE_TOOLS is set)"
+    );
+    let node20 = std::path::PathBuf::from("node");
+    let has_node20 = std::process::Command::new(&node20)
+        .arg("--version")
+        .output()
+        .is_ok();
+    for (module, after, name, gc) in std::iter::once((input.clone(), false, "original", false))
+        .chain(
+            VARIANTS
+                .iter()
+                .map(|v| (rewrite(&input, v), true, v.name, v.gc)),
+        )
+    {
+        let want = lookup_lines(after);
+        for engine_gc in [true, false] {
+            if gc && !engine_gc {
+                continue;
+            }
+            assert_eq!(
+                lookup_wasmtime(&engine(engine_gc), &module),
+                want,
+                "{name} (wasmtime gc={engine_gc})"
+            );
+        }
+        if let Some(node22) = &node22 {
+            assert_eq!(lookup_node(node22, &module), want, "{name} (node 22)");
+        }
+        if !gc && has_node20 {
+            assert_eq!(lookup_node(&node20, &module), want, "{name} (node)");
         }
     }
 }
