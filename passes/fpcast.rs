@@ -30,7 +30,8 @@
 //!     limits grow by that much. A site adds the view's base to the index. When the host
 //!     can see the table (exported or imported), a view never holds a function of the
 //!     program: where it would hold entry `f`, it holds a *direct caller* of `f` (typed as `f`,
-//!     it calls `f` with its arguments; one per function). A host finds a function's pointer
+//!     it calls `f` with its arguments; one per function: a frame more per matching call, as
+//!     the forwarder costs an entry added at run time). A host finds a function's pointer
 //!     by scanning the table for it (Emscripten's `getFunctionAddress` takes the last slot
 //!     holding it, for every side module's GOT.func import, `dlsym` and `addFunction`); with
 //!     `f` itself in a view, it would get a view slot: a pointer that compares unequal to the
@@ -117,6 +118,21 @@
 //! shadow table instead of table 0. Size favours `tables` (ruby.wasm +0.54% against +5.8%
 //! for `mvp`: the views are written as function indices), so it stays the default whenever
 //! reference types are allowed.
+//!
+//! Where `tables`' ~2% goes (throwaway outputs, each with one part of the site removed even
+//! where that is unsound, all paired in one run; CPU-time ratios of two runs at load 4–5,
+//! ±1–2.5%; docs/benchmarks.md#pyodide): the call through the shadow table alone 1.004–1.015;
+//! plus the `global.set` 1.020–1.021; plus the `select` (today's site) 1.019–1.024; the
+//! global (and the select) on table 0, no shadow, 1.006–1.009. So the `select` costs nothing
+//! measurable; the store and the non-zero table roughly 1% each, at the edge of the noise. Neither can go soundly with the
+//! run's features: the global is how an adapter or the forwarder learns the index (per-slot
+//! adapters would need a function per castable (slot, signature) pair, and the forwarder still
+//! needs the index for every slot from `len` on and every empty or non-castable slot of a
+//! changing table, where the host may put a function later), and calling table 0 is the `mvp`
+//! design, which on an exported table pays a direct caller per matching call: at c9937fa (load
+//! 3–4) `mvp` measured 1.089x ±1.5% (+19.2% size) against 1.011x before its views stopped
+//! holding the program's own functions. Leaving such a table alone in `mvp` would cost
+//! nothing and adapt nothing; adapting it soundly is what the user asked for, so it stays.
 //!
 //! Limits: 64-bit tables, tables whose segments write past their size (instantiation traps),
 //! sparse tables (a few entries far apart, which would make the class map and the views
