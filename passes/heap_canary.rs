@@ -238,29 +238,30 @@ impl Pass for HeapCanary {
 
     fn run(&self, cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
         let facts = cx.facts();
-        let report = |summary: String, warnings: Vec<String>| PassReport {
-            pass: "heap-canary",
-            summary,
-            warnings,
-            details: serde_json::json!({ "wrapped": [] }),
-        };
         if let Some(done) = facts.applied.get("heap-canary") {
-            return Ok(report(
-                format!("already applied by an earlier wasmfix run ({done})"),
-                Vec::new(),
-            ));
+            return Ok(PassReport {
+                pass: "heap-canary",
+                summary: format!("already applied by an earlier wasmfix run ({done})"),
+                warnings: Vec::new(),
+                details: serde_json::json!({ "wrapped": [] }),
+            });
         }
         match wrap(cx) {
             Ok(r) => Ok(r),
-            Err(e) if cx.options.harden => {
-                let why = crate::pipeline::one_line(&e);
-                Ok(report(
-                    format!("not applied: {why}"),
-                    vec![format!("heap blocks are not checked: {why}")],
-                ))
-            }
+            Err(e) if cx.options.harden => Ok(not_applied(&crate::pipeline::one_line(&e))),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The report of a `--harden` run in which heap-canary could not apply, for reason `why`: a
+/// warning, and the other passes still apply.
+pub fn not_applied(why: &str) -> PassReport {
+    PassReport {
+        pass: "heap-canary",
+        summary: format!("not applied: {why}"),
+        warnings: vec![format!("heap blocks are not checked: {why}")],
+        details: serde_json::json!({ "wrapped": [] }),
     }
 }
 
