@@ -941,8 +941,9 @@ fn harden_without_bounds(input: &[u8]) -> Vec<u8> {
 
 /// Without a maximum, --harden (heap-canary poisons in the run) gives a defined memory 0 the
 /// maximum 0xfe00 pages, below the poison range, and bounds then names the use of a pointer
-/// read from a freed block, in wasmtime, node (V8) and wasm3. Nothing else in the memory,
-/// import and export sections changes, and the correct case prints the same.
+/// read from a freed block, whether it writes or reads first, in wasmtime, node (V8) and wasm3.
+/// Nothing else in the memory, import and export sections changes, and the correct case
+/// prints the same.
 #[test]
 fn without_a_maximum_harden_caps_memory_0_and_names_the_freed_pointer() {
     use wasmfix::diag::OnError;
@@ -973,27 +974,37 @@ fn without_a_maximum_harden_caps_memory_0_and_names_the_freed_pointer() {
             "{variant}"
         );
 
-        let before = run_wasi(&original, &["store"]);
-        assert_eq!(before.stdout, "store after free 1\n", "{variant}");
-        let after = run_wasi(&fixed, &["store"]);
-        assert_trapped(&after, &format!("{variant} store"));
-        assert_eq!(after.stdout, "", "{variant}");
-        assert_freed_pointer_message(variant, "queue_push", &after.stderr);
-        let expected = format!("{FREED_POINTER}fefeff06) in queue_push\n");
-        let engines = [
-            node.then(|| ("node", common::run_node("node", &fixed, &["store"]))),
-            wasm3.then(|| ("wasm3", common::run_wasm3(&fixed, &["store"]))),
-        ];
-        for (engine, run) in engines.into_iter().flatten() {
+        // The store use and the load use, each named in the function that makes it.
+        for (case, function) in [("store", "queue_push"), ("load", "queue_peek")] {
+            let before = run_wasi(&original, &[case]);
             assert_eq!(
-                (run.status, run.stdout.as_str()),
-                (134, ""),
-                "{variant} {engine}"
+                before.stdout,
+                format!(
+                    "{case} after free {}\n",
+                    if case == "store" { 1 } else { 7 }
+                ),
+                "{variant}"
             );
-            assert!(
-                run.stderr.starts_with(&expected),
-                "{variant} {engine}: {run:?}"
-            );
+            let after = run_wasi(&fixed, &[case]);
+            assert_trapped(&after, &format!("{variant} {case}"));
+            assert_eq!(after.stdout, "", "{variant} {case}");
+            assert_freed_pointer_message(variant, function, &after.stderr);
+            let expected = format!("{FREED_POINTER}fefeff06) in {function}\n");
+            let engines = [
+                node.then(|| ("node", common::run_node("node", &fixed, &[case]))),
+                wasm3.then(|| ("wasm3", common::run_wasm3(&fixed, &[case]))),
+            ];
+            for (engine, run) in engines.into_iter().flatten() {
+                assert_eq!(
+                    (run.status, run.stdout.as_str()),
+                    (134, ""),
+                    "{variant} {case} {engine}"
+                );
+                assert!(
+                    run.stderr.starts_with(&expected),
+                    "{variant} {case} {engine}: {run:?}"
+                );
+            }
         }
 
         let before = run_wasi(&original, &["ok", "300"]);
