@@ -11,7 +11,10 @@
 //! stdio), through the table or an export — therefore reaches a wrapper. `calloc`, `realloc`,
 //! the aligned allocations, `posix_memalign` and `malloc_usable_size` get new bodies built on
 //! the wrappers (their originals read the allocator's chunk headers, which no longer sit in
-//! front of the blocks, so they are never called again).
+//! front of the blocks, so they are never called again). DWARF that gives the moved bodies and
+//! other code one address range (binaryen's, one per compile unit) cannot follow the move: the
+//! run is then refused, and under `--harden` made again without this pass, with a warning
+//! (see `pipeline::rewrite_unchecked`).
 //!
 //! **Blocks.** A block of `n` bytes is allocated as `n + 20` bytes (more when aligned):
 //!
