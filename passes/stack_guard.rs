@@ -13,10 +13,14 @@
 //!
 //! Inserted at each checked write: `local.tee $new` before it (a local of the pass, unless the
 //! value written was just teed to a local, as prologues do), then `local.get $new; [i32.const
-//! low; i32.sub;] global.get size; i32.gt_u; br_if $trap` after it
-//! (`size` is an immutable global holding `high - low`, which encodes shorter than the
-//! constant). The value checked is the value written, read from the local rather than from the
-//! global: Liftoff, V8's first tier, loads a global from memory on every `global.get`. A
+//! low; i32.sub;] i32.const size; i32.gt_u; br_if $trap` after it
+//! (`size` is `high - low`). The value checked is the value written, read from the local
+//! rather than from the global: V8 loads a global from memory on every `global.get`. For the
+//! same reason the size is a constant, not an immutable global (2 bytes per use instead of up
+//! to 5): on Pyodide (6,451 guarded functions) the global cost `--passes stack` 1.019x of its
+//! eval time and the constant 1.014x (CPU; wall 1.021x and 1.009x; paired, load 4–5, ±1.4–2.1%),
+//! for 4 KB (+0.04%); without the compare and branch at all it measured 1.00x, so the check
+//! itself is the rest (docs/benchmarks.md#stack). A
 //! function with two or more checked writes gets one trap block: its body is wrapped as
 //! `block $trap (block (result R) <body>) return end <trap code>`, so branches to the
 //! function's own label land on the inner block and return as before. A function with one
@@ -228,7 +232,6 @@ fn guard(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassReport> 
             Instruction::End,
         ],
     );
-    let size_global = edits.add_i32_global(m, false, (high - low) as i32);
 
     // Names of the guarded functions, stored once each for the handler to print.
     let mut names = HashMap::new();
@@ -243,7 +246,7 @@ fn guard(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassReport> 
     edits.add_rewriter(Box::new(Guard {
         sp: sp.value,
         low: low as u32,
-        size_global,
+        size: (high - low) as i32,
         handler,
         handler_unnamed,
         names,
@@ -270,8 +273,8 @@ fn guard(cx: &mut PassCx<'_, '_, '_>, pass: &'static str) -> Result<PassReport> 
 struct Guard {
     sp: u32,
     low: u32,
-    /// An immutable global holding `high - low` (2 bytes per use instead of up to 5).
-    size_global: u32,
+    /// `high - low`.
+    size: i32,
     handler: u32,
     handler_unnamed: u32,
     names: HashMap<u32, (u32, u32)>,
@@ -595,10 +598,7 @@ impl BodyRewriter for Guard {
             if self.low != 0 {
                 out.extend([Instruction::I32Const(self.low as i32), Instruction::I32Sub]);
             }
-            out.extend([
-                Instruction::GlobalGet(self.size_global),
-                Instruction::I32GtU,
-            ]);
+            out.extend([Instruction::I32Const(self.size), Instruction::I32GtU]);
         }
         if self.plan.trap_block {
             // Inside the `nest` open constructs: the result block, then the trap block.
