@@ -33,7 +33,9 @@
 //!   When `address + off < G` the subtraction wraps to `2^32 - (G - off - address)` and the
 //!   effective address is at least 2^32, past any 32-bit memory: the load traps at the access as
 //!   an out-of-bounds access, before it reads anything. Four bytes, no branch, no message.
-//!   `--bounds-precise` branches instead (below) and prints the message for loads too.
+//!   `--bounds-precise` branches instead (below) and prints the message for loads too, and so
+//!   do loads when the poison range of freed blocks is checked (see "A pointer read from a
+//!   freed block"), unless `--bounds-compact`.
 //! - With `--bounds-compact`, a **store** whose only range is the null page is rebased the same
 //!   way: `(address) i32.const G-off; i32.sub (value) store offset=G`, the value held back (a
 //!   `local.get` or constant) or saved in a local. The argument is the load's: the effective
@@ -112,13 +114,14 @@
 //! addresses can succeed in such a memory: an access the wider check stops has its effective
 //! address in the added range, past 4 GiB, or (an `L + c` whose `i32.add` wrapped) in the
 //! null page itself. So the check gives a trap the input had a message, or stops a null-page
-//! access, and changes no other execution. Loads stay
-//! rebased (the engine's out-of-bounds trap at the access, no message) unless
-//! `--bounds-precise`, which branches them and so names them: branching every load when the
-//! poison range is checked was tried and costs little on harden.O2.wasm (1.00x `hash`, 1.04x
-//! `sort`, +1,810 bytes) but +11.8 points of size on sqlite3.wasm (`--harden` +43.7% → +55.5%),
-//! against issue 15's size goal. Also not extended (the engine's trap, no message):
-//! `--bounds-compact` stores, accesses
+//! access, and changes no other execution. Loads, rebased otherwise, branch whenever the
+//! poison range is checked (as with `--bounds-precise`), so the first use of a pointer read
+//! from a freed block is named whether it reads or writes (`p->next->x` reads). Cost, only in
+//! modules where heap-canary poisons: harden.O2.wasm 1.00x on `hash`, 1.04x on `sort`, +1,810
+//! bytes; sqlite3.wasm's `--harden` +55.5% size instead of +43.7% (14,911 more loads branch,
+//! about 7 bytes each; most already use an offset's own trap block). `--bounds-compact` keeps
+//! them rebased. Not extended (the engine's trap, no message): `--bounds-compact` loads and
+//! stores, accesses
 //! left unchecked (offset at or past `hi`, stack, constant addresses), and those a `Known`
 //! lower bound skips: that fact comes from an access through the same local that ran, which
 //! the poison address (plus less than 16 MiB) cannot do; a case missed loses a message, never
@@ -287,8 +290,13 @@ impl Pass for Bounds {
             }
         }
         let handler = handler(m, edits, ranges, mode);
-        let rebase_loads = mode == OnError::Stop && !cx.options.bounds_precise;
-        let rebase_stores = rebase_loads && cx.options.bounds_compact;
+        // Loads branch too when the poison range is checked, so a load through a pointer read
+        // from a freed block stops with its message (see the header); `--bounds-compact` keeps
+        // them rebased, as it does stores.
+        let compact = cx.options.bounds_compact;
+        let rebase_loads =
+            mode == OnError::Stop && !cx.options.bounds_precise && (high.is_none() || compact);
+        let rebase_stores = rebase_loads && compact;
         let mut unneeded = 0;
         let input_locals: HashMap<u32, u32> = checked
             .iter()

@@ -11,7 +11,10 @@
 //! stdio), through the table or an export — therefore reaches a wrapper. `calloc`, `realloc`,
 //! the aligned allocations, `posix_memalign` and `malloc_usable_size` get new bodies built on
 //! the wrappers (their originals read the allocator's chunk headers, which no longer sit in
-//! front of the blocks, so they are never called again).
+//! front of the blocks, so they are never called again). DWARF that gives the moved bodies and
+//! other code one address range (binaryen's, one per compile unit) cannot follow the move: the
+//! run is then refused, and under `--harden` made again without this pass, with a warning
+//! (see `pipeline::rewrite_unchecked`).
 //!
 //! **Blocks.** A block of `n` bytes is allocated as `n + 20` bytes (more when aligned):
 //!
@@ -238,29 +241,30 @@ impl Pass for HeapCanary {
 
     fn run(&self, cx: &mut PassCx<'_, '_, '_>) -> Result<PassReport> {
         let facts = cx.facts();
-        let report = |summary: String, warnings: Vec<String>| PassReport {
-            pass: "heap-canary",
-            summary,
-            warnings,
-            details: serde_json::json!({ "wrapped": [] }),
-        };
         if let Some(done) = facts.applied.get("heap-canary") {
-            return Ok(report(
-                format!("already applied by an earlier wasmfix run ({done})"),
-                Vec::new(),
-            ));
+            return Ok(PassReport {
+                pass: "heap-canary",
+                summary: format!("already applied by an earlier wasmfix run ({done})"),
+                warnings: Vec::new(),
+                details: serde_json::json!({ "wrapped": [] }),
+            });
         }
         match wrap(cx) {
             Ok(r) => Ok(r),
-            Err(e) if cx.options.harden => {
-                let why = crate::pipeline::one_line(&e);
-                Ok(report(
-                    format!("not applied: {why}"),
-                    vec![format!("heap blocks are not checked: {why}")],
-                ))
-            }
+            Err(e) if cx.options.harden => Ok(not_applied(&crate::pipeline::one_line(&e))),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The report of a `--harden` run in which heap-canary could not apply, for reason `why`: a
+/// warning, and the other passes still apply.
+pub fn not_applied(why: &str) -> PassReport {
+    PassReport {
+        pass: "heap-canary",
+        summary: format!("not applied: {why}"),
+        warnings: vec![format!("heap blocks are not checked: {why}")],
+        details: serde_json::json!({ "wrapped": [] }),
     }
 }
 

@@ -948,12 +948,37 @@ fn address_limit(width: usize) -> u64 {
 /// DWARF has one range per unit.
 fn contiguous(map: &CodeMap, begin: u64, end: u64) -> Result<()> {
     if end > begin && map.sequence_break(begin, end - 1).is_some() {
-        bail!(
-            "the address range [{begin:#x}, {end:#x}) spans a function body that was moved \
-             (heap-canary moves malloc and free): it cannot be updated in place"
-        );
+        return Err(SpansMovedBody { begin, end }.into());
     }
     Ok(())
+}
+
+/// An address range of the DWARF spans a body that moved (see `contiguous`): the one refusal a
+/// run can avoid by not moving bodies (`pipeline` retries a `--harden` run without heap-canary).
+#[derive(Debug)]
+pub struct SpansMovedBody {
+    begin: u64,
+    end: u64,
+}
+
+impl std::fmt::Display for SpansMovedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the address range [{:#x}, {:#x}) spans a function body that was moved (heap-canary \
+             moves malloc and free): it cannot be updated in place",
+            self.begin, self.end
+        )
+    }
+}
+
+impl std::error::Error for SpansMovedBody {}
+
+impl CannotUpdate {
+    /// Whether the refusal is a range over a moved body ([`SpansMovedBody`]).
+    pub fn spans_moved_body(&self) -> bool {
+        self.0.downcast_ref::<SpansMovedBody>().is_some()
+    }
 }
 
 /// Patches the (address, length) tuples of every set in `.debug_aranges`.

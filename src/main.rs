@@ -87,6 +87,8 @@ struct Rewrite {
     /// bounds: stop a null-page store as a null-page load is stopped, by an out-of-bounds trap
     /// at the access (its address lowered so that it wraps past 4 GiB), without wasmfix's
     /// message: about 5 bytes per store instead of a compare and branch (smaller and faster).
+    /// Loads stay that way too when heap-canary poisons freed blocks (without this option they
+    /// branch then, to name the use of a pointer read from a freed block).
     #[arg(long, conflicts_with = "bounds_precise")]
     bounds_compact: bool,
     /// Write a JSON report of what each pass did to FILE (`-`: standard output).

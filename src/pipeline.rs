@@ -272,7 +272,53 @@ impl Unchecked<'_> {
 }
 
 /// Runs the passes and emits the output: [`rewrite`] without its last step.
+///
+/// Under `--harden`, heap-canary is the one pass whose failure is a warning rather than a
+/// refusal, and the one that moves function bodies (malloc's and free's go to the end of the
+/// code). When the DWARF cannot follow that move (binaryen writes one address range per
+/// compile unit: [`crate::dwarf::SpansMovedBody`]), which only emitting can tell, the run is
+/// made again without heap-canary, and its report says why heap blocks are not checked.
 fn rewrite_unchecked<'a>(
+    input: &'a [u8],
+    passes: &[&dyn Pass],
+    options: &PassOptions,
+) -> Result<Unchecked<'a>, Failure> {
+    let refused = match rewrite_once(input, passes, options) {
+        Err(Failure::Refused {
+            pass: "dwarf",
+            error,
+        }) => error,
+        done => return done,
+    };
+    let heap_canary = passes.iter().position(|p| p.name() == "heap-canary");
+    let moved = refused
+        .downcast_ref::<crate::dwarf::CannotUpdate>()
+        .is_some_and(|c| c.spans_moved_body());
+    let (true, true, Some(at)) = (options.harden, moved, heap_canary) else {
+        return Err(Failure::Refused {
+            pass: "dwarf",
+            error: refused,
+        });
+    };
+    let others: Vec<&dyn Pass> = passes
+        .iter()
+        .copied()
+        .filter(|p| p.name() != "heap-canary")
+        .collect();
+    let mut unchecked = rewrite_once(input, &others, options)?;
+    unchecked.rewritten.reports.insert(
+        at,
+        crate::passes::heap_canary::not_applied(
+            "the DWARF debug info has an address range over malloc's or free's body and other \
+             code (binaryen writes one per compile unit), which cannot follow their bodies to \
+             the end of the code: strip it (llvm-strip --strip-debug) or run wasmfix before \
+             wasm-opt to check heap blocks",
+        ),
+    );
+    Ok(unchecked)
+}
+
+fn rewrite_once<'a>(
     input: &'a [u8],
     passes: &[&dyn Pass],
     options: &PassOptions,

@@ -656,16 +656,28 @@ const FIELD_VARIANTS: &[&str] = &["O0", "O2", "O2.wasmopt", "O2.max4g"];
 
 const FREED_POINTER: &str = "wasmfix: use of a pointer from a freed block (address 0x";
 
-/// `input` through --harden's passes, with `--bounds-precise` when `precise`: the output and
-/// the passes' reports.
+/// Which of bounds' options a --harden run in these tests adds.
+#[derive(Clone, Copy, Debug)]
+enum BoundsForm {
+    /// None: loads branch when heap-canary poisons (rebased otherwise), stores branch.
+    Default,
+    /// `--bounds-precise`: every load branches.
+    Precise,
+    /// `--bounds-compact`: loads and null-page stores are rebased, without a message.
+    Compact,
+}
+
+/// `input` through --harden's passes with `form`'s bounds option: the output and the passes'
+/// reports.
 fn harden_outcome(
     input: &[u8],
-    precise: bool,
+    form: BoundsForm,
     on_error: wasmfix::diag::OnError,
 ) -> wasmfix::pipeline::Outcome {
     let options = wasmfix::passes::PassOptions {
         harden: true,
-        bounds_precise: precise,
+        bounds_precise: matches!(form, BoundsForm::Precise),
+        bounds_compact: matches!(form, BoundsForm::Compact),
         on_error,
         ..Default::default()
     };
@@ -673,8 +685,8 @@ fn harden_outcome(
         .unwrap_or_else(|f| panic!("harden: {f}"))
 }
 
-fn harden(input: &[u8], precise: bool, on_error: wasmfix::diag::OnError) -> Vec<u8> {
-    harden_outcome(input, precise, on_error).bytes
+fn harden(input: &[u8], form: BoundsForm, on_error: wasmfix::diag::OnError) -> Vec<u8> {
+    harden_outcome(input, form, on_error).bytes
 }
 
 /// The message of a use of the poison address 0xfefefefe + 8 (`count`) in `queue_push`/`queue_peek`.
@@ -686,16 +698,18 @@ fn assert_freed_pointer_message(variant: &str, function: &str, stderr: &str) {
 /// uaf_field's `store` reads a pointer from a freed struct and writes through it first:
 /// under --harden, with heap-canary poisoning and a memory that cannot reach the poison
 /// range, bounds' null-page check covers the poison range and names the use. Its `load` reads
-/// through it first: loads are rebased (the engine's out-of-bounds trap, no message) unless
-/// --bounds-precise. The correct `ok` case prints the same.
+/// through it first: loads branch when the poison range is checked, so it is named too (and
+/// with --bounds-precise); --bounds-compact rebases them (the engine's out-of-bounds trap, no
+/// message). The correct `ok` case prints the same.
 #[test]
 fn a_use_of_a_pointer_from_a_freed_block_stops_with_its_message() {
     use wasmfix::diag::OnError;
     for variant in FIELD_VARIANTS {
         let original = fixture(&format!("uaf_field.{variant}.wasm"));
-        let fixed = harden(&original, false, OnError::Stop);
-        let precise = harden(&original, true, OnError::Stop);
-        let report = harden(&original, false, OnError::Report);
+        let fixed = harden(&original, BoundsForm::Default, OnError::Stop);
+        let precise = harden(&original, BoundsForm::Precise, OnError::Stop);
+        let compact = harden(&original, BoundsForm::Compact, OnError::Stop);
+        let report = harden(&original, BoundsForm::Default, OnError::Report);
 
         let before = run_wasi(&original, &["store"]);
         assert_eq!(before.stdout, "store after free 1\n", "{variant}");
@@ -717,15 +731,19 @@ fn a_use_of_a_pointer_from_a_freed_block_stops_with_its_message() {
 
         let before = run_wasi(&original, &["load"]);
         assert_eq!(before.stdout, "load after free 7\n", "{variant}");
-        let after = run_wasi(&fixed, &["load"]);
+        for (name, module) in [("stop", &fixed), ("precise", &precise)] {
+            let after = run_wasi(module, &["load"]);
+            assert_trapped(&after, &format!("{variant} {name} load"));
+            assert_eq!(after.stdout, "", "{variant} {name} load");
+            assert_freed_pointer_message(variant, "queue_peek", &after.stderr);
+        }
+        let after = run_wasi(&compact, &["load"]);
         assert!(
             after.outcome.is_trap("out of bounds memory access")
+                && after.stdout.is_empty()
                 && !after.stderr.contains("wasmfix"),
-            "{variant} load: {after:?}"
+            "{variant} compact load: {after:?}"
         );
-        let after = run_wasi(&precise, &["load"]);
-        assert_trapped(&after, &format!("{variant} precise load"));
-        assert_freed_pointer_message(variant, "queue_peek", &after.stderr);
 
         // A wild pointer past the memory (not from a freed block): named where the memory
         // stays below 2 GiB (the signed check covers [2^31, 2^32)); the engine's trap otherwise.
@@ -752,7 +770,13 @@ fn a_use_of_a_pointer_from_a_freed_block_stops_with_its_message() {
 
         let before = run_wasi(&original, &["ok", "300"]);
         assert_eq!(before.outcome, Outcome::Exit(0), "{variant}");
-        for (name, module) in [("stop", &fixed), ("precise", &precise), ("report", &report)] {
+        let builds = [
+            ("stop", &fixed),
+            ("precise", &precise),
+            ("compact", &compact),
+            ("report", &report),
+        ];
+        for (name, module) in builds {
             assert_eq!(run_wasi(module, &["ok", "300"]), before, "{variant} {name}");
         }
     }
@@ -788,7 +812,11 @@ fn the_report_says_how_the_poison_range_is_checked() {
             "branching checks of the null page cover freed blocks' poison [0xfe000000, 2^32) too",
         ),
     ] {
-        let out = harden_outcome(&fixture(input), false, wasmfix::diag::OnError::Stop);
+        let out = harden_outcome(
+            &fixture(input),
+            BoundsForm::Default,
+            wasmfix::diag::OnError::Stop,
+        );
         let bounds = out.reports.iter().find(|r| r.pass == "bounds").unwrap();
         assert!(
             bounds.summary.contains(expected),
@@ -805,7 +833,11 @@ fn the_report_says_how_the_poison_range_is_checked() {
         "uaf_field.O2.stripped.wasm",
         "uaf_field.nomax.O2.stripped.wasm",
     ] {
-        let fixed = harden(&fixture(input), false, wasmfix::diag::OnError::Stop);
+        let fixed = harden(
+            &fixture(input),
+            BoundsForm::Default,
+            wasmfix::diag::OnError::Stop,
+        );
         let after = run_wasi(&fixed, &["store"]);
         assert!(
             after.outcome.is_trap("out of bounds memory access")
@@ -822,41 +854,43 @@ fn the_report_says_how_the_poison_range_is_checked() {
 
 /// uaf.c's `read` (prints the string a freed struct's pointer field points to) and `struct`
 /// (follows a pointer read from a freed block and writes through it): the first use of the
-/// poisoned pointer is a load. Under --harden it stops at that access with the engine's
-/// out-of-bounds trap (loads are rebased); under --harden --bounds-precise with the
-/// freed-pointer message (naming the function the access is in after inlining: memchr,
-/// printf_core, session_log) in every build where bounds finds the null page (the memory has
-/// no maximum: capped); the stripped builds without producers keep the engine's trap.
+/// poisoned pointer is a load. Under --harden (and --harden --bounds-precise) it stops at that
+/// access with the freed-pointer message (naming the function the access is in after
+/// inlining: memchr, printf_core, session_log) in every build where bounds finds the null page
+/// (the memory has no maximum: capped); the stripped builds without producers, and
+/// --bounds-compact, keep the engine's out-of-bounds trap at the access.
 #[test]
 fn under_harden_the_first_use_of_a_freed_pointer_field_stops_there() {
+    use wasmfix::diag::OnError;
     for variant in VARIANTS {
         let input = fixture(&format!("uaf.{variant}.wasm"));
-        let fixed = harden(&input, false, wasmfix::diag::OnError::Stop);
-        let precise = harden(&input, true, wasmfix::diag::OnError::Stop);
+        let fixed = harden(&input, BoundsForm::Default, OnError::Stop);
+        let precise = harden(&input, BoundsForm::Precise, OnError::Stop);
+        let compact = harden(&input, BoundsForm::Compact, OnError::Stop);
         for case in ["read", "struct"] {
-            let after = run_wasi(&fixed, &[case]);
-            assert!(
-                after.outcome.is_trap("out of bounds memory access")
-                    && after.stdout.is_empty()
-                    && !after.stderr.contains("wasmfix"),
-                "{variant} {case}: {after:?}"
-            );
-            let after = run_wasi(&precise, &[case]);
-            assert_trapped(&after, &format!("{variant} {case}"));
-            assert_eq!(after.stdout, "", "{variant} {case}");
-            if variant.ends_with("stripped") {
+            let engine_trap = |after: &Run, name: &str| {
                 assert!(
                     after.outcome.is_trap("out of bounds memory access")
+                        && after.stdout.is_empty()
                         && !after.stderr.contains("wasmfix"),
-                    "{variant} {case}: {after:?}"
-                );
-            } else {
-                assert!(
-                    after.stderr.starts_with(FREED_POINTER)
-                        && after.stderr.contains(") in ")
-                        && after.stderr.lines().count() == 1,
-                    "{variant} {case}: {after:?}"
-                );
+                    "{variant} {case} {name}: {after:?}"
+                )
+            };
+            engine_trap(&run_wasi(&compact, &[case]), "compact");
+            for (name, module) in [("stop", &fixed), ("precise", &precise)] {
+                let after = run_wasi(module, &[case]);
+                if variant.ends_with("stripped") {
+                    engine_trap(&after, name);
+                } else {
+                    assert_trapped(&after, &format!("{variant} {case} {name}"));
+                    assert_eq!(after.stdout, "", "{variant} {case} {name}");
+                    assert!(
+                        after.stderr.starts_with(FREED_POINTER)
+                            && after.stderr.contains(") in ")
+                            && after.stderr.lines().count() == 1,
+                        "{variant} {case} {name}: {after:?}"
+                    );
+                }
             }
         }
     }
@@ -907,8 +941,9 @@ fn harden_without_bounds(input: &[u8]) -> Vec<u8> {
 
 /// Without a maximum, --harden (heap-canary poisons in the run) gives a defined memory 0 the
 /// maximum 0xfe00 pages, below the poison range, and bounds then names the use of a pointer
-/// read from a freed block, in wasmtime, node (V8) and wasm3. Nothing else in the memory,
-/// import and export sections changes, and the correct case prints the same.
+/// read from a freed block, whether it writes or reads first, in wasmtime, node (V8) and wasm3.
+/// Nothing else in the memory, import and export sections changes, and the correct case
+/// prints the same.
 #[test]
 fn without_a_maximum_harden_caps_memory_0_and_names_the_freed_pointer() {
     use wasmfix::diag::OnError;
@@ -916,7 +951,7 @@ fn without_a_maximum_harden_caps_memory_0_and_names_the_freed_pointer() {
     let wasm3 = common::tool_available("python3", &["-c", "import wasm3"]);
     for variant in NOMAX_VARIANTS {
         let original = fixture(&format!("uaf_field.{variant}.wasm"));
-        let fixed = harden(&original, false, OnError::Stop);
+        let fixed = harden(&original, BoundsForm::Default, OnError::Stop);
 
         assert_eq!(
             memory_imports_exports(&original).0[0].maximum,
@@ -939,27 +974,37 @@ fn without_a_maximum_harden_caps_memory_0_and_names_the_freed_pointer() {
             "{variant}"
         );
 
-        let before = run_wasi(&original, &["store"]);
-        assert_eq!(before.stdout, "store after free 1\n", "{variant}");
-        let after = run_wasi(&fixed, &["store"]);
-        assert_trapped(&after, &format!("{variant} store"));
-        assert_eq!(after.stdout, "", "{variant}");
-        assert_freed_pointer_message(variant, "queue_push", &after.stderr);
-        let expected = format!("{FREED_POINTER}fefeff06) in queue_push\n");
-        let engines = [
-            node.then(|| ("node", common::run_node("node", &fixed, &["store"]))),
-            wasm3.then(|| ("wasm3", common::run_wasm3(&fixed, &["store"]))),
-        ];
-        for (engine, run) in engines.into_iter().flatten() {
+        // The store use and the load use, each named in the function that makes it.
+        for (case, function) in [("store", "queue_push"), ("load", "queue_peek")] {
+            let before = run_wasi(&original, &[case]);
             assert_eq!(
-                (run.status, run.stdout.as_str()),
-                (134, ""),
-                "{variant} {engine}"
+                before.stdout,
+                format!(
+                    "{case} after free {}\n",
+                    if case == "store" { 1 } else { 7 }
+                ),
+                "{variant}"
             );
-            assert!(
-                run.stderr.starts_with(&expected),
-                "{variant} {engine}: {run:?}"
-            );
+            let after = run_wasi(&fixed, &[case]);
+            assert_trapped(&after, &format!("{variant} {case}"));
+            assert_eq!(after.stdout, "", "{variant} {case}");
+            assert_freed_pointer_message(variant, function, &after.stderr);
+            let expected = format!("{FREED_POINTER}fefeff06) in {function}\n");
+            let engines = [
+                node.then(|| ("node", common::run_node("node", &fixed, &[case]))),
+                wasm3.then(|| ("wasm3", common::run_wasm3(&fixed, &[case]))),
+            ];
+            for (engine, run) in engines.into_iter().flatten() {
+                assert_eq!(
+                    (run.status, run.stdout.as_str()),
+                    (134, ""),
+                    "{variant} {case} {engine}"
+                );
+                assert!(
+                    run.stderr.starts_with(&expected),
+                    "{variant} {case} {engine}: {run:?}"
+                );
+            }
         }
 
         let before = run_wasi(&original, &["ok", "300"]);
@@ -973,7 +1018,7 @@ fn without_a_maximum_harden_caps_memory_0_and_names_the_freed_pointer() {
 #[test]
 fn an_imported_memory_keeps_its_type_and_the_report_says_why() {
     let input = fixture("uaf_field.import.O2.wasm");
-    let out = harden_outcome(&input, false, wasmfix::diag::OnError::Stop);
+    let out = harden_outcome(&input, BoundsForm::Default, wasmfix::diag::OnError::Stop);
     assert_eq!(
         memory_imports_exports(&out.bytes),
         memory_imports_exports(&input)
