@@ -10,9 +10,12 @@
 //! the input's validation saw them, go through the rewriters, and the bytes between them are
 //! copied as they are (the input's encoding of untouched instructions is kept).
 //!
-//! When asked (`EmitOptions::code_map`), the Code section is written first and records where
-//! every original body and instruction went ([`CodeMap`]); DWARF sections are then updated
-//! with that map ([`crate::dwarf`]) before they are written in their original places.
+//! When asked (`EmitOptions::code_map`), the Code section records where every original body and
+//! instruction went ([`CodeMap`]); DWARF sections are then updated with that map
+//! ([`crate::dwarf`]) before they are written in their original places. It is built when the
+//! output reaches it, so that a [`BodySink`] can be shown the sections before it and each new
+//! body as it is made (the pipeline validates them meanwhile), and first when a DWARF section
+//! comes before it.
 //!
 //! The output is an [`Output`]: input ranges and built bytes, never concatenated. What is
 //! copied (whole sections, runs of untouched function bodies, the original names of a name
