@@ -444,7 +444,7 @@ fn rewrite_once<'a>(
             features: output_features,
             stop: &stop,
         };
-        let (sender, received) = std::sync::mpsc::channel();
+        let (sender, received) = std::sync::mpsc::sync_channel(EARLY_QUEUE);
         let (checked, emitted) = side_by_side(
             || early.run(received),
             || {
@@ -516,17 +516,22 @@ fn rewrite_once<'a>(
     })
 }
 
-/// Sends the emitter's bodies to [`validate::EarlyBodies`]. A closed channel (the checker
-/// stopped) is not an error: the bodies it did not check are checked later.
-struct ToEarly(std::sync::mpsc::Sender<validate::Early>);
+/// How many bodies may wait for [`validate::EarlyBodies`]: the copies it holds stay few.
+const EARLY_QUEUE: usize = 256;
+
+/// Sends the emitter's bodies to [`validate::EarlyBodies`] without ever waiting: a body that
+/// finds the queue full (the checker is behind) or closed (it stopped) is not sent, and the
+/// output's validation checks it.
+struct ToEarly(std::sync::mpsc::SyncSender<validate::Early>);
 
 impl emit::BodySink for ToEarly {
     fn prefix(&mut self, pieces: Vec<&[u8]>) {
-        let _ = self.0.send(validate::Early::Prefix(pieces.concat()));
+        // The first message: the queue is empty.
+        let _ = self.0.try_send(validate::Early::Prefix(pieces.concat()));
     }
 
     fn body(&mut self, k: u32, bytes: Vec<u8>) {
-        let _ = self.0.send(validate::Early::Body(k, bytes));
+        let _ = self.0.try_send(validate::Early::Body(k, bytes));
     }
 }
 
