@@ -154,9 +154,27 @@ fn update_sections(m: &Module<'_>, map: &CodeMap) -> Result<Updated> {
     })?;
     let mut updated = Updated::default();
 
+    // The line programs need only the map and the address size, which every unit shares (the
+    // walk checks it): they are rewritten on another thread while the units are walked. The
+    // result is the same as one after the other: both only read their sections, and each
+    // result (or error) is used where it was when they ran in turn.
+    let first_address_size = dwarf
+        .units()
+        .next()
+        .ok()
+        .flatten()
+        .map_or(4, |header| header.address_size());
+    let debug_line = sections.get(".debug_line");
     let mut info = sections.get(".debug_info").to_vec();
-    let mut refs =
-        walk_units(&dwarf, &sections, map, &mut info, &mut updated).context(".debug_info")?;
+    let (walked, rewritten_lines) = std::thread::scope(|s| {
+        let lines = s.spawn(|| rewrite_line_section(debug_line, first_address_size, map));
+        let walked = walk_units(&dwarf, &sections, map, &mut info, &mut updated);
+        let lines = lines
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (walked, lines)
+    });
+    let mut refs = walked.context(".debug_info")?;
     let address_size = refs.address_size.unwrap_or(4);
 
     let mut ranges = sections.get(".debug_ranges").to_vec();
@@ -219,8 +237,12 @@ fn update_sections(m: &Module<'_>, map: &CodeMap) -> Result<Updated> {
         updated.addresses += patch_address(&mut addr_copy[at..at + width], old, map)?;
     }
 
-    let (line, moved) = rewrite_line_section(sections.get(".debug_line"), address_size, map)
-        .context(".debug_line")?;
+    let (line, moved) = if address_size == first_address_size {
+        rewritten_lines
+    } else {
+        rewrite_line_section(debug_line, address_size, map)
+    }
+    .context(".debug_line")?;
     updated.line_programs = moved.changed;
     let mut macros = sections.get(".debug_macro").to_vec();
     if moved.relocated() {

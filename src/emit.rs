@@ -10,9 +10,12 @@
 //! the input's validation saw them, go through the rewriters, and the bytes between them are
 //! copied as they are (the input's encoding of untouched instructions is kept).
 //!
-//! When asked (`EmitOptions::code_map`), the Code section is written first and records where
-//! every original body and instruction went ([`CodeMap`]); DWARF sections are then updated
-//! with that map ([`crate::dwarf`]) before they are written in their original places.
+//! When asked (`EmitOptions::code_map`), the Code section records where every original body and
+//! instruction went ([`CodeMap`]); DWARF sections are then updated with that map
+//! ([`crate::dwarf`]) before they are written in their original places. It is built when the
+//! output reaches it, so that a [`BodySink`] can be shown the sections before it and each new
+//! body as it is made (the pipeline validates them meanwhile), and first when a DWARF section
+//! comes before it.
 //!
 //! The output is an [`Output`]: input ranges and built bytes, never concatenated. What is
 //! copied (whole sections, runs of untouched function bodies, the original names of a name
@@ -42,6 +45,17 @@ fn rank(id: u8) -> usize {
         .unwrap_or(usize::MAX)
 }
 
+/// Receives the output's function bodies as they are encoded, so that a caller can check them
+/// while the emitter works (the pipeline validates them on another core).
+pub trait BodySink {
+    /// The output up to its Code section, custom sections left out: sent once, before any
+    /// body, when the Code section is rebuilt after every section before it was written.
+    fn prefix(&mut self, pieces: Vec<&[u8]>);
+    /// The `k`-th function body of the output's Code section (without its size prefix),
+    /// re-encoded or new. Bodies come in order; copied bodies are not sent.
+    fn body(&mut self, k: u32, bytes: Vec<u8>);
+}
+
 /// What the emitter does besides writing the module.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EmitOptions {
@@ -62,13 +76,16 @@ pub struct Emitted {
     pub dwarf: Option<crate::dwarf::Updated>,
 }
 
-/// Writes the output module into `out`, whose input ranges are ranges of `module.bytes`.
+/// Writes the output module into `out`, whose input ranges are ranges of `module.bytes`;
+/// `sink` is shown the output's sections before the Code section and its re-encoded and new
+/// bodies as they are made (see [`BodySink`]).
 pub fn emit(
     module: &Module<'_>,
     edits: &mut Edits<'_>,
     code_facts: &CodeFacts,
     out: &mut Output,
     options: EmitOptions,
+    sink: Option<&mut dyn BodySink>,
 ) -> Result<Emitted> {
     let mut emitted = Emitted::default();
     out.copy(0..8);
@@ -129,37 +146,36 @@ pub fn emit(
     let added = added_names(module, edits);
     let input_names = module.custom("name").is_some();
 
-    // The Code section is built first: DWARF sections, wherever they are, need its map.
-    let mut code = None;
-    if changed.contains(&10) {
-        let (section, map) = build_code(
-            module,
-            edits,
-            &code_facts.indirect_call_offsets,
-            &mut emitted,
-            options.code_map,
-        )?;
-        code = Some(section);
-        emitted.code_map = map;
-    } else if options.code_map {
-        // Copied as it is; only its place in the file may change (source maps count from
-        // the start of the file).
-        emitted.code_map = unmoved_code(module);
-    }
-    let mut dwarf_sections = std::collections::BTreeMap::new();
-    if let Some(map) = &emitted.code_map
-        && options.update_dwarf
-        && !map.is_identity()
-        && crate::dwarf::present(module)
-    {
-        let mut updated = crate::dwarf::update(module, map)?;
-        dwarf_sections = std::mem::take(&mut updated.sections);
-        emitted.dwarf = Some(updated);
-    }
+    // The Code section is built where it goes, after the sections before it, so that `sink`
+    // can start on those while the bodies are made; DWARF sections need its map, so when one
+    // comes before it (never in what LLVM writes) the Code section is built first.
+    let code_at = module
+        .sections
+        .iter()
+        .position(|s| s.id != 0 && rank(s.id) >= rank(10))
+        .unwrap_or(module.sections.len());
+    let dwarf_before_code = module.sections[..code_at]
+        .iter()
+        .any(|s| s.custom_name.is_some_and(|n| n.starts_with(".debug_")));
     let mut built = Built {
-        code,
+        code: None,
+        dwarf: BTreeMap::new(),
         emitted: &mut emitted,
+        code_facts,
+        options,
+        // A shorter-lived trait object: `Built` borrows `emitted` for less long than `sink`.
+        sink: sink.map(|s| s as &mut dyn BodySink),
     };
+    if !changed.contains(&10) {
+        if options.code_map {
+            // Copied as it is; only its place in the file may change (source maps count from
+            // the start of the file).
+            built.emitted.code_map = unmoved_code(module);
+        }
+    } else if dwarf_before_code {
+        built.sink = None;
+        built.code_and_dwarf(module, edits)?;
+    }
 
     for (index, section) in module.sections.iter().enumerate() {
         if section.id != 0 {
@@ -177,8 +193,8 @@ pub fn emit(
             match edits.custom_replaced.get(&index) {
                 Some(None) => {}
                 Some(Some(encoded)) => out.extend(encoded),
-                None if dwarf_sections.contains_key(&index) => {
-                    let data = dwarf_sections.remove(&index).expect("checked");
+                None if built.dwarf.contains_key(&index) => {
+                    let data = built.dwarf.remove(&index).expect("checked");
                     let name = section
                         .custom_name
                         .expect("DWARF sections are custom sections");
@@ -432,11 +448,60 @@ fn encoding_error(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("cannot re-encode: {e}")
 }
 
-/// What `emit` built before writing sections in order.
+/// What `emit` builds besides the sections it writes in order, and what it needs for that.
 struct Built<'e> {
     /// The Code section's function bodies and their count, until it is written.
     code: Option<(Output, usize)>,
+    /// The updated DWARF sections by index in `Module::sections`, until they are written.
+    dwarf: BTreeMap<usize, Vec<u8>>,
     emitted: &'e mut Emitted,
+    code_facts: &'e CodeFacts,
+    options: EmitOptions,
+    sink: Option<&'e mut dyn BodySink>,
+}
+
+impl Built<'_> {
+    /// The Code section's bodies and count, built now (unless built already) when what comes
+    /// before it in the output is `out`; the DWARF sections are updated with its map.
+    fn code_after(
+        &mut self,
+        module: &Module<'_>,
+        edits: &mut Edits<'_>,
+        out: &Output,
+    ) -> Result<(Output, usize)> {
+        if self.code.is_none() {
+            if let Some(sink) = &mut self.sink {
+                sink.prefix(out.slices_without_custom(module.bytes));
+            }
+            self.code_and_dwarf(module, edits)?;
+        }
+        Ok(self.code.take().expect("just built"))
+    }
+
+    /// Builds the Code section and updates the DWARF sections with its map.
+    fn code_and_dwarf(&mut self, module: &Module<'_>, edits: &mut Edits<'_>) -> Result<()> {
+        let options = self.options;
+        let (section, map) = build_code(
+            module,
+            edits,
+            &self.code_facts.indirect_call_offsets,
+            self.emitted,
+            options.code_map,
+            self.sink.as_mut().map(|s| &mut **s as &mut dyn BodySink),
+        )?;
+        self.code = Some(section);
+        self.emitted.code_map = map;
+        if let Some(map) = &self.emitted.code_map
+            && options.update_dwarf
+            && !map.is_identity()
+            && crate::dwarf::present(module)
+        {
+            let mut updated = crate::dwarf::update(module, map)?;
+            self.dwarf = std::mem::take(&mut updated.sections);
+            self.emitted.dwarf = Some(updated);
+        }
+        Ok(())
+    }
 }
 
 fn build_section(
@@ -616,7 +681,7 @@ fn build_section(
             out.section(&data);
         }
         10 => {
-            let (code, count) = built.code.take().expect("the Code section is built first");
+            let (code, count) = built.code_after(module, edits, out)?;
             // id, section size, then the contents (function count first).
             let size = leb_len(count as u64) + code.len();
             if let Some(map) = &mut built.emitted.code_map {
@@ -640,6 +705,7 @@ fn build_code(
     indirect_calls: &[u64],
     emitted: &mut Emitted,
     want_map: bool,
+    mut sink: Option<&mut dyn BodySink>,
 ) -> Result<((Output, usize), Option<CodeMap>)> {
     let mut code = Output::default();
     let mut active: Vec<usize> = Vec::new();
@@ -685,6 +751,9 @@ fn build_code(
                 map.replaced(old_rel, start..start + len as u32);
             }
             code.encode(replacement);
+            if let Some(sink) = &mut sink {
+                sink.body(i as u32, function_bytes(replacement));
+            }
             emitted.rewritten_functions.push(func);
             continue;
         }
@@ -733,6 +802,9 @@ fn build_code(
             );
         }
         code.encode(&f[..]);
+        if let Some(sink) = &mut sink {
+            sink.body(i as u32, f);
+        }
         emitted.rewritten_functions.push(func);
     }
     let first_new = module.num_funcs();
@@ -757,10 +829,21 @@ fn build_code(
             }
             None => {
                 code.encode(&f.body);
+                if let Some(sink) = &mut sink {
+                    sink.body((module.bodies.len() + k) as u32, function_bytes(&f.body));
+                }
             }
         }
     }
     Ok(((code, count), map))
+}
+
+/// A function's body as the Code section holds it, without its size prefix.
+fn function_bytes(f: &Function) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    f.encode(&mut bytes);
+    bytes.drain(..leb_len(f.byte_len() as u64));
+    bytes
 }
 
 /// The map of a Code section copied byte for byte: every body stays where it was.

@@ -4,6 +4,11 @@
 //! (the CLI's staged file). The output's bytes are the same either way: they are complete
 //! before either thread starts, and both only read them; the threads decide only whether the
 //! caller may publish what it wrote, which it may only after the validation succeeded.
+//!
+//! While the emitter makes the output, another thread checks the re-encoded and new bodies
+//! it is sent ([`validate::EarlyBodies`]); the output's validation then checks those it did
+//! not get to. The output is the same whichever thread checked a body: the emitter only sends
+//! copies of what it wrote, and nothing it does waits on or depends on that thread.
 
 use crate::edit::Edits;
 use crate::facts::Facts;
@@ -243,6 +248,8 @@ struct Unchecked<'a> {
     rewritten: Rewritten<'a>,
     /// Per defined function of the input: its body was re-encoded or patched.
     check: Vec<bool>,
+    /// Per function body of the output: checked while it was emitted.
+    early: Vec<bool>,
     features: wasmparser::WasmFeatures,
     /// The input's facts, no longer needed: returned so that [`rewrite_staged`] can free them
     /// (many small tables: ~10 ms on yosys.wasm) beside its other work.
@@ -253,7 +260,10 @@ impl Unchecked<'_> {
     /// Validates the output, but for the input's bodies copied unchanged (see [`validate`]).
     fn validate(&self) -> Result<(), Failure> {
         let defined = self.check.len() as u32;
-        let must_check = |i: u32| i >= defined || self.check[i as usize];
+        let must_check = |i: u32| {
+            (i >= defined || self.check[i as usize])
+                && !self.early.get(i as usize).is_some_and(|&early| early)
+        };
         let r = &self.rewritten;
         let pieces = r.output.slices_without_custom(&r.source);
         validate::validate_pieces(&pieces, Some(&must_check), self.features)
@@ -411,6 +421,7 @@ fn rewrite_once<'a>(
         }
         std::borrow::Cow::Owned(copy)
     };
+    let checked_early;
     let (output, mut emitted, debug) = {
         let patched_module;
         let emitted_from = if edits.patches.is_empty() {
@@ -428,17 +439,39 @@ fn rewrite_once<'a>(
             update_dwarf,
         };
         let code = f.code(&module);
-        let emitted = emit::emit(emitted_from, &mut edits, code, &mut output, emit_options)
-            .map_err(|e| {
-                if e.is::<crate::dwarf::CannotUpdate>() {
-                    Failure::Refused {
-                        pass: "dwarf",
-                        error: e,
-                    }
-                } else {
-                    Failure::Internal(e)
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let early = validate::EarlyBodies {
+            features: output_features,
+            stop: &stop,
+        };
+        let (sender, received) = std::sync::mpsc::sync_channel(EARLY_QUEUE);
+        let (checked, emitted) = side_by_side(
+            || early.run(received),
+            || {
+                let mut sink = ToEarly(sender);
+                let emitted = emit::emit(
+                    emitted_from,
+                    &mut edits,
+                    code,
+                    &mut output,
+                    emit_options,
+                    Some(&mut sink),
+                );
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                emitted
+            },
+        );
+        checked_early = checked;
+        let emitted = emitted.map_err(|e| {
+            if e.is::<crate::dwarf::CannotUpdate>() {
+                Failure::Refused {
+                    pass: "dwarf",
+                    error: e,
                 }
-            })?;
+            } else {
+                Failure::Internal(e)
+            }
+        })?;
         (output, emitted, debug)
     };
 
@@ -446,6 +479,10 @@ fn rewrite_once<'a>(
     let mut check = vec![false; defined as usize];
     for &f in &emitted.rewritten_functions {
         check[(f - module.imported_funcs) as usize] = true;
+    }
+    let mut early = vec![false; checked_early.last().map_or(0, |&k| k as usize + 1)];
+    for k in checked_early {
+        early[k as usize] = true;
     }
     // Patched bodies are not the validated input's bytes any more: check them too.
     for (at, _) in &edits.patches {
@@ -473,9 +510,29 @@ fn rewrite_once<'a>(
             input_features,
         },
         check,
+        early,
         features: output_features,
         facts: facts.into_inner(),
     })
+}
+
+/// How many bodies may wait for [`validate::EarlyBodies`]: the copies it holds stay few.
+const EARLY_QUEUE: usize = 256;
+
+/// Sends the emitter's bodies to [`validate::EarlyBodies`] without ever waiting: a body that
+/// finds the queue full (the checker is behind) or closed (it stopped) is not sent, and the
+/// output's validation checks it.
+struct ToEarly(std::sync::mpsc::SyncSender<validate::Early>);
+
+impl emit::BodySink for ToEarly {
+    fn prefix(&mut self, pieces: Vec<&[u8]>) {
+        // The first message: the queue is empty.
+        let _ = self.0.try_send(validate::Early::Prefix(pieces.concat()));
+    }
+
+    fn body(&mut self, k: u32, bytes: Vec<u8>) {
+        let _ = self.0.try_send(validate::Early::Body(k, bytes));
+    }
 }
 
 fn debug_info_report(

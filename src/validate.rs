@@ -8,13 +8,21 @@
 //! input that was itself validated: the emitter only *appends* types, functions, tables,
 //! globals and segments, so every index such a body uses means the same thing and has the same
 //! type in the output, and its validity cannot change. Every re-encoded or new body is checked.
+//!
+//! The output's new bodies can be checked while they are made ([`EarlyBodies`]): a body's
+//! validity depends only on the sections before the Code section (types, imports, functions,
+//! tables, memories, tags, globals, exports, start, elements, data count), which the emitter has
+//! written by then. A body checked so, against exactly those bytes of the output and with the
+//! output's features, need not be checked again in the output's validation.
 
 use crate::facts::{CodeFacts, CodeWalk};
 use crate::module::Module;
 use anyhow::{Result, anyhow};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use wasmparser::{
-    Chunk, FuncToValidate, FuncValidator, FuncValidatorAllocations, FunctionBody, Parser,
-    ValidPayload, Validator, ValidatorResources, WasmFeatures,
+    BinaryReader, Chunk, FuncToValidate, FuncValidator, FuncValidatorAllocations, FunctionBody,
+    Parser, Payload, ValidPayload, Validator, ValidatorResources, WasmFeatures,
 };
 
 /// The features wasmfix accepts in its input: every proposal it can name (see
@@ -157,6 +165,96 @@ fn validate_sections<'a>(
     Ok(funcs)
 }
 
+/// What [`EarlyBodies::run`] receives from the emitter (see [`crate::emit::BodySink`]).
+pub enum Early {
+    /// The output up to its Code section, custom sections left out.
+    Prefix(Vec<u8>),
+    /// The `k`-th function body of the output's Code section, without its size prefix.
+    Body(u32, Vec<u8>),
+}
+
+/// Checks the output's new bodies while the emitter makes them, on a thread of its own.
+pub struct EarlyBodies<'s> {
+    pub features: WasmFeatures,
+    /// Set when the emitter is done: the bodies not checked yet are left to the output's
+    /// validation, which spreads them over every core.
+    pub stop: &'s AtomicBool,
+}
+
+impl EarlyBodies<'_> {
+    /// The Code section indices of the bodies received that validated, in order. A body that
+    /// did not validate is left out (the output's validation then reports it, with its
+    /// offset in the output), and so is every body when anything does not fit: a prefix that
+    /// does not validate or is not what it should be, bodies out of order or beyond the
+    /// function section. Leaving a body out only costs time: it is checked later.
+    pub fn run(&self, received: Receiver<Early>) -> Vec<u32> {
+        let mut validated = Vec::new();
+        let Ok(Early::Prefix(prefix)) = received.recv() else {
+            return validated;
+        };
+        let Some((mut validator, defined)) = self.prefix(&prefix) else {
+            return validated;
+        };
+        let end = prefix.len() as u64;
+        if validator.code_section_start(&(end..end)).is_err() {
+            return validated;
+        }
+        let mut allocations = FuncValidatorAllocations::default();
+        let mut next = 0u32;
+        while let Ok(Early::Body(k, bytes)) = received.recv() {
+            if self.stop.load(Ordering::Relaxed) || k < next || k >= defined {
+                break;
+            }
+            // The functions before it were copied: their index and type only.
+            let copied = FunctionBody::new(BinaryReader::new(&[], 0));
+            while next < k {
+                if validator.code_section_entry(&copied).is_err() {
+                    return validated;
+                }
+                next += 1;
+            }
+            let body = FunctionBody::new(BinaryReader::new(&bytes, 0));
+            let Ok(func) = validator.code_section_entry(&body) else {
+                return validated;
+            };
+            next += 1;
+            let mut v = func.into_validator(allocations);
+            if v.validate(&body).is_ok() {
+                validated.push(k);
+            }
+            allocations = v.into_allocations();
+        }
+        validated
+    }
+
+    /// Validates the sections of `prefix`, which must end where the Code section would
+    /// start, and returns the validator and how many functions the module defines.
+    fn prefix(&self, prefix: &[u8]) -> Option<(Validator, u32)> {
+        let mut validator = Validator::new_with_features(self.features);
+        let mut parser = Parser::new(0);
+        let mut data = prefix;
+        let mut defined = 0;
+        loop {
+            match parser.parse(data, false).ok()? {
+                Chunk::NeedMoreData(_) if data.is_empty() => return Some((validator, defined)),
+                Chunk::NeedMoreData(_) => return None,
+                Chunk::Parsed { consumed, payload } => {
+                    data = &data[consumed..];
+                    match &payload {
+                        Payload::FunctionSection(r) => defined = r.count(),
+                        Payload::CodeSectionStart { .. }
+                        | Payload::CodeSectionEntry(_)
+                        | Payload::DataSection(_)
+                        | Payload::End(_) => return None,
+                        _ => {}
+                    }
+                    validator.payload(&payload).ok()?;
+                }
+            }
+        }
+    }
+}
+
 /// An error with its offset, to report the first one in the module.
 fn located(e: wasmparser::BinaryReaderError) -> (u64, String) {
     (e.offset(), e.to_string())
@@ -205,4 +303,69 @@ fn on_threads<'a, R: Send>(
             None => Ok(results),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs [`EarlyBodies`] over `wat`'s sections before its Code section and `bodies`.
+    fn checked_early(wat: &str, bodies: Vec<(u32, Vec<u8>)>) -> Vec<u32> {
+        let bytes = wat::parse_str(wat).unwrap();
+        let module = Module::parse(&bytes).unwrap();
+        let code = module.sections.iter().find(|s| s.id == 10).unwrap();
+        let (sender, received) = std::sync::mpsc::channel();
+        sender
+            .send(Early::Prefix(bytes[..code.whole.start].to_vec()))
+            .unwrap();
+        for (k, body) in bodies {
+            sender.send(Early::Body(k, body)).unwrap();
+        }
+        drop(sender);
+        let stop = AtomicBool::new(false);
+        EarlyBodies {
+            features: features(),
+            stop: &stop,
+        }
+        .run(received)
+    }
+
+    const TWO_FUNCTIONS: &str = r#"(module
+        (func (result i32) i32.const 1)
+        (func (param i64) (result i64) local.get 0))"#;
+    /// No locals, `i32.const 7`, end.
+    const RETURNS_I32: [u8; 4] = [0x00, 0x41, 0x07, 0x0b];
+
+    #[test]
+    fn a_body_is_checked_against_its_own_function_type() {
+        // Valid as function 0, invalid as function 1 (an i32 where an i64 is returned).
+        let bodies = vec![(0, RETURNS_I32.to_vec()), (1, RETURNS_I32.to_vec())];
+        assert_eq!(checked_early(TWO_FUNCTIONS, bodies), [0]);
+        // Function 0 skipped (copied): function 1 still gets its own type.
+        let bodies = vec![(1, RETURNS_I32.to_vec())];
+        assert_eq!(checked_early(TWO_FUNCTIONS, bodies), [] as [u32; 0]);
+        let bodies = vec![(1, vec![0x00, 0x20, 0x00, 0x0b])];
+        assert_eq!(checked_early(TWO_FUNCTIONS, bodies), [1]);
+    }
+
+    #[test]
+    fn what_does_not_fit_is_left_to_the_output_validation() {
+        // Beyond the function section, out of order, or the same body twice: nothing more.
+        let beyond = vec![(0, RETURNS_I32.to_vec()), (2, RETURNS_I32.to_vec())];
+        assert_eq!(checked_early(TWO_FUNCTIONS, beyond), [0]);
+        let twice = vec![(0, RETURNS_I32.to_vec()), (0, RETURNS_I32.to_vec())];
+        assert_eq!(checked_early(TWO_FUNCTIONS, twice), [0]);
+        // A prefix that runs into the Code section is not a prefix.
+        let bytes = wat::parse_str(TWO_FUNCTIONS).unwrap();
+        let (sender, received) = std::sync::mpsc::channel();
+        sender.send(Early::Prefix(bytes)).unwrap();
+        sender.send(Early::Body(0, RETURNS_I32.to_vec())).unwrap();
+        drop(sender);
+        let stop = AtomicBool::new(false);
+        let early = EarlyBodies {
+            features: features(),
+            stop: &stop,
+        };
+        assert!(early.run(received).is_empty());
+    }
 }
