@@ -108,12 +108,13 @@
 //! the program's own behaviour, stdout included, is unchanged. A module that cannot print (no
 //! WASI `fd_write`) refuses the option. Without the option nothing of this is emitted.
 //!
-//! Measured (`python3 bench/bench.py --sections pyodide`, quiet machine, at b06b7b0: every
+//! Measured (`python3 bench/bench.py --sections pyodide`, quiet machine, at eabdadf: every
 //! variant an instance in one node process per round, calls paired, 5 rounds x 40 calls,
 //! median paired ratio ± half its 95% interval; see docs/benchmarks.md#pyodide). Pyodide
-//! 314.0.7, outputs identical: `tables` 1.022x ±0.8% (+2.83% size), `mvp` 1.011x ±0.9%
-//! (+15.0%), default pipeline 1.043x ±1.1% (+5.1%), the original against itself 1.002x ±0.6%;
-//! the dispatch function this replaces measured 1.20x. What remains per adapted site: the
+//! 314.0.7, outputs identical: `tables` 1.019x ±0.5% (+2.83% size), `mvp` 1.079x ±0.8%
+//! (+19.2%; 1.011x, +15.0% at b06b7b0, before its views of an exported table held direct
+//! callers), default pipeline 1.042x ±1.3% (+5.15%), the original against itself 1.000x
+//! ±0.7%; the dispatch function this replaces measured 1.20x. What remains per adapted site: the
 //! index stored in a global and bounded with a `select`, and (`tables`) a call through a
 //! shadow table instead of table 0. Size favours `tables` (ruby.wasm +0.54% against +5.8%
 //! for `mvp`: the views are written as function indices), so it stays the default whenever
