@@ -253,18 +253,8 @@ fn run_node(node: &std::path::Path, main: &[u8], side: &[u8]) -> Vec<String> {
         })
         .collect();
     std::fs::write(&c, serde_json::to_vec(&calls).unwrap()).unwrap();
-    let out = std::process::Command::new(node)
-        .arg(common::repo().join("tests/fixtures/runtime/run.mjs"))
-        .args([&m, &s, &c])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        node.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let results: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let results: Vec<serde_json::Value> =
+        serde_json::from_slice(&node_script(node, "run.mjs", &[&m, &s, &c])).unwrap();
     results
         .iter()
         .map(|r| match (&r["value"], &r["trap"]) {
@@ -535,9 +525,15 @@ fn lookup_node(node: &std::path::Path, module: &[u8]) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lookup.wasm");
     std::fs::write(&path, module).unwrap();
+    serde_json::from_slice(&node_script(node, "lookup.mjs", &[&path])).unwrap()
+}
+
+/// Runs tests/fixtures/runtime/`script` under `node` with `args`; its standard output, once
+/// it exited successfully.
+fn node_script(node: &std::path::Path, script: &str, args: &[&std::path::Path]) -> Vec<u8> {
     let out = std::process::Command::new(node)
-        .arg(common::repo().join("tests/fixtures/runtime/lookup.mjs"))
-        .arg(&path)
+        .arg(common::repo().join("tests/fixtures/runtime").join(script))
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -546,7 +542,7 @@ fn lookup_node(node: &std::path::Path, module: &[u8]) -> Vec<String> {
         node.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    out.stdout
 }
 
 /// Part A of issue 13: a host that looks a function up in the exported table, as Emscripten's
