@@ -5,8 +5,8 @@
 //!
 //! 1. the user: `--malloc NAME|INDEX`, `--free …` and the other roles ([`Manual`]);
 //! 2. names that survive: the name section, then exports (`malloc`, `free`, `dlmalloc`,
-//!    `calloc`, `emscripten_builtin_malloc`, …), following forwarders (`malloc` whose whole
-//!    body is `local.get 0; call $dlmalloc` does what `dlmalloc` does);
+//!    `calloc`, `emscripten_builtin_malloc`, Zig's `c.malloc.free`, …), following forwarders
+//!    (`malloc` whose whole body is `local.get 0; call $dlmalloc` does what `dlmalloc` does);
 //! 3. the code, for stripped modules: the allocators that toolchains link, recognized by their
 //!    code and call structure ([`Family`]). Several independent facts must agree for each:
 //!    - dlmalloc (wasi-libc 2022 and current, wasi-sdk, Emscripten's default): the allocation
@@ -97,7 +97,9 @@ impl Role {
         }
     }
 
-    /// Names the role goes by in the toolchains' libcs, in the order they are tried.
+    /// Names the role goes by in the toolchains' libcs, in the order they are tried. Zig 0.15
+    /// and later link a malloc of their own (`lib/c/malloc.zig`) whose functions the name
+    /// section calls by their Zig paths (`c.malloc.free`; `malloc` itself keeps its C name).
     fn names(self) -> &'static [&'static str] {
         match self {
             Role::Malloc => &[
@@ -105,10 +107,17 @@ impl Role {
                 "dlmalloc",
                 "__libc_malloc",
                 "emscripten_builtin_malloc",
+                "c.malloc.malloc",
             ],
-            Role::Free => &["free", "dlfree", "__libc_free", "emscripten_builtin_free"],
-            Role::Calloc => &["calloc", "dlcalloc", "__libc_calloc"],
-            Role::Realloc => &["realloc", "dlrealloc", "__libc_realloc"],
+            Role::Free => &[
+                "free",
+                "dlfree",
+                "__libc_free",
+                "emscripten_builtin_free",
+                "c.malloc.free",
+            ],
+            Role::Calloc => &["calloc", "dlcalloc", "__libc_calloc", "c.malloc.calloc"],
+            Role::Realloc => &["realloc", "dlrealloc", "__libc_realloc", "c.malloc.realloc"],
             Role::Aligned => &[
                 "aligned_alloc",
                 "memalign",
@@ -116,9 +125,19 @@ impl Role {
                 "internal_memalign",
                 "emmalloc_memalign",
                 "emscripten_builtin_memalign",
+                "c.malloc.aligned_alloc",
+                "c.malloc.memalign",
             ],
-            Role::PosixMemalign => &["posix_memalign", "dlposix_memalign"],
-            Role::UsableSize => &["malloc_usable_size", "dlmalloc_usable_size"],
+            Role::PosixMemalign => &[
+                "posix_memalign",
+                "dlposix_memalign",
+                "c.malloc.posix_memalign",
+            ],
+            Role::UsableSize => &[
+                "malloc_usable_size",
+                "dlmalloc_usable_size",
+                "c.malloc.malloc_usable_size",
+            ],
         }
     }
 }

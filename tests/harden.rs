@@ -187,7 +187,8 @@ fn stripped_modules_get_heap_canary_from_the_allocators_code() {
     );
 }
 
-/// An allocator wasmfix does not recognize (zig 0.15+'s own malloc), stripped: `heap-canary`
+/// An allocator wasmfix does not recognize by its code (zig 0.15+'s own malloc, which it finds by
+/// its names when they are kept: tests/heap.rs), stripped: `heap-canary`
 /// alone refuses with the reason (exit 2, nothing written), `--harden` warns and applies the
 /// other passes.
 #[test]

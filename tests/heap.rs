@@ -1,6 +1,7 @@
 //! heap-canary's use-after-free checks and allocator recognition on the C fixtures
 //! (tests/fixtures/c/uaf.c; tests/fixtures/build_heap.sh builds them with clang 14 + wasi-libc
-//! 2022 (dlmalloc), zig 0.14 (emmalloc) and zig 0.17 (its own malloc, not recognized)): every
+//! 2022 (dlmalloc), zig 0.14 (emmalloc) and zig 0.17 (its own malloc: found by its names, not
+//! recognized by its code when stripped)): every
 //! bug that the original runs silently stops, every correct program prints what it printed.
 
 mod common;
@@ -8,9 +9,22 @@ mod common;
 use common::{Outcome, Run, fixture, run_wasi};
 use wasmfix::passes::heap_canary::HeapOptions;
 
-/// Builds in which heap-canary finds the allocator: by names (O0, O2, O2.wasmopt) or by its
-/// code (the stripped ones: dlmalloc from clang, emmalloc from zig 0.14).
-const VARIANTS: &[&str] = &["O0", "O2", "O2.wasmopt", "O2.stripped", "zig14.O2.stripped"];
+/// Builds in which heap-canary finds the allocator: by names (O0, O2, O2.wasmopt, and zig.O2:
+/// Zig's own malloc, `c.malloc.free` …) or by its code (the stripped ones: dlmalloc from clang,
+/// emmalloc from zig 0.14).
+const VARIANTS: &[&str] = &[
+    "O0",
+    "O2",
+    "O2.wasmopt",
+    "O2.stripped",
+    "zig14.O2.stripped",
+    "zig.O2",
+];
+
+/// The builds among [`VARIANTS`] in which bounds finds no null page, so a use of a poisoned
+/// pointer traps in the engine without wasmfix's message: the stripped ones (no producers
+/// section names the linker) and zig's (its linker puts the stack at address 0).
+const NO_NULL_PAGE: &[&str] = &["O2.stripped", "zig14.O2.stripped", "zig.O2"];
 
 fn rewrite(input: &[u8], passes: &str, heap: HeapOptions) -> Vec<u8> {
     let options = wasmfix::passes::PassOptions {
@@ -296,6 +310,48 @@ fn the_code_finds_the_functions_the_names_give() {
     let (_, emmalloc) = roles("uaf.zig14.O2.stripped.wasm");
     assert_eq!(emmalloc.family, Some(wasmfix::allocator::Family::Emmalloc));
     assert!(emmalloc.aligned_core.is_some());
+}
+
+/// Zig 0.15 and later link a malloc of their own (lib/c/malloc.zig). With the name section kept,
+/// as zig cc leaves it, heap-canary finds every role of it by the Zig paths the name section
+/// gives its functions (`c.malloc.free`, …; `malloc` keeps its C name); its code is not
+/// recognized (no family), so the stripped build is refused (tests/harden.rs).
+#[test]
+fn zigs_own_malloc_is_found_by_its_names() {
+    let bytes = fixture("uaf.zig.O2.wasm");
+    let (m, facts) = wasmfix::pipeline::load(&bytes).unwrap();
+    let allocator = facts.allocator(&m).as_ref().unwrap();
+    let mut found: Vec<(&str, &str)> = allocator
+        .functions
+        .iter()
+        .map(|f| (f.role.c_name(), f.label.as_str()))
+        .collect();
+    found.sort();
+    let labels: Vec<(&str, &str)> = found
+        .iter()
+        .map(|(role, label)| (*role, label.split(' ').next().unwrap()))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            ("aligned_alloc", "`c.malloc.aligned_alloc`"),
+            ("calloc", "`c.malloc.calloc`"),
+            ("free", "`c.malloc.free`"),
+            ("malloc", "`malloc`"),
+            ("posix_memalign", "`c.malloc.posix_memalign`"),
+            ("realloc", "`c.malloc.realloc`"),
+        ],
+        "{found:?}"
+    );
+    assert!(
+        allocator
+            .functions
+            .iter()
+            .all(|f| f.how.contains("name section")),
+        "{:?}",
+        allocator.functions
+    );
+    assert_eq!(allocator.family, None);
 }
 
 /// `--malloc`/`--free` name the allocator by hand: by index on a stripped module, with the
@@ -858,7 +914,7 @@ fn the_report_says_how_the_poison_range_is_checked() {
 /// poisoned pointer is a load. Under --harden (and --harden --bounds-precise) it stops at that
 /// access with the freed-pointer message (naming the function the access is in after
 /// inlining: memchr, printf_core, session_log) in every build where bounds finds the null page
-/// (the memory has no maximum: capped); the stripped builds without producers, and
+/// (the memory has no maximum: capped); the builds without a null page ([`NO_NULL_PAGE`]), and
 /// --bounds-compact, keep the engine's out-of-bounds trap at the access.
 #[test]
 fn under_harden_the_first_use_of_a_freed_pointer_field_stops_there() {
@@ -880,7 +936,7 @@ fn under_harden_the_first_use_of_a_freed_pointer_field_stops_there() {
             engine_trap(&run_wasi(&compact, &[case]), "compact");
             for (name, module) in [("stop", &fixed), ("precise", &precise)] {
                 let after = run_wasi(module, &[case]);
-                if variant.ends_with("stripped") {
+                if NO_NULL_PAGE.contains(variant) {
                     engine_trap(&after, name);
                 } else {
                     assert_trapped(&after, &format!("{variant} {case} {name}"));
