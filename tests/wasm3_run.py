@@ -10,10 +10,14 @@ printing "wasm3: trap: ..." on stderr when it traps, 3 when wasm3 cannot load th
 (printing why), 4 when the module imports something not given here.
 """
 
+import os
 import struct
 import sys
 
 import wasm3
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures"))
+from drop_custom import without_custom  # noqa: E402
 
 EBADF = 8
 WASI = "wasi_snapshot_preview1"
@@ -25,35 +29,12 @@ class Exit(Exception):
         self.code = code
 
 
-def leb(data, at):
-    """An unsigned LEB128 at `at`: (value, the position after it)."""
-    value = shift = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, at
-
-
 def without_names(wasm):
     """`wasm` without its `name` section. wasm3 finds a function by any of its names, the
     first function in index order winning: in wasi-libc's builds the name section calls the
     inner function `_start` too, and calling that skips the constructors and destructors (stdout
     is never flushed). Without the section, `_start` is only the export."""
-    out, at = [wasm[:8]], 8
-    while at < len(wasm):
-        start = at
-        section_id = wasm[at]
-        size, body = leb(wasm, at + 1)
-        at = body + size
-        if section_id == 0:
-            name_len, name_at = leb(wasm, body)
-            if wasm[name_at : name_at + name_len] == b"name":
-                continue
-        out.append(wasm[start:at])
-    return b"".join(out)
+    return without_custom(wasm, "^name$")[0]
 
 
 def main():
