@@ -33,7 +33,13 @@
 //! may read the header in front of a block it got from the allocation function. A function
 //! that breaks this — an inlined `aligned_alloc` that calls the allocator's core directly, an
 //! unrecognized entry like `mallinfo` — makes the allocator unwrappable, and [`find`] says
-//! which function and why. When the state cannot be found (position-independent code reaches it
+//! which function and why. When malloc and free share no state themselves (Zig's malloc and
+//! free call `heap.BrkAllocator`'s functions, which keep free lists in static arrays indexed at
+//! run time), the state is looked for in the functions they call: each of those that grows
+//! memory or accesses static memory must be called only by the allocator's functions (wasm-opt
+//! inlines Zig's `aligned_alloc` into its callers, which then allocate blocks without a header:
+//! the wrapped free would stop a correct program on them), and the static addresses they share
+//! are the state, checked as above. When there is none (position-independent code reaches it
 //! through `__memory_base`), names are still trusted and the report says the check was not
 //! possible; the code alone is then not enough.
 
@@ -301,6 +307,10 @@ pub struct Shape {
     /// Constant addresses it loads or stores (address operand a constant, plus the offset),
     /// ascending.
     pub addresses: Vec<u32>,
+    /// Offsets of 1024 or more of loads and stores whose address operand is not a constant:
+    /// static arrays indexed at run time (Zig's allocator keeps its free lists so,
+    /// `frees[class]`), ascending.
+    pub static_offsets: Vec<u32>,
     pub grows_memory: bool,
     pub fills: bool,
     pub copies: bool,
@@ -425,6 +435,7 @@ pub fn shape(m: &Module<'_>, func: u32) -> Shape {
     let mut holds_below: HashMap<u32, (u32, i32)> = HashMap::new();
     let mut calls = BTreeSet::new();
     let mut addresses = BTreeSet::new();
+    let mut static_offsets = BTreeSet::new();
     let mut below_results = BTreeSet::new();
     let mut below_results_written = BTreeSet::new();
     // Forwarder: constants, then local.get 0..params, then one call, then end.
@@ -544,6 +555,12 @@ pub fn shape(m: &Module<'_>, func: u32) -> Shape {
                 pop(&mut stack);
             }
             let address = pop(&mut stack);
+            if !matches!(address, Val::Const(_))
+                && let Ok(o) = u32::try_from(offset)
+                && o >= 1024
+            {
+                static_offsets.insert(o);
+            }
             match address {
                 Val::Const(c) => {
                     let a = (c as u32 as u64).saturating_add(offset);
@@ -588,6 +605,7 @@ pub fn shape(m: &Module<'_>, func: u32) -> Shape {
     }
     s.calls = calls.into_iter().collect();
     s.addresses = addresses.into_iter().collect();
+    s.static_offsets = static_offsets.into_iter().collect();
     s.reads_below_result_of = below_results.into_iter().collect();
     s.writes_below_result_of = below_results_written.into_iter().collect();
     s
@@ -1019,6 +1037,7 @@ pub fn find(
         Closed::Checked {
             private,
             state,
+            through,
             head_readers,
         } => {
             for f in head_readers {
@@ -1029,8 +1048,14 @@ pub fn find(
                 ));
             }
             evidence.push(format!(
-                "closed: only the allocator's functions use its state ({state} constant \
-                 addresses shared by malloc and free); {} functions are called only by them",
+                "closed: only the allocator's functions use its state ({state} {}); {} \
+                 functions are called only by them",
+                if through {
+                    "static addresses shared by the functions malloc and free call, which only \
+                     the allocator calls"
+                } else {
+                    "constant addresses shared by malloc and free"
+                },
                 private.len()
             ));
             private
@@ -1526,6 +1551,9 @@ enum Closed {
     Checked {
         private: Vec<u32>,
         state: usize,
+        /// The state was found in the functions malloc and free call (they share none
+        /// themselves), each of which is called only by the allocator.
+        through: bool,
         /// Functions that read dlmalloc's chunk head in front of blocks they allocate (an
         /// inlined calloc).
         head_readers: Vec<u32>,
@@ -1551,7 +1579,7 @@ fn check_closed(
     } = *entry;
     let grow = growers(m, code);
     let core = aligned_core.unwrap_or(malloc);
-    let state: BTreeSet<u32> = state_of(code, core, &grow)
+    let mut state: BTreeSet<u32> = state_of(code, core, &grow)
         .intersection(&state_of(code, free, &grow))
         .copied()
         .collect();
@@ -1616,18 +1644,93 @@ fn check_closed(
             ));
         }
     }
+    let mut through = false;
     if state.is_empty() {
-        return Ok(Closed::Unknown(
-            "malloc and free share no state at constant addresses (position-independent code?)"
-                .into(),
-        ));
+        // No state to follow from malloc and free themselves: the work is done in functions
+        // they call (Zig's malloc calls `heap.BrkAllocator.alloc`, which grows memory, and free
+        // calls its `free`, which keeps the free lists). Those that grow memory or access memory
+        // at constant addresses are the allocator's internals, and each must be reached only
+        // through the entry points: one called from elsewhere is an entry point inlined into
+        // its caller (wasm-opt inlines Zig's aligned_alloc), which would hand out blocks without
+        // a header for the wrapped free to stop on, or release wrapped blocks as its own.
+        let mut reached: BTreeSet<u32> = BTreeSet::new();
+        let mut todo: Vec<u32> = members.iter().copied().collect();
+        while let Some(f) = todo.pop() {
+            for &c in code.shape(f).map_or(&[][..], |s| &s.calls) {
+                if c >= m.imported_funcs && !members.contains(&c) && reached.insert(c) {
+                    todo.push(c);
+                }
+            }
+        }
+        for &g in reached.difference(&private) {
+            let Some(s) = code.shape(g) else { continue };
+            let holds = if grow.contains(&g) {
+                "grows memory"
+            } else if !s.addresses.is_empty() || !s.static_offsets.is_empty() {
+                "accesses static memory"
+            } else {
+                continue;
+            };
+            let outside: Vec<String> = code
+                .callers(g)
+                .iter()
+                .filter(|c| !members.contains(c) && !private.contains(c))
+                .take(3)
+                .map(|&c| label(c))
+                .collect();
+            return Err(format!(
+                "{} is called by the allocator's entry points and {holds}, but {} (an entry \
+                 point inlined into its caller, or one wasmfix does not know: name it with \
+                 --aligned-alloc, --free, …)",
+                label(g),
+                match (code.external.contains(&g), outside.is_empty()) {
+                    (true, _) => "it is exported or in a table".to_string(),
+                    (false, _) => format!("it is called by {} too", outside.join(", ")),
+                }
+            ));
+        }
+        // Their state, as malloc's and free's own above: the addresses both reach, now through
+        // the private functions they call, growing memory or not.
+        let state_via = |f: u32| {
+            let mut out = BTreeSet::new();
+            let mut todo = vec![f];
+            let mut seen = HashSet::new();
+            while let Some(g) = todo.pop() {
+                if !seen.insert(g) {
+                    continue;
+                }
+                if let Some(s) = code.shape(g) {
+                    out.extend(s.addresses.iter().chain(&s.static_offsets).copied());
+                    todo.extend(s.calls.iter().copied().filter(|c| private.contains(c)));
+                }
+            }
+            out
+        };
+        state = state_via(core)
+            .intersection(&state_via(free))
+            .copied()
+            .collect();
+        through = true;
+        if state.is_empty() {
+            return Ok(Closed::Unknown(
+                "malloc and free share no state at constant addresses, nor do the functions \
+                 they call (position-independent code?)"
+                    .into(),
+            ));
+        }
     }
     for (i, s) in code.shapes.iter().enumerate() {
         let f = code.imported + i as u32;
         if members.contains(&f) || private.contains(&f) {
             continue;
         }
-        if let Some(a) = s.addresses.iter().find(|a| state.contains(a)) {
+        let indexed: &[u32] = if through { &s.static_offsets } else { &[] };
+        if let Some(a) = s
+            .addresses
+            .iter()
+            .chain(indexed)
+            .find(|a| state.contains(a))
+        {
             let outside: Vec<String> = code
                 .callers(f)
                 .iter()
@@ -1651,6 +1754,7 @@ fn check_closed(
     Ok(Closed::Checked {
         private: private.into_iter().collect(),
         state: state.len(),
+        through,
         head_readers,
     })
 }

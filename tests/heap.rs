@@ -354,6 +354,52 @@ fn zigs_own_malloc_is_found_by_its_names() {
     assert_eq!(allocator.family, None);
 }
 
+/// After wasm-opt -O2 (names kept), Zig's aligned_alloc and posix_memalign are inlined into the
+/// program, which then calls the allocator's core (`heap.BrkAllocator.alloc`) itself: the blocks
+/// it hands out there would have no header, and the wrapped free would stop a correct program
+/// on them (it did: `aligned` stopped with "the header of block … is overwritten"). heap-canary
+/// refuses with the reason, exit 2, nothing written; --harden warns, leaves heap blocks
+/// unchecked, and every program runs as before.
+#[test]
+fn an_allocator_core_called_from_outside_is_not_wrapped() {
+    let input = fixture("uaf.zig.O2.wasmopt.wasm");
+    let (m, facts) = wasmfix::pipeline::load(&input).unwrap();
+    let why = facts.allocator(&m).as_ref().unwrap_err();
+    assert!(
+        why.contains("`heap.BrkAllocator.alloc`")
+            && why.contains("grows memory")
+            && why.contains("is called by `_start`"),
+        "{why}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.wasm");
+    let path = common::repo().join("tests/fixtures/wasm/uaf.zig.O2.wasmopt.wasm");
+    let refused = common::wasmfix()
+        .arg(&path)
+        .args(["--passes", "heap-canary", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot be wrapped safely"), "{stderr}");
+    assert!(!out.exists());
+
+    let hardened = rewrite(&input, "harden", HeapOptions::default());
+    for args in [
+        &["aligned"][..],
+        &["list", "3000"],
+        &["strings", "3000"],
+        &["churn", "20000"],
+        &["write"],
+    ] {
+        let before = run_wasi(&input, args);
+        assert_eq!(before.outcome, Outcome::Exit(0), "{args:?}");
+        assert_eq!(before, run_wasi(&hardened, args), "--harden {args:?}");
+    }
+}
+
 /// `--malloc`/`--free` name the allocator by hand: by index on a stripped module, with the
 /// same result as finding it; a function of the wrong type is refused with the reason.
 #[test]
