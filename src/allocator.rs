@@ -1583,16 +1583,18 @@ fn check_closed(
         .intersection(&state_of(code, free, &grow))
         .copied()
         .collect();
-    // Private: reachable from the members, every caller a member or private, not external.
-    let mut private: BTreeSet<u32> = BTreeSet::new();
+    // Reached: the functions the members call, directly or not.
+    let mut reached: BTreeSet<u32> = BTreeSet::new();
     let mut todo: Vec<u32> = members.iter().copied().collect();
     while let Some(f) = todo.pop() {
         for &c in code.shape(f).map_or(&[][..], |s| &s.calls) {
-            if c >= m.imported_funcs && !members.contains(&c) && private.insert(c) {
+            if c >= m.imported_funcs && !members.contains(&c) && reached.insert(c) {
                 todo.push(c);
             }
         }
     }
+    // Private: reached, every caller a member or private, not external.
+    let mut private = reached.clone();
     loop {
         let drop: Vec<u32> = private
             .iter()
@@ -1648,20 +1650,11 @@ fn check_closed(
     if state.is_empty() {
         // No state to follow from malloc and free themselves: the work is done in functions
         // they call (Zig's malloc calls `heap.BrkAllocator.alloc`, which grows memory, and free
-        // calls its `free`, which keeps the free lists). Those that grow memory or access memory
-        // at constant addresses are the allocator's internals, and each must be reached only
-        // through the entry points: one called from elsewhere is an entry point inlined into
-        // its caller (wasm-opt inlines Zig's aligned_alloc), which would hand out blocks without
-        // a header for the wrapped free to stop on, or release wrapped blocks as its own.
-        let mut reached: BTreeSet<u32> = BTreeSet::new();
-        let mut todo: Vec<u32> = members.iter().copied().collect();
-        while let Some(f) = todo.pop() {
-            for &c in code.shape(f).map_or(&[][..], |s| &s.calls) {
-                if c >= m.imported_funcs && !members.contains(&c) && reached.insert(c) {
-                    todo.push(c);
-                }
-            }
-        }
+        // calls its `free`, which keeps the free lists). Those that grow memory or access static
+        // memory are the allocator's internals, and each must be reached only through the entry
+        // points: one called from elsewhere is an entry point inlined into its caller (wasm-opt
+        // inlines Zig's aligned_alloc), which would hand out blocks without a header for the
+        // wrapped free to stop on, or release wrapped blocks as its own.
         for &g in reached.difference(&private) {
             let Some(s) = code.shape(g) else { continue };
             let holds = if grow.contains(&g) {

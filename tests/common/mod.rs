@@ -13,6 +13,7 @@
 //! - [`corpus`]: the real modules from `../shared/corpus/fetch.sh`, when they are cached.
 //! - [`run_node`], [`run_wasm3`]: the same WASI command in V8 and in wasm3; [`tool_available`]
 //!   says whether such an engine (or any tool) is there.
+//! - [`heap_canary_refusal`]: a fixture `--passes heap-canary` must refuse, and why.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -485,4 +486,22 @@ fn run_module(
         outcome,
     };
     (run, frames)
+}
+
+/// `wasmfix FIXTURE --passes heap-canary -o OUT` must refuse: exit 2, one line, nothing written.
+/// Returns that line.
+pub fn heap_canary_refusal(fixture: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.wasm");
+    let refused = wasmfix()
+        .arg(repo().join("tests/fixtures/wasm").join(fixture))
+        .args(["--passes", "heap-canary", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert_eq!(refused.status.code(), Some(2), "{fixture}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{fixture}: {stderr}");
+    assert!(!out.exists(), "{fixture}: written");
+    stderr
 }
