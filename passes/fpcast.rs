@@ -1226,15 +1226,22 @@ fn direct_caller(cx: &mut PassCx<'_, '_, '_>, f: u32, tail_calls: bool) -> u32 {
     let m = cx.module;
     let ty = m.func_types[f as usize];
     let n = m.func_type(ty).map_or(0, |t| t.params().len() as u32);
+    let mut code = pass_on(n, f, tail_calls);
+    code.push(Instruction::End);
+    let name = format!("wasmfix:fpcast_direct {}", cx.facts().function_name(f));
+    cx.edits.add_helper_typed(m, &name, ty, &[], &code)
+}
+
+/// The end of a function of `n` parameters that calls `f` with them all and returns what it
+/// returns: `local.get 0 … local.get n-1; call f` (`return_call f` with tail calls).
+fn pass_on(n: u32, f: u32, tail_calls: bool) -> Vec<Instruction<'static>> {
     let mut code: Vec<Instruction> = (0..n).map(Instruction::LocalGet).collect();
     code.push(if tail_calls {
         Instruction::ReturnCall(f)
     } else {
         Instruction::Call(f)
     });
-    code.push(Instruction::End);
-    let name = format!("wasmfix:fpcast_direct {}", cx.facts().function_name(f));
-    cx.edits.add_helper_typed(m, &name, ty, &[], &code)
+    code
 }
 
 /// `forward(args…)` typed T: the call the site made, on the original table with the index
@@ -1892,12 +1899,7 @@ impl Trace {
         let flag =
             Diagnostics::once_flag(m, cx.edits).expect("Trace::new checked the module can print");
         let mut body = flag.guard(line);
-        body.extend((0..t.params().len() as u32).map(Instruction::LocalGet));
-        body.push(if tail_calls {
-            Instruction::ReturnCall(cast.adapter)
-        } else {
-            Instruction::Call(cast.adapter)
-        });
+        body.extend(pass_on(t.params().len() as u32, cast.adapter, tail_calls));
         body.push(Instruction::End);
         let name = format!(
             "wasmfix:fpcast_trace table {} slot {} as {}",

@@ -1102,7 +1102,7 @@ pub fn find(
 /// without calling anything (`malloc_usable_size`); at most 16 functions each way.
 fn allocator_window(m: &Module<'_>, code: &Code, core: u32, free: u32) -> BTreeSet<u32> {
     let grow = growers(m, code);
-    let state = state_of(code, core, &grow);
+    let state = state_of(code, core, Follow::Helpers(&grow));
     let mut window: BTreeSet<u32> = [core, free].into_iter().collect();
     let (mut lo, mut hi) = (core.min(free), core.max(free));
     if hi - lo > 64 {
@@ -1288,7 +1288,7 @@ fn recognize(m: &Module<'_>, code: &Code) -> Result<Recognized, String> {
     }];
 
     // The state: constant addresses the core and its own callees access.
-    let core_state: BTreeSet<u32> = state_of(code, core, &grow);
+    let core_state: BTreeSet<u32> = state_of(code, core, Follow::Helpers(&grow));
     if core_state.len() < min_shared_state(family) {
         return Err(format!(
             "function {core} looks like {}, but its state is not at constant addresses \
@@ -1305,7 +1305,9 @@ fn recognize(m: &Module<'_>, code: &Code) -> Result<Recognized, String> {
             if !s.reads_below_param || code.reaches(f, &grow, 3) {
                 return None;
             }
-            let shared = state_of(code, f, &grow).intersection(&core_state).count();
+            let shared = state_of(code, f, Follow::Helpers(&grow))
+                .intersection(&core_state)
+                .count();
             (shared >= min_shared_state(family)).then_some((f, shared))
         })
         .collect();
@@ -1402,24 +1404,41 @@ fn min_shared_state(family: Family) -> usize {
     }
 }
 
-/// The constant addresses `f` and the functions it calls (except growers) access.
-fn state_of(code: &Code, f: u32, grow: &HashSet<u32>) -> BTreeSet<u32> {
+/// Which functions [`state_of`] follows from the one it starts at.
+#[derive(Clone, Copy)]
+enum Follow<'a> {
+    /// The allocator's own helpers: callees called by few (not libc's memset), except those
+    /// that grow memory (`sbrk`'s state is not the allocator's).
+    Helpers(&'a HashSet<u32>),
+    /// Only these (the functions only the allocator calls), growing memory or not; the static
+    /// arrays they index count as state too.
+    Only(&'a BTreeSet<u32>),
+}
+
+/// The constant addresses `f` and the functions it calls that `follow` admits access (at most
+/// 64 functions).
+fn state_of(code: &Code, f: u32, follow: Follow<'_>) -> BTreeSet<u32> {
     let mut out = BTreeSet::new();
     let mut todo = vec![f];
     let mut seen = HashSet::new();
     while let Some(g) = todo.pop() {
-        if !seen.insert(g) || (g != f && grow.contains(&g)) || seen.len() > 64 {
+        let grows = matches!(follow, Follow::Helpers(grow) if g != f && grow.contains(&g));
+        if !seen.insert(g) || grows || seen.len() > 64 {
             continue;
         }
-        if let Some(s) = code.shape(g) {
-            out.extend(s.addresses.iter().copied());
-            // Only the allocator's own helpers (called by few) count, not libc's memset.
-            todo.extend(
+        let Some(s) = code.shape(g) else { continue };
+        out.extend(s.addresses.iter().copied());
+        match follow {
+            Follow::Helpers(_) => todo.extend(
                 s.calls
                     .iter()
                     .copied()
                     .filter(|&c| code.callers(c).len() <= 8),
-            );
+            ),
+            Follow::Only(these) => {
+                out.extend(s.static_offsets.iter().copied());
+                todo.extend(s.calls.iter().copied().filter(|c| these.contains(c)));
+            }
         }
     }
     out
@@ -1579,8 +1598,8 @@ fn check_closed(
     } = *entry;
     let grow = growers(m, code);
     let core = aligned_core.unwrap_or(malloc);
-    let mut state: BTreeSet<u32> = state_of(code, core, &grow)
-        .intersection(&state_of(code, free, &grow))
+    let mut state: BTreeSet<u32> = state_of(code, core, Follow::Helpers(&grow))
+        .intersection(&state_of(code, free, Follow::Helpers(&grow)))
         .copied()
         .collect();
     // Reached: the functions the members call, directly or not.
@@ -1684,23 +1703,8 @@ fn check_closed(
         }
         // Their state, as malloc's and free's own above: the addresses both reach, now through
         // the private functions they call, growing memory or not.
-        let state_via = |f: u32| {
-            let mut out = BTreeSet::new();
-            let mut todo = vec![f];
-            let mut seen = HashSet::new();
-            while let Some(g) = todo.pop() {
-                if !seen.insert(g) {
-                    continue;
-                }
-                if let Some(s) = code.shape(g) {
-                    out.extend(s.addresses.iter().chain(&s.static_offsets).copied());
-                    todo.extend(s.calls.iter().copied().filter(|c| private.contains(c)));
-                }
-            }
-            out
-        };
-        state = state_via(core)
-            .intersection(&state_via(free))
+        state = state_of(code, core, Follow::Only(&private))
+            .intersection(&state_of(code, free, Follow::Only(&private)))
             .copied()
             .collect();
         through = true;

@@ -750,10 +750,7 @@ fn build_code(
                 let start = count_len + (code.len() + leb_len(len as u64)) as u32;
                 map.replaced(old_rel, start..start + len as u32);
             }
-            code.encode(replacement);
-            if let Some(sink) = &mut sink {
-                sink.body(i as u32, function_bytes(replacement));
-            }
+            encode_function(&mut code, replacement, &mut sink, i as u32);
             emitted.rewritten_functions.push(func);
             continue;
         }
@@ -828,22 +825,30 @@ fn build_code(
                 code.raw_body(module.bytes, range);
             }
             None => {
-                code.encode(&f.body);
-                if let Some(sink) = &mut sink {
-                    sink.body((module.bodies.len() + k) as u32, function_bytes(&f.body));
-                }
+                encode_function(
+                    &mut code,
+                    &f.body,
+                    &mut sink,
+                    (module.bodies.len() + k) as u32,
+                );
             }
         }
     }
     Ok(((code, count), map))
 }
 
-/// A function's body as the Code section holds it, without its size prefix.
-fn function_bytes(f: &Function) -> Vec<u8> {
-    let mut bytes = Vec::new();
+/// Writes `f` as the `k`-th body of `code` and, when a sink watches, shows it the same bytes:
+/// encoded once either way (the body without its size prefix, then written with it).
+fn encode_function(code: &mut Output, f: &Function, sink: &mut Option<&mut dyn BodySink>, k: u32) {
+    let Some(sink) = sink else {
+        code.encode(f);
+        return;
+    };
+    let mut bytes = Vec::with_capacity(f.byte_len() + 5);
     f.encode(&mut bytes);
     bytes.drain(..leb_len(f.byte_len() as u64));
-    bytes
+    code.encode(&bytes[..]);
+    sink.body(k, bytes);
 }
 
 /// The map of a Code section copied byte for byte: every body stays where it was.

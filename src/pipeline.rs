@@ -248,8 +248,9 @@ struct Unchecked<'a> {
     rewritten: Rewritten<'a>,
     /// Per defined function of the input: its body was re-encoded or patched.
     check: Vec<bool>,
-    /// Per function body of the output: checked while it was emitted.
-    early: Vec<bool>,
+    /// The output's function bodies (Code section indices, ascending) checked while they were
+    /// emitted.
+    early: Vec<u32>,
     features: wasmparser::WasmFeatures,
     /// The input's facts, no longer needed: returned so that [`rewrite_staged`] can free them
     /// (many small tables: ~10 ms on yosys.wasm) beside its other work.
@@ -261,8 +262,7 @@ impl Unchecked<'_> {
     fn validate(&self) -> Result<(), Failure> {
         let defined = self.check.len() as u32;
         let must_check = |i: u32| {
-            (i >= defined || self.check[i as usize])
-                && !self.early.get(i as usize).is_some_and(|&early| early)
+            (i >= defined || self.check[i as usize]) && self.early.binary_search(&i).is_err()
         };
         let r = &self.rewritten;
         let pieces = r.output.slices_without_custom(&r.source);
@@ -480,10 +480,6 @@ fn rewrite_once<'a>(
     for &f in &emitted.rewritten_functions {
         check[(f - module.imported_funcs) as usize] = true;
     }
-    let mut early = vec![false; checked_early.last().map_or(0, |&k| k as usize + 1)];
-    for k in checked_early {
-        early[k as usize] = true;
-    }
     // Patched bodies are not the validated input's bytes any more: check them too.
     for (at, _) in &edits.patches {
         let body = module
@@ -510,7 +506,7 @@ fn rewrite_once<'a>(
             input_features,
         },
         check,
-        early,
+        early: checked_early,
         features: output_features,
         facts: facts.into_inner(),
     })
